@@ -1,0 +1,32 @@
+# Single entry point. `make train` and `make test` set up everything first (idempotent, cached).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NP ?= 2
+CONFIG ?= configs/digits.yaml
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup train test test-unit test-distributed doctor docs lint
+
+setup:
+	@bash scripts/setup_env.sh
+
+# Default example: 2 ranks under horovodrun on the embedded digits dataset.
+train: setup
+	$(VENV)/bin/horovodrun -np $(NP) $(PY) -m hvdtrain --config $(CONFIG) $(ARGS)
+
+# The whole test suite: unit tests, then real horovodrun/mpirun multi-process tests.
+test: setup
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest -ra -m "not distributed" $(PYTEST_ARGS)
+
+test-distributed: setup
+	$(PY) -m pytest -ra -m distributed $(PYTEST_ARGS)
+
+doctor: setup
+	$(PY) -m hvdtrain doctor
+
+docs: setup
+	$(PY) -m hvdtrain config-docs > docs/config.md

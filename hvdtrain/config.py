@@ -1,0 +1,361 @@
+"""The configuration tree: frozen dataclasses with defaults, loaded from YAML plus dotted CLI overrides.
+
+Every field carries its help text in its metadata; `docs/config.md` is generated from it
+(`python -m hvdtrain config-docs`), and a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hvdtrain.errors import ConfigError
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, min: float | None = None,
+           max: float | None = None, below: float | None = None) -> Any:
+    """A config field: its default, one line of help, and the values it accepts."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "below": below}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training samples come from and how they are split."""
+
+    name: str = option("digits", "Dataset source.", choices=("digits", "synthetic", "npz", "image_folder"))
+    path: str | None = option(None, "File (npz) or folder (image_folder) to read; unused by digits/synthetic.")
+    val_fraction: float = option(0.2, "Fraction of samples held out for validation, split "
+                                      "deterministically from `seed`.", min=0.0, below=1.0)
+    synthetic_samples: int = option(2048, "Number of images the synthetic source generates.", min=1)
+    synthetic_shape: tuple[int, int, int] = option((32, 32, 3), "Synthetic image shape [H, W, C].", min=1)
+    num_classes: int = option(10, "Number of classes of the synthetic source.", min=2)
+    image_size: tuple[int, int] | None = option(None, "image_folder: resize every image to [H, W]; null "
+                                                      "keeps the size (then all images must match).", min=1)
+    prefetch_batches: int = option(2, "Batches the background loader prepares ahead of the step.", min=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build."""
+
+    name: str = option("cnn", "Architecture.", choices=("mlp", "cnn"))
+    channels: tuple[int, ...] = option((32, 64), "cnn: output channels of each conv block (3x3 conv, ReLU, "
+                                                 "2x2 max-pool while the feature map is at least 2x2).", min=1)
+    hidden_units: tuple[int, ...] = option((128,), "Units of each hidden dense layer (mlp body, cnn head).",
+                                           min=1)
+    dropout: float = option(0.0, "Dropout rate after each hidden dense layer.", min=0.0, below=1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and in what steps to train."""
+
+    epochs: int = option(10, "Number of passes over the training set.", min=1)
+    batch_size: int = option(32, "Per-rank micro-batch (the Horovod convention): the global batch is "
+                                 "batch_size x world size.", min=1)
+    max_steps_per_epoch: int | None = option(None, "Cap on optimizer steps per epoch (null: one pass).",
+                                             min=1)
+    eval_batch_size: int = option(256, "Per-rank batch size for evaluation.", min=1)
+    threads_per_rank: int = option(0, "CPU threads per rank; 0 = usable cores // ranks on this node.", min=0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer and its hyper-parameters."""
+
+    name: str = option("sgd", "Optimizer.", choices=("sgd", "adam", "adamw"))
+    lr: float = option(0.05, "Base learning rate, before any scaling by world size.", min=0.0)
+    momentum: float = option(0.9, "sgd: momentum.", min=0.0, below=1.0)
+    nesterov: bool = option(False, "sgd: use Nesterov momentum.")
+    weight_decay: float = option(0.0, "sgd/adam: L2 penalty added to the gradient; adamw: decoupled "
+                                      "weight decay.", min=0.0)
+    beta1: float = option(0.9, "adam/adamw: first-moment decay.", min=0.0, below=1.0)
+    beta2: float = option(0.999, "adam/adamw: second-moment decay.", min=0.0, below=1.0)
+    eps: float = option(1e-8, "adam/adamw: denominator epsilon.", min=0.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where outputs go and how progress is shown."""
+
+    dir: str = option("runs/{data}-{model}-{backend}", "Run directory (rank 0 writes config.yaml, "
+                      "metrics.jsonl, summary.json, weights there). {data}, {model}, {backend} are "
+                      "replaced by data.name, model.name and backend.")
+    progress: str = option("auto", "Progress display on rank 0: a bar on a terminal, plain lines otherwise.",
+                           choices=("auto", "bar", "lines", "off"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of one run."""
+
+    backend: str = option("torch", "Framework that trains the model.", choices=("torch", "tensorflow"))
+    seed: int = option(42, "Seed for model init, the validation split and data order.", min=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def run_dir(self) -> Path:
+        """`run.dir` with its placeholders filled in."""
+        return Path(self.run.dir.format(data=self.data.name, model=self.model.name, backend=self.backend))
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML file (optional), applies `key=value` overrides, and validates everything."""
+    tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+    return _build(Config, tree, prefix="")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found: pass an existing file to --config")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file '{path}'{where}: {problem}: fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' cannot be read ({exc}): pass a readable YAML file") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(tree).__name__}")
+    return tree
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' is not key=value: write it like optim.lr=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{key}': '{'.'.join(parts[:i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"'{prefix.rstrip('.')}' is a section: set its keys, e.g. "
+                          f"{prefix}{dataclasses.fields(cls)[0].name}=...")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in tree.items():
+        if key not in fields:
+            # Name the full dotted key the user wrote (trian.epochs, not just trian) to suggest the fix.
+            leaf = next(iter(flatten(value, f"{key}."))) if isinstance(value, dict) and value else str(key)
+            raise ConfigError(_unknown_key_message(prefix + leaf, cls, prefix))
+    values = {}
+    for name, f in fields.items():
+        if name not in tree:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, tree[name], prefix=f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(tree[name], tp, f, prefix + name)
+    return cls(**values)
+
+
+def _unknown_key_message(key: str, cls: type, prefix: str) -> str:
+    known = [prefix + k for k in all_keys(cls)] + [prefix + f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(sorted(known))}"
+    return f"unknown config key '{key}': {hint} (all keys: docs/config.md)"
+
+
+def all_keys(cls: type = Config) -> list[str]:
+    """Every leaf key of a config class, dotted."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += [f"{f.name}.{k}" for k in all_keys(tp)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+_NAMES = {bool: ("true/false", "true/false values"), int: ("an integer", "integers"),
+          float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return f"{_describe(inner[0])} or null"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_NAMES[args[0]][1]}"
+        return f"a list of {len(args)} {_NAMES[args[0]][1]}"
+    return _NAMES[tp][0]
+
+
+def _coerce(value: Any, tp: Any, f: dataclasses.Field, key: str) -> Any:
+    meta = f.metadata
+    if isinstance(value, dict):
+        raise ConfigError(f"config key {key} is a value, not a section: set {key}=<{_describe(tp)}>")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, f, key)
+    if origin is tuple:
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if not isinstance(value, (list, tuple)) or (not variadic and len(value) != len(args)) \
+                or (variadic and not value):
+            example = "[" + ", ".join(str(v) for v in (f.default or (1, 1))) + "]"
+            raise ConfigError(f"config key {key}: expected {_describe(tp)}, got {value!r} "
+                              f"(write it like {key}={example.replace(' ', '')})")
+        return tuple(_coerce(v, args[0], f, key) for v in value)
+    ok = True
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                ok = False
+        ok = ok and isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not meta.get("choices"):
+            value = str(value)
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"config key {key}: expected {_describe(tp)}, got {value!r} "
+                          f"(set {key}=<{_describe(tp)}>)")
+    _check_range(value, meta, key)
+    return value
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(choices)} "
+                          f"({hint}set {key}=<one of them>)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
+    if lo is not None and value < lo:
+        raise ConfigError(f"config key {key}: {value!r} is below the minimum {lo} (set {key} >= {lo})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"config key {key}: {value!r} is above the maximum {hi} (set {key} <= {hi})")
+    if below is not None and value >= below:
+        raise ConfigError(f"config key {key}: {value!r} must be below {below} (set {key} < {below})")
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML/JSON-friendly data (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+    return plain(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, loadable again with `load_config`."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted.key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    """A short stable digest of the resolved config (same on every rank when configs agree)."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reference_markdown() -> str:
+    """The config reference (docs/config.md), generated from the dataclasses' metadata."""
+    lines = ["# Config reference", "",
+             "Generated from `hvdtrain/config.py` by `python -m hvdtrain config-docs > docs/config.md`; "
+             "a test fails when the two differ.", "",
+             "Set keys in a YAML file (`--config FILE`, nested sections) and override any of them on the "
+             "command line as `section.key=value` (values are parsed as YAML: `model.channels=[16,32]`, "
+             "`run.dir=runs/a`, `model.hidden_units=[64]`). Unknown keys, wrong types and out-of-range "
+             "values stop the run with a one-line error and exit code 2.", ""]
+
+    def section(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        rows = []
+        subs = []
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                subs.append((tp, f"{prefix}{f.name}."))
+                continue
+            meta = f.metadata
+            allowed = ", ".join(f"`{c}`" for c in meta["choices"]) if meta.get("choices") else _describe(tp)
+            bounds = []
+            if meta.get("min") is not None:
+                bounds.append(f">= {meta['min']}")
+            if meta.get("below") is not None:
+                bounds.append(f"< {meta['below']}")
+            if meta.get("max") is not None:
+                bounds.append(f"<= {meta['max']}")
+            if bounds:
+                allowed += " (" + ", ".join(bounds) + ")"
+            default = json.dumps(to_dict(f.default) if isinstance(f.default, tuple) else f.default)
+            rows.append(f"| `{prefix}{f.name}` | `{default}` | {allowed} | {meta['help']} |")
+        title = prefix.rstrip(".") or "top level"
+        lines.extend([f"## {title}", "", (cls.__doc__ or "").strip(), "",
+                      "| key | default | accepts | meaning |", "|---|---|---|---|", *rows, ""])
+        for tp, sub_prefix in subs:
+            section(tp, sub_prefix)
+
+    section(Config, "")
+    return "\n".join(lines)
