@@ -257,6 +257,9 @@ def _coerce(value: Any, tp: Any, f: dataclasses.Field, key: str) -> Any:
         ok = ok and isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif tp is str:
+        if isinstance(value, bool) and meta.get("choices"):
+            # YAML 1.1 reads an unquoted off/on as a boolean; map it back for keys like run.progress=off.
+            value = "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not meta.get("choices"):
             value = str(value)
         ok = isinstance(value, str)

@@ -1,0 +1,92 @@
+"""The small interface every framework backend implements, and a registry that imports one lazily."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from hvdtrain.errors import UserError
+
+if TYPE_CHECKING:
+    from hvdtrain.config import Config
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process sits in the Horovod job."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    controller: str  # "gloo" or "mpi"
+    device: str      # e.g. "cpu" or "cuda:0"
+    threads: int     # CPU threads this rank uses
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Sums over one batch, so that batches and ranks combine exactly."""
+
+    loss_sum: float
+    correct: float
+    count: int
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.loss_sum, self.correct, self.count], dtype=np.float64)
+
+
+class Backend(Protocol):
+    """What the training loop needs from a framework. Batches are NHWC float32 numpy arrays."""
+
+    name: str
+
+    def init(self, threads_per_rank: int) -> World:
+        """Initialises Horovod, picks the device and sets CPU threads (0 = cores // local ranks)."""
+
+    def framework_version(self) -> str: ...
+
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise sum of a small float64 vector over all ranks."""
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable `obj`, in rank order, on every rank."""
+
+    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
+        """Builds model and optimizer, makes their state identical on all ranks; returns #parameters."""
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepStats:
+        """One optimizer step on this rank's micro-batch with gradients averaged over all ranks."""
+
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats: ...
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The model's parameters and buffers by name, as numpy arrays."""
+
+    def save_model(self, directory: Path) -> Path:
+        """Writes the model in the framework's native format (rank 0 calls this); returns the file."""
+
+    def shutdown(self) -> None: ...
+
+
+_REGISTRY = {
+    "torch": "torch_backend.backend:TorchBackend",
+    "tensorflow": "tf_backend.backend:TensorFlowBackend",
+}
+
+
+def get_backend(name: str) -> Backend:
+    """Imports and instantiates the named backend; only that framework gets imported."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown backend '{name}': choose one of {', '.join(_REGISTRY)}")
+    module_name, _, cls_name = _REGISTRY[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"backend '{name}' cannot be loaded ({exc}): run `make setup` (scripts/setup_env.sh) "
+                        "or `python -m hvdtrain doctor` to see what is missing") from None
+    return getattr(module, cls_name)()

@@ -1,0 +1,69 @@
+"""Command line: `hvdtrain [train] --config FILE key=value ...`, `doctor`, `config-docs`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from hvdtrain.environment import under_launcher
+from hvdtrain.errors import UserError
+
+COMMANDS = ("train", "doctor", "config-docs")
+ERROR_GRACE_S = 2.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hvdtrain", description="Horovod data-parallel training for PyTorch and TensorFlow/Keras 3. "
+                                     "Launch under horovodrun or mpirun for several ranks.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,doctor,config-docs}")
+    train = sub.add_parser("train", help="train a model (the default command)")
+    train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. optim.lr=0.05 train.epochs=3 (see docs/config.md)")
+    sub.add_parser("doctor", help="report Python, frameworks, Horovod and MPI, and what to fix")
+    sub.add_parser("config-docs", help="print the config reference (docs/config.md) as Markdown")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from hvdtrain.backend import get_backend
+    from hvdtrain.config import load_config
+    from hvdtrain.loop import train
+
+    cfg = load_config(args.config, args.overrides)  # before Horovod starts: bad input fails fast
+    backend = get_backend(cfg.backend)
+    try:
+        train(cfg, backend)
+    finally:
+        backend.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command; a UserError becomes a one-line message on stderr and exit code 2."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
+        args_list.insert(0, "train")
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    try:
+        if args.command == "doctor":
+            from hvdtrain.doctor import run_doctor
+            return run_doctor()
+        if args.command == "config-docs":
+            from hvdtrain.config import reference_markdown
+            print(reference_markdown())
+            return 0
+        return _train(args)
+    except UserError as exc:
+        print(f"hvdtrain: error: {exc}", file=sys.stderr, flush=True)
+        if under_launcher():
+            # The launcher stops the whole job when the first rank exits; a short grace period lets
+            # every rank, which parses the same input at about the same time, report the error too.
+            time.sleep(ERROR_GRACE_S)
+        return 2
+    except KeyboardInterrupt:
+        print("hvdtrain: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,170 @@
+"""The one training loop, written once for every backend: epochs, steps, evaluation, metrics, outputs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from hvdtrain import __version__
+from hvdtrain.backend import Backend, World
+from hvdtrain.config import Config, config_hash, flatten, to_dict, to_yaml
+from hvdtrain.data import BatchLoader, Dataset, load_dataset, plan_epoch, shard_for_eval
+from hvdtrain.errors import ConfigError, UserError
+from hvdtrain.outputs import RunOutputs
+from hvdtrain.progress import Progress
+
+
+def train(cfg: Config, backend: Backend) -> dict[str, Any]:
+    """Trains `cfg` on `backend` (Horovod already launched around us) and returns the run summary."""
+    wall_start = time.perf_counter()
+    world = backend.init(cfg.train.threads_per_rank)
+    check_same_config(cfg, backend, world)
+    progress = Progress(cfg.run.progress, enabled=world.rank == 0)
+    dataset = _agree(backend, lambda: load_dataset(cfg.data, cfg.seed))
+    num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes)
+    outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
+    _agree(backend, lambda: outputs.start(to_yaml(cfg)))
+
+    progress.print(f"hvdtrain {__version__}: backend {backend.name} ({backend.framework_version()}), "
+                   f"{world.size} rank(s) via {world.controller}, device {world.device}, "
+                   f"{world.threads} thread(s)/rank; {cfg.model.name} with {num_params:,} parameters; "
+                   f"{cfg.data.name}: {len(dataset.y_train)} train / {len(dataset.y_val)} val samples")
+    progress.print("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
+
+    history: list[dict[str, Any]] = []
+    total_steps = 0
+    for epoch in range(cfg.train.epochs):
+        record = _train_epoch(cfg, backend, world, dataset, epoch, progress)
+        record.update(_evaluate(cfg, backend, world, dataset))
+        total_steps += record.pop("steps")
+        history.append(record)
+        outputs.log_epoch(record)
+        progress.end_epoch(record)
+
+    # Every rank reports how many steps it really took: equal counts are what keeps collectives paired.
+    steps_per_rank = backend.allgather_object(total_steps)
+    outputs.save_weights(backend.weights())
+    if world.rank == 0:
+        backend.save_model(outputs.dir)
+    summary = _summary(cfg, backend, world, history, steps_per_rank, num_params,
+                       time.perf_counter() - wall_start)
+    outputs.finish(summary)
+    best = summary["best"]
+    progress.print(f"finished in {summary['wall_time_s']:.1f}s; best {best['metric']} "
+                   f"{best[best['metric']]:.4f} at epoch {best['epoch']}; outputs in {outputs.dir}")
+    return summary
+
+
+def _train_epoch(cfg: Config, backend: Backend, world: World, dataset: Dataset, epoch: int,
+                 progress: Progress) -> dict[str, Any]:
+    plan = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size,
+                      batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
+                      max_steps=cfg.train.max_steps_per_epoch)
+    lr = cfg.optim.lr
+    sums = np.zeros(3)
+    progress.start_epoch(epoch, cfg.train.epochs, plan.steps)
+    start = time.perf_counter()
+    step = 0
+    with BatchLoader(dataset.x_train, dataset.y_train, plan.indices, cfg.train.batch_size,
+                     prefetch=cfg.data.prefetch_batches) as loader:
+        for step, (x, y) in enumerate(loader, start=1):
+            stats = backend.train_step(x, y, lr)
+            sums += stats.as_array()
+            rate = step * cfg.train.batch_size * world.size / (time.perf_counter() - start)
+            progress.update(step, stats.loss_sum / stats.count, rate)
+        data_wait = loader.wait_seconds
+    elapsed = time.perf_counter() - start
+    loss_sum, correct, count = backend.allreduce_sum(sums)
+    return {
+        "epoch": epoch + 1,
+        "steps": step,
+        "train_loss": loss_sum / count,
+        "train_accuracy": correct / count,
+        "lr": lr,
+        "epoch_time_s": elapsed,
+        "samples_per_s": count / elapsed,
+        "data_wait_fraction": data_wait / elapsed,
+    }
+
+
+def _evaluate(cfg: Config, backend: Backend, world: World, dataset: Dataset) -> dict[str, Any]:
+    """Every validation sample exactly once across ranks; one allreduce of the sums at the end."""
+    start = time.perf_counter()
+    idx = shard_for_eval(len(dataset.y_val), world.rank, world.size)
+    sums = np.zeros(3)
+    for lo in range(0, len(idx), cfg.train.eval_batch_size):
+        batch = idx[lo:lo + cfg.train.eval_batch_size]
+        sums += backend.eval_step(dataset.x_val[batch], dataset.y_val[batch]).as_array()
+    loss_sum, correct, count = backend.allreduce_sum(sums)
+    if count == 0:
+        return {"val_loss": None, "val_accuracy": None, "eval_time_s": time.perf_counter() - start}
+    return {"val_loss": loss_sum / count, "val_accuracy": correct / count,
+            "eval_time_s": time.perf_counter() - start}
+
+
+def _summary(cfg: Config, backend: Backend, world: World, history: list[dict[str, Any]],
+             steps_per_rank: list[int], num_params: int, wall: float) -> dict[str, Any]:
+    metric = "val_accuracy" if history[-1]["val_accuracy"] is not None else "train_accuracy"
+    best = max(history, key=lambda r: r[metric])
+    return {
+        "backend": backend.name,
+        "framework_version": backend.framework_version(),
+        "hvdtrain_version": __version__,
+        "world_size": world.size,
+        "controller": world.controller,
+        "device": world.device,
+        "threads_per_rank": world.threads,
+        "model": cfg.model.name,
+        "num_parameters": num_params,
+        "dataset": cfg.data.name,
+        "epochs": len(history),
+        "steps": steps_per_rank[0],
+        "steps_per_rank": steps_per_rank,
+        "global_batch_size": cfg.train.batch_size * world.size,
+        "final": history[-1],
+        "best": {"metric": metric, **best},
+        "mean_samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
+        "wall_time_s": wall,
+        "config_hash": config_hash(cfg),
+    }
+
+
+def check_same_config(cfg: Config, backend: Backend, world: World) -> None:
+    """Stops every rank, naming the differing keys, if any rank resolved a different config."""
+    if world.size == 1:
+        return
+    mine = flatten(to_dict(cfg))
+    everyone = backend.allgather_object(mine)
+    diffs = []
+    for rank, theirs in enumerate(everyone):
+        for key in sorted(set(mine) | set(theirs)):
+            if theirs.get(key) != everyone[0].get(key):
+                diffs.append(f"rank {rank} has {key}={theirs.get(key)!r} where rank 0 has "
+                             f"{everyone[0].get(key)!r}")
+    if diffs:
+        shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+        raise ConfigError(f"ranks resolved different configs ({shown}): give every rank the same "
+                          "--config file and overrides")
+
+
+def _agree(backend: Backend, action: Any) -> Any:
+    """Runs `action` on every rank; if it fails with a UserError on any rank, every rank raises it.
+
+    Without this, a rank that cannot read its data would exit while the others wait in a collective.
+    """
+    error: UserError | None = None
+    result = None
+    try:
+        result = action()
+    except UserError as exc:
+        error = exc
+    messages = backend.allgather_object(str(error) if error else None)
+    failed = [(rank, msg) for rank, msg in enumerate(messages) if msg is not None]
+    if failed:
+        rank, msg = failed[0]
+        if error is not None:
+            raise error
+        raise UserError(f"{msg} (reported by rank {rank})")
+    return result

@@ -1,0 +1,75 @@
+"""Shared test helpers: run hvdtrain as real processes, alone or under horovodrun / mpirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LAUNCH_TIMEOUT_S = 600
+
+
+def launcher_prefix(launcher: str, np_: int) -> list[str]:
+    """The command words that start `np_` ranks with the named launcher."""
+    if launcher == "single":
+        assert np_ == 1
+        return []
+    if launcher == "horovodrun":  # Horovod's own launcher; picks MPI here since Horovod is built with it
+        return [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}"]
+    if launcher == "gloo":
+        return [str(BIN / "horovodrun"), "--gloo", "-np", str(np_), "-H", f"localhost:{np_}"]
+    if launcher == "mpirun":
+        return ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(np_)]
+    raise ValueError(launcher)
+
+
+def run_hvdtrain(args: list[str], *, launcher: str = "single", np_: int = 1, cwd: Path | None = None,
+                 check: bool = True, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Runs `python -m hvdtrain ARGS` under a launcher; returns the finished process (text output)."""
+    cmd = [*launcher_prefix(launcher, np_), sys.executable, "-m", "hvdtrain", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+                             f"\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_weights(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "weights.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def max_weight_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> Path:
+    """A fast, dropout-free digits config for equivalence tests."""
+    path = tmp_path / "small.yaml"
+    path.write_text(
+        "data: {name: digits, val_fraction: 0.2}\n"
+        "model: {name: cnn, channels: [8], hidden_units: [32]}\n"
+        "train: {epochs: 1, max_steps_per_epoch: 5}\n"
+        "optim: {name: sgd, lr: 0.1, momentum: 0.9}\n"
+        "run: {progress: 'off'}\n")
+    return path

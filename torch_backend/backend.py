@@ -1,0 +1,120 @@
+"""The PyTorch backend: horovod.torch's DistributedOptimizer around a plain PyTorch model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import horovod.torch as hvd
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hvdtrain.backend import StepStats, World
+from hvdtrain.environment import threads_for_rank
+from hvdtrain.config import Config, OptimConfig
+from hvdtrain.outputs import write_atomic
+from torch_backend.models import build_model
+
+
+def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
+    """The optimizer named by `optim.name` with the documented hyper-parameter meanings."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+class TorchBackend:
+    """Backend for PyTorch (see hvdtrain.backend.Backend)."""
+
+    name = "torch"
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def init(self, threads_per_rank: int) -> World:
+        hvd.init()  # Horovod: start the controller (Gloo under horovodrun, MPI under mpirun).
+        threads = threads_for_rank(threads_per_rank, hvd.local_size())
+        torch.set_num_threads(threads)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(hvd.local_rank())  # Horovod: one GPU per local rank.
+            self.device = torch.device("cuda", hvd.local_rank())
+        return World(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
+                     local_size=hvd.local_size(), controller="mpi" if hvd.mpi_enabled() else "gloo",
+                     device=str(self.device), threads=threads)
+
+    def framework_version(self) -> str:
+        return f"torch {torch.__version__}"
+
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        return hvd.allreduce(tensor, op=hvd.Sum, name="hvdtrain.metrics").numpy()
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return hvd.allgather_object(obj)
+
+    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, image_shape, num_classes).to(self.device)
+        optimizer = make_optimizer(cfg.optim, model.parameters())
+        # Horovod: every rank starts from rank 0's weights and optimizer state. The state goes through
+        # broadcast_object rather than hvd.broadcast_optimizer_state, which initialises an empty state by
+        # taking an optimizer step with zero gradients (that step applies weight decay and advances
+        # Adam's step count).
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        optimizer.load_state_dict(hvd.broadcast_object(optimizer.state_dict(), root_rank=0))
+        self.optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                                  op=hvd.Average)
+        self.model = model
+        return sum(p.numel() for p in model.parameters())
+
+    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # NHWC numpy -> NCHW view (channels_last memory), which conv layers take without a copy.
+        images = torch.from_numpy(x).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        return images, torch.from_numpy(y).to(self.device, non_blocking=True)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepStats:
+        assert self.model is not None and self.optimizer is not None, "build() first"
+        images, labels = self._tensors(x, y)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        self.optimizer.zero_grad()  # Horovod's override takes no arguments
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()  # Horovod: gradients are allreduced (averaged) as backward produces them.
+        self.optimizer.step()
+        correct = (logits.detach().argmax(1) == labels).sum()
+        return StepStats(loss.item() * len(labels), correct.item(), len(labels))
+
+    @torch.no_grad()
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
+        assert self.model is not None, "build() first"
+        images, labels = self._tensors(x, y)
+        self.model.eval()
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        return StepStats(loss.item(), (logits.argmax(1) == labels).sum().item(), len(labels))
+
+    def weights(self) -> dict[str, np.ndarray]:
+        assert self.model is not None, "build() first"
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    def save_model(self, directory: Path) -> Path:
+        import io
+
+        assert self.model is not None, "build() first"
+        buf = io.BytesIO()
+        torch.save(self.model.state_dict(), buf)
+        path = directory / "model.pt"
+        write_atomic(path, buf.getvalue())
+        return path
+
+    def shutdown(self) -> None:
+        hvd.shutdown()
