@@ -29,6 +29,7 @@ wheel_dir="$CACHE/horovod-$HOROVOD_VERSION-$key"
 stamp="$VENV/.hvdtrain-horovod"
 
 verify() {
+  export TF_CPP_MIN_LOG_LEVEL=2
   # torch and TensorFlow are checked in separate processes: hvdtrain never loads both in one.
   "$PY" -c 'import horovod.torch as h; assert h.mpi_built() and h.gloo_built(), "torch: MPI or Gloo missing"' \
     && "$PY" -c 'import horovod.tensorflow as h; assert h.mpi_built() and h.gloo_built(), "tensorflow: MPI or Gloo missing"'

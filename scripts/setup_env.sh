@@ -73,10 +73,11 @@ make_venv() {
     return
   fi
   say "installing pinned python packages into $VENV (first time: a few minutes)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | quiet_pip
   # mpi4py is compiled against the MPI found above so that mpirun and mpi4py agree.
   # shellcheck disable=SC2086
-  MPICC="$(command -v mpicc)" "$VENV/bin/python" -m pip install -q --no-binary mpi4py ${PIP_EXTRA_ARGS:-} -r requirements.txt
+  MPICC="$(command -v mpicc)" "$VENV/bin/python" -m pip install -q --no-binary mpi4py ${PIP_EXTRA_ARGS:-} \
+    -r requirements.txt 2>&1 | quiet_pip
   echo "$key" > "$stamp"
 }
 
@@ -86,7 +87,7 @@ install_project() {
     return
   fi
   say "installing hvdtrain (editable) into $VENV"
-  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" 2>&1 | quiet_pip
 }
 
 check_python
