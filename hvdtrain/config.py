@@ -22,9 +22,9 @@ from hvdtrain.errors import ConfigError
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, min: float | None = None,
-           max: float | None = None, below: float | None = None) -> Any:
-    """A config field: its default, one line of help, and the values it accepts."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "below": below}
+           max: float | None = None, below: float | None = None, min_items: int = 1) -> Any:
+    """A config field: its default, one line of help, and the values it accepts (`min_items`: lists)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "below": below, "min_items": min_items}
     return field(default=default, metadata=meta)
 
 
@@ -51,8 +51,8 @@ class ModelConfig:
     name: str = option("cnn", "Architecture.", choices=("mlp", "cnn"))
     channels: tuple[int, ...] = option((32, 64), "cnn: output channels of each conv block (3x3 conv, ReLU, "
                                                  "2x2 max-pool while the feature map is at least 2x2).", min=1)
-    hidden_units: tuple[int, ...] = option((128,), "Units of each hidden dense layer (mlp body, cnn head).",
-                                           min=1)
+    hidden_units: tuple[int, ...] = option((128,), "Units of each hidden dense layer (mlp body, cnn head); "
+                                                   "[] for none.", min=1, min_items=0)
     dropout: float = option(0.0, "Dropout rate after each hidden dense layer.", min=0.0, below=1.0)
 
 
@@ -238,7 +238,7 @@ def _coerce(value: Any, tp: Any, f: dataclasses.Field, key: str) -> Any:
     if origin is tuple:
         variadic = len(args) == 2 and args[1] is Ellipsis
         if not isinstance(value, (list, tuple)) or (not variadic and len(value) != len(args)) \
-                or (variadic and not value):
+                or (variadic and len(value) < meta["min_items"]):
             example = "[" + ", ".join(str(v) for v in (f.default or (1, 1))) + "]"
             raise ConfigError(f"config key {key}: expected {_describe(tp)}, got {value!r} "
                               f"(write it like {key}={example.replace(' ', '')})")
