@@ -1,4 +1,4 @@
-"""The torch backend under real launchers: gradient averaging, uneven shards, accuracy, errors on every rank.
+"""Both backends under real launchers: gradient averaging, uneven shards, accuracy, errors on every rank.
 
 Equivalence tolerance: 2 ranks x batch B and 1 rank x batch 2B see the same samples at every step, so
 their weights may differ only by float32 summation order: we require max |diff| <= 1e-5, while runs
@@ -15,10 +15,12 @@ from conftest import max_weight_diff, read_metrics, read_summary, read_weights, 
 pytestmark = pytest.mark.distributed
 
 PARITY_TOL = 1e-5
+BACKENDS = ["torch", "tensorflow"]
 
 
-def test_two_ranks_equal_one_rank_with_double_batch(tmp_path: Path, small_config: Path) -> None:
-    cfg = ["--config", str(small_config)]
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_ranks_equal_one_rank_with_double_batch(tmp_path: Path, small_config: Path, backend: str) -> None:
+    cfg = ["--config", str(small_config), f"backend={backend}"]
     run_hvdtrain([*cfg, "train.batch_size=32", f"run.dir={tmp_path / 'np1'}"])
     run_hvdtrain([*cfg, "train.batch_size=16", f"run.dir={tmp_path / 'np1_b16'}"])
     run_hvdtrain([*cfg, "train.batch_size=16", f"run.dir={tmp_path / 'gloo'}"], launcher="gloo", np_=2)
@@ -31,17 +33,18 @@ def test_two_ranks_equal_one_rank_with_double_batch(tmp_path: Path, small_config
         assert summary["controller"] == ("gloo" if name == "gloo" else "mpi")
         assert summary["steps_per_rank"] == [5, 5]
         diff = max_weight_diff(read_weights(tmp_path / name), reference)
-        print(f"{name}: max |w(np=2, B=16) - w(np=1, B=32)| = {diff:.3g}")
+        print(f"{backend} {name}: max |w(np=2, B=16) - w(np=1, B=32)| = {diff:.3g}")
         assert diff <= PARITY_TOL
     # The comparison is sensitive: a different global batch gives clearly different weights.
     assert max_weight_diff(read_weights(tmp_path / "np1_b16"), reference) > 1e-3
 
 
-def test_three_ranks_uneven_shards_take_equal_steps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_three_ranks_uneven_shards_take_equal_steps(tmp_path: Path, backend: str) -> None:
     # 100 samples, 3 ranks x 4 = 12 per global step: 8 steps, 4 samples left over each epoch.
     run_dir = tmp_path / "np3"
-    run_hvdtrain(["data.name=synthetic", "data.synthetic_samples=100", "data.synthetic_shape=[8,8,1]",
-                  "data.val_fraction=0.0", "model.name=mlp", "model.hidden_units=[16]", "train.epochs=2",
+    run_hvdtrain([f"backend={backend}", "data.name=synthetic", "data.synthetic_samples=100",
+                  "data.synthetic_shape=[8,8,1]", "data.val_fraction=0.0", "model.name=mlp", "model.hidden_units=[16]", "train.epochs=2",
                   "train.batch_size=4", "run.progress=off", f"run.dir={run_dir}"], launcher="mpirun", np_=3)
     summary = read_summary(run_dir)
     assert summary["world_size"] == 3
@@ -50,15 +53,17 @@ def test_three_ranks_uneven_shards_take_equal_steps(tmp_path: Path) -> None:
     assert [m["epoch"] for m in read_metrics(run_dir)] == [1, 2]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("launcher", ["horovodrun", "mpirun"])
-def test_digits_reaches_95_percent(tmp_path: Path, launcher: str) -> None:
+def test_digits_reaches_95_percent(tmp_path: Path, launcher: str, backend: str) -> None:
     run_dir = tmp_path / launcher
-    proc = run_hvdtrain(["--config", "configs/digits.yaml", f"run.dir={run_dir}"], launcher=launcher, np_=2)
+    proc = run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", f"run.dir={run_dir}"],
+                        launcher=launcher, np_=2)
     summary = read_summary(run_dir)
     metrics = read_metrics(run_dir)
-    print(f"{launcher}: final val_accuracy {summary['final']['val_accuracy']:.4f}, "
+    print(f"{backend} {launcher}: final val_accuracy {summary['final']['val_accuracy']:.4f}, "
           f"{summary['mean_samples_per_s']:.0f} samples/s, wall {summary['wall_time_s']:.1f}s")
-    assert summary["world_size"] == 2 and summary["backend"] == "torch"
+    assert summary["world_size"] == 2 and summary["backend"] == backend
     assert summary["final"]["val_accuracy"] >= 0.95
     assert len(metrics) == summary["epochs"] == 12
     for record in metrics:
@@ -66,7 +71,8 @@ def test_digits_reaches_95_percent(tmp_path: Path, launcher: str) -> None:
                 "samples_per_s"} <= record.keys()
         assert record["samples_per_s"] > 0
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "model.pt").is_file()
+    model_file = "model.pt" if backend == "torch" else "model.keras"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / model_file).is_file()
     # Rank 0 alone prints progress: one "done" line per epoch, not one per rank.
     assert proc.stdout.count("done: loss") == 12
 
