@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks; each script writes its own section of docs/benchmarks.md."""

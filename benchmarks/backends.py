@@ -1,0 +1,66 @@
+"""Torch vs TensorFlow backend on the same config under `horovodrun -np 2`, interleaved repeats.
+
+    python -m benchmarks.backends [--repeats 3] [--config configs/digits.yaml] [--np 2]
+
+Reports, per backend, the median over repeats of the median epoch time (first epoch excluded: it holds
+TensorFlow's tracing), samples/s, final validation accuracy, and the torch/TF ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.report import machine, update_section
+
+BACKENDS = ("torch", "tensorflow")
+
+
+def run_once(backend: str, config: str, np_: int, run_dir: Path) -> dict:
+    horovodrun = Path(sys.executable).parent / "horovodrun"
+    cmd = [str(horovodrun), "-np", str(np_), "-H", f"localhost:{np_}", sys.executable, "-m", "hvdtrain",
+           "--config", config, f"backend={backend}", "run.progress=off", f"run.dir={run_dir}"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    later = epochs[1:] or epochs
+    return {"epoch_s": statistics.median(e["epoch_time_s"] for e in later),
+            "samples_s": statistics.median(e["samples_per_s"] for e in later),
+            "val_acc": epochs[-1]["val_accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--config", default="configs/digits.yaml")
+    parser.add_argument("--np", type=int, default=2, dest="np_")
+    args = parser.parse_args()
+    results: dict[str, list[dict]] = {b: [] for b in BACKENDS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            for backend in BACKENDS:  # interleaved, so drifts in machine load hit both alike
+                results[backend].append(run_once(backend, args.config, args.np_, Path(tmp) / f"{backend}{i}"))
+                print(backend, i, results[backend][-1], file=sys.stderr)
+    med = {b: {k: statistics.median(r[k] for r in results[b]) for k in results[b][0]} for b in BACKENDS}
+    command = f"python -m benchmarks.backends --repeats {args.repeats} --config {args.config} --np {args.np_}"
+    rows = "\n".join(f"| {b} | {med[b]['epoch_s'] * 1000:.0f} | {med[b]['samples_s']:,.0f} | "
+                     f"{med[b]['val_acc']:.4f} |" for b in BACKENDS)
+    ratio = med["tensorflow"]["epoch_s"] / med["torch"]["epoch_s"]
+    update_section("backends", f"""## Backends side by side
+
+`{command}`: `horovodrun -np {args.np_}`, {args.config}, {args.repeats} interleaved repeats; medians of the
+per-epoch medians, epoch 1 excluded (TensorFlow traces its step then). {machine()}.
+
+| backend | epoch time (ms) | samples/s (all ranks) | final val_accuracy |
+|---|---|---|---|
+{rows}
+
+Epoch time ratio tensorflow / torch: **{ratio:.2f}**.""")
+
+
+if __name__ == "__main__":
+    main()

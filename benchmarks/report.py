@@ -1,0 +1,43 @@
+"""Writes one named section of docs/benchmarks.md, leaving the other sections as they are."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEADER = ("# Benchmarks\n\nEach section is written by the script named in it; rerun that command to reproduce "
+          "it. Numbers come from one run on the machine stated in the section, with the variants "
+          "interleaved; compare ratios within a section, not across machines.\n")
+
+
+def machine() -> str:
+    """One line naming the machine and the versions that matter."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mpi = subprocess.run(["mpirun", "--version"], capture_output=True, text=True).stdout.splitlines()
+    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+            f"{mpi[0] if mpi else 'no MPI'}, {datetime.now(timezone.utc):%Y-%m-%d}")
+
+
+def update_section(name: str, body: str) -> None:
+    """Replaces (or appends) the section delimited by `<!-- bench:NAME -->` markers."""
+    text = REPORT.read_text() if REPORT.exists() else HEADER
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    REPORT.write_text(text)
+    print(f"wrote section '{name}' of {REPORT.relative_to(Path.cwd()) if REPORT.is_relative_to(Path.cwd()) else REPORT}",
+          file=sys.stderr)
