@@ -57,6 +57,81 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Random training-image transforms with Keras ImageDataGenerator's keywords and meanings.
+
+    Images reach augmentation scaled to [0, 1] (hvdtrain's loaders do that), so value-unit keywords
+    (`cval`, `channel_shift_range`) are in [0, 1] units: divide a Keras value meant for 0-255 images by
+    255. Random transforms touch training batches only; `rescale` and the normalisations apply to
+    training and validation images alike. docs/augmentation.md maps every key to Keras and torchvision.
+    """
+
+    rotation_range: float = option(0.0, "Degrees: rotate by U(-r, r).", min=0.0)
+    width_shift_range: int | float | tuple[float, ...] = option(
+        0.0, "Float < 1: fraction of the width, >= 1: pixels, drawn from U(-r, r); int n: whole pixels in "
+             "(-n, n); list: one of its values with a random sign (as Keras).", min=0.0)
+    height_shift_range: int | float | tuple[float, ...] = option(
+        0.0, "As width_shift_range, for the height.", min=0.0)
+    shear_range: float = option(0.0, "Degrees: shear angle from U(-s, s).", min=0.0)
+    zoom_range: float | tuple[float, float] = option(
+        0.0, "z: zoom factors from [1-z, 1+z]; [lower, upper]: from that interval; x and y drawn "
+             "independently (factors > 1 zoom out, as in Keras).", min=0.0)
+    fill_mode: str = option("nearest", "How points outside the image are filled (SciPy's definitions, as "
+                                       "Keras).", choices=("constant", "nearest", "reflect", "wrap"))
+    cval: float = option(0.0, "Fill value for fill_mode=constant (in [0, 1] image units).")
+    horizontal_flip: bool = option(False, "Flip left-right with probability 1/2.")
+    vertical_flip: bool = option(False, "Flip upside-down with probability 1/2.")
+    brightness_range: tuple[float, float] | None = option(
+        None, "[lower, upper]: multiply pixel values by a factor from U(lower, upper), clipped to "
+              "[0, 1].", min=0.0)
+    channel_shift_range: float = option(0.0, "Add U(-c, c) to every channel, clipped to the image's own "
+                                             "min and max (in [0, 1] image units).", min=0.0)
+    rescale: float | None = option(None, "Multiply pixels by this after the transforms (images are "
+                                         "already in [0, 1]).")
+    featurewise_center: bool = option(False, "Subtract the per-channel mean of the whole training set "
+                                             "(computed across all ranks).")
+    featurewise_std_normalization: bool = option(False, "Divide by the per-channel std of the whole "
+                                                        "training set (+1e-6).")
+    samplewise_center: bool = option(False, "Subtract each image's own mean.")
+    samplewise_std_normalization: bool = option(False, "Divide each image by its own std (+1e-6).")
+
+    def __post_init__(self) -> None:
+        lower, upper = self.zoom_bounds()
+        if not 0 < lower <= upper:
+            raise ConfigError(f"config key augment.zoom_range: {self.zoom_range!r} gives zoom factors "
+                              f"[{lower:g}, {upper:g}]: use a number < 1 or [lower, upper] with "
+                              "0 < lower <= upper")
+        if self.brightness_range is not None and self.brightness_range[0] > self.brightness_range[1]:
+            raise ConfigError(f"config key augment.brightness_range: {list(self.brightness_range)} has "
+                              "lower > upper: write it as [lower, upper]")
+
+    def zoom_bounds(self) -> tuple[float, float]:
+        """The interval zoom factors are drawn from (Keras: z means [1-z, 1+z])."""
+        if isinstance(self.zoom_range, tuple):
+            return self.zoom_range
+        return 1.0 - self.zoom_range, 1.0 + self.zoom_range
+
+    @property
+    def random(self) -> bool:
+        """Whether any random transform is configured."""
+        return bool(self.rotation_range or _any_shift(self.width_shift_range)
+                    or _any_shift(self.height_shift_range) or self.shear_range
+                    or self.zoom_bounds() != (1.0, 1.0) or self.horizontal_flip or self.vertical_flip
+                    or self.brightness_range is not None or self.channel_shift_range)
+
+    @property
+    def standardizes(self) -> bool:
+        """Whether rescaling or a normalisation is configured."""
+        return bool(self.rescale is not None or self.featurewise_center
+                    or self.featurewise_std_normalization or self.samplewise_center
+                    or self.samplewise_std_normalization)
+
+
+def _any_shift(value: int | float | tuple[float, ...]) -> bool:
+    return bool(value) if not isinstance(value, tuple) else any(value)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How long and in what steps to train."""
 
@@ -102,6 +177,7 @@ class Config:
     backend: str = option("torch", "Framework that trains the model.", choices=("torch", "tensorflow"))
     seed: int = option(42, "Seed for model init, the validation split and data order.", min=0)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -216,8 +292,10 @@ _NAMES = {bool: ("true/false", "true/false values"), int: ("an integer", "intege
 def _describe(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return f"{_describe(inner[0])} or null"
+        words = [_describe(a) for a in args if a is not type(None)]
+        if type(None) in args:
+            words.append("null")
+        return ", ".join(words[:-1]) + " or " + words[-1]
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_NAMES[args[0]][1]}"
@@ -231,10 +309,19 @@ def _coerce(value: Any, tp: Any, f: dataclasses.Field, key: str) -> Any:
         raise ConfigError(f"config key {key} is a value, not a section: set {key}=<{_describe(tp)}>")
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
+        if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(value, inner, f, key)
+        # Alternatives are tried in the order written (int before float keeps Keras' int-vs-float
+        # meanings apart); the first that accepts the value wins.
+        for alternative in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, alternative, f, key)
+            except ConfigError as exc:
+                last = exc
+                if isinstance(exc, _OutOfRange):  # right type, wrong value: that is the error to report
+                    raise
+        raise ConfigError(f"config key {key}: expected {_describe(tp)}, got {value!r} "
+                          f"(set {key}=<{_describe(tp)}>)") from last
     if origin is tuple:
         variadic = len(args) == 2 and args[1] is Ellipsis
         if not isinstance(value, (list, tuple)) or (not variadic and len(value) != len(args)) \
@@ -270,22 +357,26 @@ def _coerce(value: Any, tp: Any, f: dataclasses.Field, key: str) -> Any:
     return value
 
 
+class _OutOfRange(ConfigError):
+    """A value of the right type outside what the key accepts."""
+
+
 def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
     choices = meta.get("choices")
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(choices)} "
+        raise _OutOfRange(f"config key {key}: {value!r} is not one of {', '.join(choices)} "
                           f"({hint}set {key}=<one of them>)")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
     if lo is not None and value < lo:
-        raise ConfigError(f"config key {key}: {value!r} is below the minimum {lo} (set {key} >= {lo})")
+        raise _OutOfRange(f"config key {key}: {value!r} is below the minimum {lo} (set {key} >= {lo})")
     if hi is not None and value > hi:
-        raise ConfigError(f"config key {key}: {value!r} is above the maximum {hi} (set {key} <= {hi})")
+        raise _OutOfRange(f"config key {key}: {value!r} is above the maximum {hi} (set {key} <= {hi})")
     if below is not None and value >= below:
-        raise ConfigError(f"config key {key}: {value!r} must be below {below} (set {key} < {below})")
+        raise _OutOfRange(f"config key {key}: {value!r} must be below {below} (set {key} < {below})")
 
 
 # ---------------------------------------------------------------------------------------------- output

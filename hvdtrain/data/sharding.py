@@ -8,7 +8,8 @@ Contract (documented in README "Data and sharding"):
   samples np=1 with batch 2B sees.
 - Every rank takes `N // g` steps (capped by max_steps), so no rank waits in a collective for another.
   The remainder, fewer than g samples at the end of the order, is skipped this epoch; the order changes
-  every epoch, so different samples are skipped each time.
+  every epoch, so different samples are skipped each time. `dropped = N - steps * g` counts the unused
+  samples (with max_steps, also those after the last step).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class ShardPlan:
     batch_size: int
     steps: int
     indices: np.ndarray  # this rank's sample indices in step order, (steps * batch_size,)
-    dropped: int         # samples of the global order not used this epoch
+    dropped: int         # samples of the global order not used this epoch: N - steps * g
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -52,13 +53,12 @@ def plan_epoch(num_samples: int, *, rank: int, world_size: int, batch_size: int,
         raise DataError(f"training set has {num_samples} samples, fewer than one global batch "
                         f"({world_size} ranks x train.batch_size={batch_size}): lower train.batch_size "
                         "or use fewer ranks")
-    full_steps = steps
     if max_steps is not None:
         steps = min(steps, max_steps)
     order = epoch_order(num_samples, seed, epoch, shuffle)[:steps * global_batch]
     mine = order.reshape(steps, world_size, batch_size)[:, rank, :].reshape(-1)
     return ShardPlan(rank=rank, world_size=world_size, batch_size=batch_size, steps=steps, indices=mine,
-                     dropped=num_samples - full_steps * global_batch)
+                     dropped=num_samples - steps * global_batch)
 
 
 def shard_for_eval(num_samples: int, rank: int, world_size: int) -> np.ndarray:

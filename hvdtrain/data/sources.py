@@ -106,7 +106,10 @@ def _npz(cfg: Any, seed: int) -> tuple[Any, ...]:
         raise DataError(f"data.path={cfg.path} holds {sorted(arrays)} but needs arrays 'x' and 'y': {fix}")
     x, y = _as_images(arrays["x"], f"data.path={cfg.path}: x"), _labels(arrays["y"], len(arrays["x"]), cfg)
     x_val = y_val = None
-    if "x_val" in arrays and "y_val" in arrays:
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise DataError(f"data.path={cfg.path} holds only one of 'x_val' and 'y_val': store both (explicit "
+                        "validation set) or neither (split by data.val_fraction)")
+    if "x_val" in arrays:
         x_val = _as_images(arrays["x_val"], f"data.path={cfg.path}: x_val")
         y_val = _labels(arrays["y_val"], len(x_val), cfg)
         if x_val.shape[1:] != x.shape[1:]:
@@ -132,13 +135,15 @@ def _image_folder(cfg: Any, seed: int) -> tuple[Any, ...]:
     if not root.is_dir():
         raise DataError(f"data.path={cfg.path} is not a folder: point it at a folder with one sub-folder "
                         "per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    # Hidden folders (.ipynb_checkpoints, .git) are never classes.
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"data.path={cfg.path} has no class sub-folders: put each class's images in "
                         "data.path/<class name>/")
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in (root / name).iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
         if not found:
             raise DataError(f"data.path={cfg.path}: class folder '{name}' has no .png/.jpg/.jpeg images: "
                             "add images or remove the folder")
@@ -149,18 +154,21 @@ def _image_folder(cfg: Any, seed: int) -> tuple[Any, ...]:
             with Image.open(path) as img:
                 img.load()
                 images.append(img.copy())
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"data.path={cfg.path}: cannot read image {path} ({exc}): fix or remove it") from None
+        # PIL reports damaged files as OSError, SyntaxError or ValueError depending on the format.
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                Image.DecompressionBombError) as exc:
+            raise DataError(f"data.path={cfg.path}: cannot read image {path} ({exc}): "
+                            "fix or remove it") from None
     gray = all(img.mode == "L" for img in images)
     size = tuple(cfg.image_size) if cfg.image_size else None
     arrays = []
     for (path, _), img in zip(files, images):
         img = img.convert("L" if gray else "RGB")
         if size is not None:
-            img = img.resize((size[1], size[0]), Image.BILINEAR)
+            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         elif (img.height, img.width) != (images[0].height, images[0].width):
-            raise DataError(f"data.path={cfg.path}: {path} is {img.height}x{img.width} but the first image is "
-                            f"{images[0].height}x{images[0].width}: set data.image_size=[H, W] to resize")
+            raise DataError(f"data.path={cfg.path}: {path} is {img.height}x{img.width} but the first image "
+                            f"is {images[0].height}x{images[0].width}: set data.image_size=[H, W] to resize")
         arrays.append(np.asarray(img, dtype=np.uint8))
     x = _as_images(np.stack(arrays), f"data.path={cfg.path}")
     y = np.array([label for _, label in files], dtype=np.int64)

@@ -76,6 +76,8 @@ def test_npz_uint8_float_and_explicit_validation(tmp_path: Path) -> None:
      "expected (N, H, W) or (N, H, W, C)"),
     (lambda p: np.savez(p / "m.npz", x=np.zeros((3, 2, 2)), y=np.array([0, -1, 2])) or str(p / "m.npz"),
      "labels must be >= 0"),
+    (lambda p: np.savez(p / "v.npz", x=np.zeros((3, 2, 2)), y=np.zeros(3, int), x_val=np.zeros((1, 2, 2)))
+     or str(p / "v.npz"), "only one of 'x_val' and 'y_val'"),
 ])
 def test_npz_errors_name_the_problem(tmp_path: Path, make, fragment: str) -> None:
     with pytest.raises(DataError) as info:
@@ -102,6 +104,9 @@ def test_image_folder_labels_channels_and_resize(tmp_path: Path) -> None:
     assert resized.x_train.shape == (5, 3, 5, 3)
     gray = _folder(tmp_path / "gray", {"a": [(4, 4)] * 2, "b": [(4, 4)]}, mode="L")
     assert load_dataset(Data(name="image_folder", path=str(gray), val_fraction=0.0), 0).x_train.shape[-1] == 1
+    (root / ".ipynb_checkpoints").mkdir()  # hidden folders and stray files are not classes or images
+    (root / "cat" / "notes.txt").write_text("x")
+    assert load_dataset(Data(name="image_folder", path=str(root), val_fraction=0.0), 0).num_classes == 2
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:
@@ -150,7 +155,9 @@ def test_uneven_shards_take_equal_steps_and_drop_the_remainder() -> None:
     assert all(len(p.indices) == 32 and p.dropped == 5 for p in plans)
     used = np.concatenate([p.indices for p in plans])
     assert len(set(used.tolist())) == 96
-    assert plan_epoch(101, rank=0, world_size=3, batch_size=4, seed=0, epoch=0, max_steps=3).steps == 3
+    capped = plan_epoch(101, rank=0, world_size=3, batch_size=4, seed=0, epoch=0, max_steps=3)
+    assert capped.steps == 3 and len(capped.indices) == 12 and capped.dropped == 101 - 36
+    assert np.array_equal(capped.indices, plans[0].indices[:12])
 
 
 def test_epochs_reshuffle_and_unshuffled_order() -> None:
@@ -234,3 +241,55 @@ def test_dataclass_config_is_accepted() -> None:
 
     cfg = replace(DataConfig(), name="synthetic", synthetic_samples=30, synthetic_shape=(4, 4, 1))
     assert load_dataset(cfg, seed=0).x_train.shape == (24, 4, 4, 1)
+
+
+def _loader_threads() -> int:
+    return sum(t.name == "hvdtrain-loader" for t in threading.enumerate())
+
+
+def _wait_for_no_loader_threads(timeout: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _loader_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _loader_threads() == 0
+
+
+def _within(seconds: float, fn):
+    """fn() run in a daemon thread, so a hang fails the test instead of blocking the suite."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds}s"
+    return result[0]
+
+
+def test_loader_can_be_iterated_again_and_closed_twice() -> None:
+    x, y = _arrays()
+    with BatchLoader(x, y, np.arange(5), batch_size=2) as loader:
+        first = _within(5, lambda: [b[1].tolist() for b in loader])
+        second = _within(5, lambda: [b[1].tolist() for b in loader])  # not stuck on the first pass's stop
+    assert first == second == [[0, 1], [2, 3], [4]]
+    loader.close()
+    loader.close()
+    _wait_for_no_loader_threads()
+
+
+def test_loader_close_inside_the_loop_ends_it() -> None:
+    x, y = _arrays(1000)
+    loader = BatchLoader(x, y, np.arange(1000), batch_size=1, prefetch=2)
+    seen = 0
+    for _ in loader:
+        seen += 1
+        if seen == 3:
+            loader.close()
+    assert 3 <= seen <= 6  # at most the already-queued batches after close
+    _wait_for_no_loader_threads()
+
+
+def test_abandoned_iterator_stops_the_worker() -> None:
+    x, y = _arrays(1000)
+    it = iter(BatchLoader(x, y, np.arange(1000), batch_size=1, prefetch=1))
+    assert next(it)[1].tolist() == [0]
+    del it  # garbage collection closes the generator, which stops its worker
+    _wait_for_no_loader_threads()
