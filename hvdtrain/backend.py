@@ -79,6 +79,14 @@ _REGISTRY = {
 }
 
 
+_AUGMENT_KERNELS = {"torch": "torch_backend.augment", "tensorflow": "tf_backend.augment"}
+
+
+def get_augment_kernel(name: str) -> Any:
+    """The named backend's `apply_transforms(images, params, config)`; imports only that framework."""
+    return importlib.import_module(_AUGMENT_KERNELS[name]).apply_transforms
+
+
 def get_backend(name: str) -> Backend:
     """Imports and instantiates the named backend; only that framework gets imported."""
     if name not in _REGISTRY:

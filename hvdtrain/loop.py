@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from hvdtrain import __version__
-from hvdtrain.backend import Backend, World
+from hvdtrain.augment.pipeline import AugmentPipeline, Transform
+from hvdtrain.augment.standardize import featurewise_stats
+from hvdtrain.backend import Backend, World, get_augment_kernel
 from hvdtrain.config import Config, config_hash, flatten, to_dict, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, load_dataset, plan_epoch, shard_for_eval
 from hvdtrain.errors import ConfigError, UserError
@@ -23,6 +26,8 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     check_same_config(cfg, backend, world)
     progress = Progress(cfg.run.progress, enabled=world.rank == 0)
     dataset = _agree(backend, lambda: load_dataset(cfg.data, cfg.seed))
+    augment = _augment_pipeline(cfg, backend, world, dataset)
+    dataset = replace(dataset, x_val=augment.eval_images(dataset.x_val))
     num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes)
     outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
     _agree(backend, lambda: outputs.start(to_yaml(cfg)))
@@ -36,7 +41,8 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     total_steps = 0
     for epoch in range(cfg.train.epochs):
-        record = _train_epoch(cfg, backend, world, dataset, epoch, progress)
+        record = _train_epoch(cfg, backend, world, dataset, epoch, progress,
+                              augment.train_transform(cfg.seed, world.rank, epoch))
         record.update(_evaluate(cfg, backend, world, dataset))
         total_steps += record.pop("steps")
         history.append(record)
@@ -57,8 +63,16 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     return summary
 
 
+def _augment_pipeline(cfg: Config, backend: Backend, world: World, dataset: Dataset) -> AugmentPipeline:
+    aug = cfg.augment
+    stats = None
+    if aug.featurewise_center or aug.featurewise_std_normalization:
+        stats = featurewise_stats(dataset.x_train, world.rank, world.size, aug.rescale, backend.allreduce_sum)
+    return AugmentPipeline(aug, get_augment_kernel(cfg.backend) if aug.random else None, stats)
+
+
 def _train_epoch(cfg: Config, backend: Backend, world: World, dataset: Dataset, epoch: int,
-                 progress: Progress) -> dict[str, Any]:
+                 progress: Progress, transform: Transform | None) -> dict[str, Any]:
     plan = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size,
                       batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
                       max_steps=cfg.train.max_steps_per_epoch)
@@ -68,7 +82,7 @@ def _train_epoch(cfg: Config, backend: Backend, world: World, dataset: Dataset, 
     start = time.perf_counter()
     step = 0
     with BatchLoader(dataset.x_train, dataset.y_train, plan.indices, cfg.train.batch_size,
-                     prefetch=cfg.data.prefetch_batches) as loader:
+                     prefetch=cfg.data.prefetch_batches, transform=transform) as loader:
         for step, (x, y) in enumerate(loader, start=1):
             stats = backend.train_step(x, y, lr)
             sums += stats.as_array()

@@ -1,0 +1,55 @@
+"""Keras' `standardize` step (rescale, samplewise and featurewise normalisation) for NHWC batches, and
+featurewise statistics over the whole training set across all ranks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from hvdtrain.config import AugmentConfig
+
+EPSILON = 1e-6  # Keras adds it to every std it divides by
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-channel mean and std of the (rescaled) training set."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def featurewise_stats(x_train: np.ndarray, rank: int, world_size: int, rescale: float | None,
+                      allreduce_sum: Callable[[np.ndarray], np.ndarray]) -> FeatureStats:
+    """Each rank sums a disjoint slice of the training set; one allreduce makes the global statistics."""
+    part = x_train[rank::world_size].astype(np.float64)
+    if rescale is not None:
+        part = part * rescale
+    channels = x_train.shape[-1]
+    local = np.concatenate([[part.shape[0] * part.shape[1] * part.shape[2]],
+                            part.sum(axis=(0, 1, 2)), np.square(part).sum(axis=(0, 1, 2))])
+    total = allreduce_sum(local)
+    count, sums, squares = total[0], total[1:1 + channels], total[1 + channels:]
+    mean = sums / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+    return FeatureStats(mean.astype(np.float32), std.astype(np.float32))
+
+
+def standardize(x: np.ndarray, cfg: AugmentConfig, stats: FeatureStats | None) -> np.ndarray:
+    """The normalisations of `cfg`, in Keras' order, on a float32 NHWC batch (returns a new array)."""
+    x = np.array(x, dtype=np.float32, copy=True)
+    if cfg.rescale is not None:
+        x *= cfg.rescale
+    if cfg.samplewise_center:
+        x -= x.mean(axis=(1, 2, 3), keepdims=True)
+    if cfg.samplewise_std_normalization:
+        x /= x.std(axis=(1, 2, 3), keepdims=True) + EPSILON
+    if cfg.featurewise_center:
+        assert stats is not None, "featurewise statistics are needed"
+        x -= stats.mean
+    if cfg.featurewise_std_normalization:
+        assert stats is not None, "featurewise statistics are needed"
+        x /= stats.std + EPSILON
+    return x

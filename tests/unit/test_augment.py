@@ -1,0 +1,177 @@
+"""Augmentation: pixel parity with Keras' ImageDataGenerator on both backends, the sampler's distributions,
+seeding, and standardisation.
+
+Parity tolerance: the numpy, torch and TensorFlow kernels and tf_keras' `apply_transform` (SciPy, float64
+inside, float32 out) must agree to 1e-5 on images in [0, 1]: only float32 rounding of the interpolation
+separates them (measured: about 1.2e-7). The frameworks run in their own processes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from hvdtrain.augment import epoch_rng, sample_transforms
+from hvdtrain.augment.kernel import NUMPY_OPS, apply_batch
+from hvdtrain.augment.standardize import featurewise_stats, standardize
+from hvdtrain.config import AugmentConfig
+
+PIXEL_TOL = 1e-5
+SCRIPT = REPO / "tests" / "scripts" / "augment_outputs.py"
+FILL_MODES = ("constant", "nearest", "reflect", "wrap")
+
+
+def run_impl(which: str, inputs: Path, tmp_path: Path) -> dict[str, np.ndarray]:
+    out = tmp_path / f"{which}.npz"
+    proc = subprocess.run([sys.executable, str(SCRIPT), which, str(inputs), str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(out) as data:
+        return {k: data[k] for k in data.files}
+
+
+def parity_case(mode: str, seed: int) -> tuple[np.ndarray, list[dict], AugmentConfig]:
+    rng = np.random.default_rng(seed)
+    cfg = AugmentConfig(rotation_range=45, width_shift_range=0.25, height_shift_range=(0.1, 0.3),
+                        shear_range=25, zoom_range=(0.6, 1.4), horizontal_flip=True, vertical_flip=True,
+                        channel_shift_range=0.2, fill_mode=mode, cval=0.25)
+    images = rng.random((24, 11, 14, 3)).astype(np.float32)
+    params = sample_transforms(cfg, len(images), images.shape[1:], rng)
+    for i in range(0, len(params), 4):  # some images without any change, some with one change only
+        params[i] = {**params[i], "theta": 0, "tx": 0, "ty": 0, "shear": 0, "zx": 1, "zy": 1}
+        params[i + 1] = {**params[i + 1], "theta": 0, "shear": 0, "flip_horizontal": False}
+    return images, params, cfg
+
+
+@pytest.mark.parametrize("mode", FILL_MODES)
+def test_both_backends_match_keras_pixel_for_pixel(tmp_path: Path, mode: str) -> None:
+    images, params, cfg = parity_case(mode, seed=FILL_MODES.index(mode))
+    inputs = tmp_path / "in.npz"
+    sampler = {"rotation_range": 30, "width_shift_range": [2, 4], "height_shift_range": 3, "zoom_range": 0.2}
+    config = {"fill_mode": mode, "cval": cfg.cval}
+    np.savez(inputs, images=images, params=json.dumps(params), config=json.dumps(config),
+             sampler_config=json.dumps(sampler), draws=10)
+    keras = run_impl("keras", inputs, tmp_path)["applied"]
+    ours = {"numpy": apply_batch(NUMPY_OPS, images, params, mode, cfg.cval)}
+    for which in ("torch", "tensorflow"):
+        result = run_impl(which, inputs, tmp_path)
+        other = "tensorflow" if which == "torch" else "torch"
+        assert other not in json.loads(str(result["modules"]))
+        ours[which] = result["applied"]
+    assert not np.allclose(keras, images)  # the transforms really moved pixels
+    for which, out in ours.items():
+        error = float(np.max(np.abs(out - keras)))
+        print(f"{mode} {which}: max |ours - keras| = {error:.2e}")
+        assert out.shape == keras.shape and error <= PIXEL_TOL
+    assert np.max(np.abs(ours["torch"] - ours["tensorflow"])) <= PIXEL_TOL
+
+
+def test_sampler_matches_keras_distributions(tmp_path: Path) -> None:
+    """Quantiles of every drawn parameter agree with Keras' own draws (2,000 each), ints stay ints."""
+    sampler = {"rotation_range": 30, "width_shift_range": [0.1, 0.2], "height_shift_range": 3,
+               "shear_range": 10, "zoom_range": [0.7, 1.2], "horizontal_flip": True,
+               "channel_shift_range": 0.1, "brightness_range": [0.5, 1.5]}
+    images = np.zeros((1, 20, 30, 3), dtype=np.float32)
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, images=images, params="[]", config="{}", sampler_config=json.dumps(sampler),
+             draws=2000)
+    keras = json.loads(str(run_impl("keras", inputs, tmp_path)["draws"]))
+    cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sampler.items()})
+    ours = sample_transforms(cfg, 2000, (20, 30, 3), np.random.default_rng(1))
+    assert set(ours[0]) == set(keras[0])
+    for key in ("theta", "tx", "ty", "shear", "zx", "zy", "channel_shift_intensity", "brightness"):
+        a = np.array([d[key] for d in ours], dtype=float)
+        b = np.array([d[key] for d in keras], dtype=float)
+        spread = np.ptp(b) or 1.0
+        qa, qb = np.quantile(a, [0, 0.1, 0.5, 0.9, 1]), np.quantile(b, [0, 0.1, 0.5, 0.9, 1])
+        assert np.max(np.abs(qa - qb)) <= 0.06 * spread, (key, qa, qb)
+    # width_shift_range=[0.1, 0.2]: one list value, random sign, times the width (30).
+    assert set(np.round([d["ty"] for d in ours], 6)) == {-6.0, -3.0, 3.0, 6.0}
+    # height_shift_range=3 (int): whole pixels in (-3, 3).
+    assert set(d["tx"] for d in ours) == {-2.0, -1.0, 0.0, 1.0, 2.0}
+    zx, zy = np.array([d["zx"] for d in ours]), np.array([d["zy"] for d in ours])
+    assert abs(np.corrcoef(zx, zy)[0, 1]) < 0.1 and np.mean(zx != zy) > 0.99
+    flips = np.mean([d["flip_horizontal"] for d in ours])
+    assert 0.45 < flips < 0.55 and not any(d["flip_vertical"] for d in ours)
+
+
+def test_shift_rules() -> None:
+    rng = np.random.default_rng(0)
+    draw = lambda **kw: sample_transforms(AugmentConfig(**kw), 500, (10, 40, 1), rng)  # noqa: E731
+    ty = np.array([d["ty"] for d in draw(width_shift_range=0.25)])
+    assert -10 <= ty.min() < -9 and 9 < ty.max() <= 10  # fraction of the width 40
+    ty = np.array([d["ty"] for d in draw(width_shift_range=2.5)])
+    assert -2.5 <= ty.min() < -2 and 2 < ty.max() <= 2.5 and not np.allclose(ty, np.round(ty))  # pixels
+    tx = np.array([d["tx"] for d in draw(height_shift_range=0.5)])
+    assert -5 <= tx.min() and tx.max() <= 5  # tx follows the height (10), as in Keras
+    plain = draw()[0]
+    assert plain == {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0,
+                     "flip_horizontal": False, "flip_vertical": False, "channel_shift_intensity": None,
+                     "brightness": None}
+
+
+def test_seeding_per_seed_rank_epoch() -> None:
+    cfg = AugmentConfig(rotation_range=20, zoom_range=0.2)
+
+    def draw(seed: int, rank: int, epoch: int) -> list[dict]:
+        return sample_transforms(cfg, 8, (8, 8, 1), epoch_rng(seed, rank, epoch))
+
+    assert draw(1, 0, 0) == draw(1, 0, 0)
+    assert draw(1, 0, 0) != draw(1, 1, 0)
+    assert draw(1, 0, 0) != draw(1, 0, 1)
+    assert draw(1, 0, 0) != draw(2, 0, 0)
+
+
+def test_brightness_and_channel_shift() -> None:
+    x = np.linspace(0.1, 0.9, 2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+    base = {"theta": 0, "tx": 0, "ty": 0, "shear": 0, "zx": 1, "zy": 1, "flip_horizontal": False,
+            "flip_vertical": False}
+    out = apply_batch(NUMPY_OPS, x, [{**base, "brightness": 2.5, "channel_shift_intensity": None},
+                                     {**base, "brightness": 0.5, "channel_shift_intensity": None}],
+                      "nearest", 0.0)
+    assert np.allclose(out[0], np.clip(x[0] * 2.5, 0, 1)) and out[0].max() == 1.0
+    assert np.allclose(out[1], x[1] * 0.5)
+    out = apply_batch(NUMPY_OPS, x, [{**base, "channel_shift_intensity": 0.3, "brightness": None},
+                                     {**base, "channel_shift_intensity": -0.3, "brightness": None}],
+                      "nearest", 0.0)
+    assert np.allclose(out[0], np.clip(x[0] + 0.3, x[0].min(), x[0].max()))
+    assert np.allclose(out[1], np.clip(x[1] - 0.3, x[1].min(), x[1].max()))
+
+
+def test_standardize_matches_keras(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    images = rng.random((16, 5, 6, 3)).astype(np.float32) * np.array([1.0, 0.5, 2.0], dtype=np.float32)
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, images=images, params="[]", config="{}", sampler_config="{}", draws=1)
+    keras = run_impl("keras", inputs, tmp_path)["standardized"]
+    cfg = AugmentConfig(featurewise_center=True, featurewise_std_normalization=True, samplewise_center=True,
+                        samplewise_std_normalization=True, rescale=0.5)
+    # Two "ranks" each summing half of the set, as the allreduce does, give the global statistics.
+    parts = [featurewise_stats(images, r, 2, 0.5, lambda v: v) for r in range(2)]
+    assert not np.allclose(parts[0].mean, parts[1].mean)
+    stats = featurewise_stats(images, 0, 1, 0.5, lambda v: v)
+    assert np.allclose(stats.mean, (images * 0.5).mean(axis=(0, 1, 2)), atol=1e-6)
+    assert np.allclose(stats.std, (images * 0.5).std(axis=(0, 1, 2)), atol=1e-6)
+    assert np.max(np.abs(standardize(images, cfg, stats) - keras)) <= 1e-4
+
+
+def test_config_errors() -> None:
+    from hvdtrain.config import load_config
+    from hvdtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="augment.zoom_range"):
+        load_config(None, ["augment.zoom_range=1.2"])
+    with pytest.raises(ConfigError, match="augment.brightness_range"):
+        load_config(None, ["augment.brightness_range=[1.5,0.5]"])
+    with pytest.raises(ConfigError, match="augment.fill_mode"):
+        load_config(None, ["augment.fill_mode=mirror"])
+    with pytest.raises(ConfigError, match="augment.width_shift_range: expected an integer, a number or a list"):
+        load_config(None, ["augment.width_shift_range=wide"])
+    cfg = load_config(None, ["augment.width_shift_range=3", "augment.height_shift_range=3.0"]).augment
+    assert isinstance(cfg.width_shift_range, int) and isinstance(cfg.height_shift_range, float)
