@@ -9,7 +9,7 @@ import time
 from hvdtrain.environment import under_launcher
 from hvdtrain.errors import UserError
 
-COMMANDS = ("train", "doctor", "config-docs")
+COMMANDS = ("train", "doctor", "config-docs", "augment-preview")
 ERROR_GRACE_S = 2.0
 
 
@@ -17,12 +17,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hvdtrain", description="Horovod data-parallel training for PyTorch and TensorFlow/Keras 3. "
                                      "Launch under horovodrun or mpirun for several ranks.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,doctor,config-docs}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,doctor,config-docs,augment-preview}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides, e.g. optim.lr=0.05 train.epochs=3 (see docs/config.md)")
     sub.add_parser("doctor", help="report Python, frameworks, Horovod and MPI, and what to fix")
+    preview = sub.add_parser("augment-preview", help="write a PNG grid of augmented training samples")
+    preview.add_argument("--config", "-c", help="YAML config file with an augment section")
+    preview.add_argument("--out", default="augment-preview.png", help="PNG to write")
+    preview.add_argument("--rows", type=int, default=4, help="source images (one per row)")
+    preview.add_argument("--variants", type=int, default=7, help="augmented versions per image")
+    preview.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     sub.add_parser("config-docs", help="print the config reference (docs/config.md) as Markdown")
     return parser
 
@@ -52,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             from hvdtrain.doctor import run_doctor
             return run_doctor()
+        if args.command == "augment-preview":
+            from pathlib import Path
+
+            from hvdtrain.config import load_config
+            from hvdtrain.preview import write_preview
+
+            path = write_preview(load_config(args.config, args.overrides), Path(args.out), args.rows,
+                                 args.variants)
+            print(f"wrote {path}")
+            return 0
         if args.command == "config-docs":
             from hvdtrain.config import reference_markdown
             print(reference_markdown())

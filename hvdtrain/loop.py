@@ -56,6 +56,9 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
         backend.save_model(outputs.dir)
     summary = _summary(cfg, backend, world, history, steps_per_rank, num_params,
                        time.perf_counter() - wall_start)
+    if augment.stats is not None:
+        summary["featurewise_mean"] = augment.stats.mean.tolist()
+        summary["featurewise_std"] = augment.stats.std.tolist()
     outputs.finish(summary)
     best = summary["best"]
     progress.print(f"finished in {summary['wall_time_s']:.1f}s; best {best['metric']} "

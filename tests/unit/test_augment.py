@@ -175,3 +175,22 @@ def test_config_errors() -> None:
         load_config(None, ["augment.width_shift_range=wide"])
     cfg = load_config(None, ["augment.width_shift_range=3", "augment.height_shift_range=3.0"]).augment
     assert isinstance(cfg.width_shift_range, int) and isinstance(cfg.height_shift_range, float)
+
+
+def test_augment_preview_writes_a_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "preview.png"
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain", "augment-preview", "--config",
+                           "configs/digits_augment.yaml", "--out", str(out), "--rows", "3", "--variants", "5"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.mode == "L"
+        pixels = np.asarray(img)
+    # 3 rows x 6 columns of 8x8 digits scaled 12x, 2-pixel gaps.
+    assert pixels.shape == (3 * (96 + 2) + 2, 6 * (96 + 2) + 2)
+    assert pixels.std() > 20  # real image content, not a blank canvas
+    refused = subprocess.run([sys.executable, "-m", "hvdtrain", "augment-preview", "--out", str(out)],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "sets no random transform" in refused.stderr
