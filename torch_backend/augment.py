@@ -7,9 +7,23 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
 from hvdtrain.config import AugmentConfig
+
+def _grid_sample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples at in-range pixel coordinates with torch's grid_sample (one C++ kernel)."""
+    height, width = images.shape[1], images.shape[2]
+
+    def normalise(coord: torch.Tensor, size: int) -> torch.Tensor:
+        return coord * (2.0 / (size - 1)) - 1.0 if size > 1 else coord * 0.0
+
+    grid = torch.stack([normalise(cols, width), normalise(rows, height)], dim=-1).to(torch.float32)
+    out = F.grid_sample(images.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return out.permute(0, 2, 3, 1)
+
 
 TORCH_OPS = ArrayOps(
     xp=torch,
@@ -17,6 +31,7 @@ TORCH_OPS = ArrayOps(
     image_min=lambda x: torch.amin(x, dim=(1, 2, 3), keepdim=True),
     image_max=lambda x: torch.amax(x, dim=(1, 2, 3), keepdim=True),
     flip=lambda x, axis: torch.flip(x, dims=(axis,)),
+    bilinear=_grid_sample,
 )
 
 

@@ -28,6 +28,8 @@ class ArrayOps:
     image_min: Callable[[Any], Any]             # (N, H, W, C) -> (N, 1, 1, 1)
     image_max: Callable[[Any], Any]
     flip: Callable[[Any, int], Any]             # reverse one axis
+    # Optional fast path: bilinear samples of NHWC images at in-range float64 (row, col) maps (N, H, W).
+    bilinear: Callable[[Any, Any, Any], Any] | None = None
 
 
 NUMPY_OPS = ArrayOps(
@@ -47,19 +49,12 @@ def _scipy_coordinate(xp: Any, c: Any, n: int, mode: str) -> Any:
         return c * 0.0
     if mode in ("nearest", "constant"):
         return xp.clip(c, 0.0, float(last))
-    # SciPy truncates quotients toward zero; each branch below is only selected where its quotient is
-    # positive, so floor() (which every array library has) gives the same.
-    if mode == "reflect":
-        s2 = 2.0 * n
-        low = xp.where(c < -s2, s2 * xp.floor(-c / s2) + c, c)
-        low = xp.where(low < -n, low + s2, -low - 1.0)
-        high = c - s2 * xp.floor(c / s2)
-        high = xp.where(high >= n, s2 - high - 1.0, high)
-    else:  # wrap, with SciPy's period of n - 1
-        sz = float(last)
-        low = c + sz * (xp.floor(-c / sz) + 1.0)
-        high = c - sz * xp.floor(c / sz)
-    mapped = xp.where(c < 0, low, xp.where(c > last, high, c))
+    if mode == "reflect":  # SciPy: -c-1 below 0, 2n-c-1 above n-1: a period of 2n
+        u = xp.remainder(c, 2.0 * n)
+        mapped = xp.where(u >= n, 2.0 * n - 1.0 - u, u)
+    else:  # wrap, with SciPy's period of n - 1; a coordinate below 0 on a period boundary maps to n-1
+        u = xp.remainder(c, float(last))
+        mapped = xp.where(c < 0, xp.where(u == 0, float(last), u), xp.where(c > last, u, c))
     # `reflect` can land in the half pixel beyond an edge, (-1, 0) or (n-1, n); SciPy's interpolation
     # extends its neighbours by the same rule there, which gives the edge pixel itself.
     return xp.clip(mapped, 0.0, float(last))
@@ -79,6 +74,21 @@ def affine_sample(ops: ArrayOps, images: Any, matrices: Any, fill_mode: str, cva
 
     r_in, c_in = coord(0), coord(1)
     r, c = _scipy_coordinate(xp, r_in, height, fill_mode), _scipy_coordinate(xp, c_in, width, fill_mode)
+    if ops.bilinear is not None:
+        out = ops.bilinear(images, r, c)
+    else:
+        out = _gather_bilinear(ops, images, r, c)
+    if fill_mode == "constant":
+        inside = (r_in >= 0) & (r_in <= height - 1) & (c_in >= 0) & (c_in <= width - 1)
+        out = xp.where(xp.reshape(inside, (n, height, width, 1)), out, xp.asarray(cval, dtype=f32))
+    return out
+
+
+def _gather_bilinear(ops: ArrayOps, images: Any, r: Any, c: Any) -> Any:
+    """Bilinear interpolation by four gathers, for any array library."""
+    xp = ops.xp
+    n, height, width, channels = (int(d) for d in images.shape)
+    f32 = xp.float32
     r0, c0 = xp.floor(r), xp.floor(c)
     fr, fc = xp.asarray(r - r0, dtype=f32), xp.asarray(c - c0, dtype=f32)
     r0i, c0i = xp.asarray(r0, dtype=xp.int64), xp.asarray(c0, dtype=xp.int64)
@@ -94,11 +104,7 @@ def affine_sample(ops: ArrayOps, images: Any, matrices: Any, fill_mode: str, cva
     fr4, fc4 = xp.reshape(fr, (n, height, width, 1)), xp.reshape(fc, (n, height, width, 1))
     top = pick(r0i, c0i) * (1.0 - fc4) + pick(r0i, c1i) * fc4
     bottom = pick(r1i, c0i) * (1.0 - fc4) + pick(r1i, c1i) * fc4
-    out = top * (1.0 - fr4) + bottom * fr4
-    if fill_mode == "constant":
-        inside = (r_in >= 0) & (r_in <= height - 1) & (c_in >= 0) & (c_in <= width - 1)
-        out = xp.where(xp.reshape(inside, (n, height, width, 1)), out, xp.asarray(cval, dtype=f32))
-    return out
+    return top * (1.0 - fr4) + bottom * fr4
 
 
 def apply_batch(ops: ArrayOps, images: Any, params: Sequence[dict[str, Any]], fill_mode: str,

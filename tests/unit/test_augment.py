@@ -72,6 +72,23 @@ def test_both_backends_match_keras_pixel_for_pixel(tmp_path: Path, mode: str) ->
     assert np.max(np.abs(ours["torch"] - ours["tensorflow"])) <= PIXEL_TOL
 
 
+def test_whole_pixel_shifts_onto_period_boundaries_match_keras(tmp_path: Path) -> None:
+    """Integer coordinates that land exactly on SciPy's wrap/reflect period boundaries."""
+    h, w = 11, 14
+    images = np.random.default_rng(5).random((1, h, w, 3)).astype(np.float32)
+    base = {"theta": 0, "shear": 0, "zx": 1, "zy": 1, "flip_horizontal": False, "flip_vertical": False,
+            "channel_shift_intensity": None, "brightness": None}
+    shifts = [(tx, ty) for tx in (-(2 * h - 2), -(h - 1), -h, 3, h - 1, 2 * h) for ty in (-(w - 1), 0, 2 * w - 2)]
+    params = [{**base, "tx": float(tx), "ty": float(ty)} for tx, ty in shifts]
+    batch = np.repeat(images, len(params), axis=0)
+    for mode in FILL_MODES:
+        inputs = tmp_path / f"{mode}.npz"
+        np.savez(inputs, images=batch, params=json.dumps(params), config=json.dumps({"fill_mode": mode}),
+                 sampler_config="{}", draws=1)
+        keras = run_impl("keras", inputs, tmp_path)["applied"]
+        assert np.max(np.abs(apply_batch(NUMPY_OPS, batch, params, mode, 0.0) - keras)) <= PIXEL_TOL, mode
+
+
 def test_sampler_matches_keras_distributions(tmp_path: Path) -> None:
     """Quantiles of every drawn parameter agree with Keras' own draws (2,000 each), ints stay ints."""
     sampler = {"rotation_range": 30, "width_shift_range": [0.1, 0.2], "height_shift_range": 3,
