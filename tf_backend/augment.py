@@ -17,7 +17,6 @@ TF_OPS = ArrayOps(
     take_rows=lambda table, idx: tf.gather(table, idx, axis=0),
     image_min=lambda x: tf.reduce_min(x, axis=(1, 2, 3), keepdims=True),
     image_max=lambda x: tf.reduce_max(x, axis=(1, 2, 3), keepdims=True),
-    flip=lambda x, axis: tf.reverse(x, axis=[axis]),
 )
 
 

@@ -25,13 +25,30 @@ def _grid_sample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -
     return out.permute(0, 2, 3, 1)
 
 
+def _nearest_affine(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor | None:
+    """fill_mode=nearest with affine_grid + grid_sample(border): clamping the coordinate, as SciPy does."""
+    n, height, width, _ = images.shape
+    # Pixel (row, col) -> grid_sample's normalised (x, y) with align_corners=True, both ways.
+    if height < 2 or width < 2:
+        return None  # one-pixel rows or columns: the general path handles them
+    to_norm = torch.tensor([[0.0, 2.0 / (width - 1), -1.0], [2.0 / (height - 1), 0.0, -1.0], [0.0, 0.0, 1.0]],
+                           dtype=torch.float64)
+    from_norm = torch.linalg.inv(to_norm)
+    full = torch.cat([matrices, torch.tensor([[[0.0, 0.0, 1.0]]], dtype=torch.float64).expand(n, 1, 3)], 1)
+    theta = (to_norm @ full @ from_norm)[:, :2].to(torch.float32)
+    grid = F.affine_grid(theta, [n, images.shape[3], height, width], align_corners=True)
+    out = F.grid_sample(images.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return out.permute(0, 2, 3, 1)
+
+
 TORCH_OPS = ArrayOps(
     xp=torch,
     take_rows=lambda table, idx: torch.index_select(table, 0, idx),
     image_min=lambda x: torch.amin(x, dim=(1, 2, 3), keepdim=True),
     image_max=lambda x: torch.amax(x, dim=(1, 2, 3), keepdim=True),
-    flip=lambda x, axis: torch.flip(x, dims=(axis,)),
     bilinear=_grid_sample,
+    nearest_affine=_nearest_affine,
 )
 
 

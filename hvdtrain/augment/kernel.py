@@ -4,7 +4,8 @@ TensorFlow each provide (`ArrayOps`); the backends only supply the interface.
 Geometry reproduces `scipy.ndimage.affine_transform(order=1)` as Keras calls it: every output pixel's
 input coordinate goes through SciPy's boundary rule for the fill mode (its `reflect` and `wrap` are not
 the usual image-library ones: `wrap` has period n-1), then bilinear interpolation; `constant` gives
-`cval` wherever the coordinate falls outside [0, n-1]. Then channel shift, flips and brightness in Keras' order.
+`cval` wherever the coordinate falls outside [0, n-1]. Flips are folded into the same resampling; then
+channel shift and brightness, in Keras' order.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ class ArrayOps:
     take_rows: Callable[[Any, Any], Any]        # (table (M, C), idx (K,) int64) -> (K, C)
     image_min: Callable[[Any], Any]             # (N, H, W, C) -> (N, 1, 1, 1)
     image_max: Callable[[Any], Any]
-    flip: Callable[[Any, int], Any]             # reverse one axis
     # Optional fast path: bilinear samples of NHWC images at in-range float64 (row, col) maps (N, H, W).
     bilinear: Callable[[Any, Any, Any], Any] | None = None
+    # Optional fast path for fill_mode="nearest", whose result is continuous in the coordinates and so
+    # needs no float64 boundary decisions: (images, (N, 2, 3) float64 matrices) -> images, or None to
+    # leave the batch to the general path.
+    nearest_affine: Callable[[Any, Any], Any] | None = None
 
 
 NUMPY_OPS = ArrayOps(
@@ -37,7 +41,6 @@ NUMPY_OPS = ArrayOps(
     take_rows=lambda table, idx: np.take(table, idx, axis=0),
     image_min=lambda x: x.min(axis=(1, 2, 3), keepdims=True),
     image_max=lambda x: x.max(axis=(1, 2, 3), keepdims=True),
-    flip=lambda x, axis: np.flip(x, axis=axis),
 )
 
 
@@ -62,6 +65,10 @@ def _scipy_coordinate(xp: Any, c: Any, n: int, mode: str) -> Any:
 
 def affine_sample(ops: ArrayOps, images: Any, matrices: Any, fill_mode: str, cval: float) -> Any:
     """Applies per-image (N, 2, 3) float64 matrices (output (row, col) -> input) to NHWC float32 images."""
+    if fill_mode == "nearest" and ops.nearest_affine is not None:
+        out = ops.nearest_affine(images, matrices)
+        if out is not None:
+            return out
     xp = ops.xp
     n, height, width, channels = (int(d) for d in images.shape)
     f64, f32 = xp.float64, xp.float32
@@ -109,7 +116,8 @@ def _gather_bilinear(ops: ArrayOps, images: Any, r: Any, c: Any) -> Any:
 
 def apply_batch(ops: ArrayOps, images: Any, params: Sequence[dict[str, Any]], fill_mode: str,
                 cval: float) -> Any:
-    """Keras' `apply_transform` for a whole NHWC float32 batch: affine, channel shift, flips, brightness.
+    """Keras' `apply_transform` for a whole NHWC float32 batch: affine and flips (folded into one
+    resampling), channel shift, brightness.
 
     Brightness multiplies pixel values by the factor and clips to [0, 1] (hvdtrain's image range); Keras
     goes through an 8-bit PIL image there (see docs/augmentation.md).
@@ -127,10 +135,6 @@ def apply_batch(ops: ArrayOps, images: Any, params: Sequence[dict[str, Any]], fi
 
     if any(p.get("channel_shift_intensity") is not None for p in params):
         out = xp.clip(out + column("channel_shift_intensity"), ops.image_min(out), ops.image_max(out))
-    for key, axis in (("flip_horizontal", 2), ("flip_vertical", 1)):
-        flags = np.array([bool(p.get(key)) for p in params])
-        if flags.any():
-            out = xp.where(xp.reshape(xp.asarray(flags), (n, 1, 1, 1)), ops.flip(out, axis), out)
     if any(p.get("brightness") is not None for p in params):
         factors = np.array([1.0 if p.get("brightness") is None else p["brightness"] for p in params],
                            dtype=np.float32)
