@@ -39,5 +39,5 @@ def update_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     REPORT.write_text(text)
-    print(f"wrote section '{name}' of {REPORT.relative_to(Path.cwd()) if REPORT.is_relative_to(Path.cwd()) else REPORT}",
-          file=sys.stderr)
+    shown = REPORT.relative_to(Path.cwd()) if REPORT.is_relative_to(Path.cwd()) else REPORT
+    print(f"wrote section '{name}' of {shown}", file=sys.stderr)

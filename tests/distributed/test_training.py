@@ -45,7 +45,8 @@ def test_three_ranks_uneven_shards_take_equal_steps(tmp_path: Path, backend: str
     run_dir = tmp_path / "np3"
     run_hvdtrain([f"backend={backend}", "data.name=synthetic", "data.synthetic_samples=100",
                   "data.synthetic_shape=[8,8,1]", "data.val_fraction=0.0", "model.name=mlp",
-                  "model.hidden_units=[16]", "train.epochs=2", "train.batch_size=4", "run.progress=off", f"run.dir={run_dir}"], launcher="mpirun", np_=3)
+                  "model.hidden_units=[16]", "train.epochs=2", "train.batch_size=4", "run.progress=off",
+                  f"run.dir={run_dir}"], launcher="mpirun", np_=3)
     summary = read_summary(run_dir)
     assert summary["world_size"] == 3
     assert summary["steps_per_rank"] == [16, 16, 16]
