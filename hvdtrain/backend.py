@@ -27,6 +27,12 @@ class World:
     device: str      # e.g. "cpu" or "cuda:0"
     threads: int     # CPU threads this rank uses
 
+    @classmethod
+    def from_horovod(cls, hvd: Any, device: str, threads: int) -> World:
+        """Reads rank and sizes from an initialised Horovod module (torch's and TF's share this API)."""
+        return cls(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), local_size=hvd.local_size(),
+                   controller="mpi" if hvd.mpi_enabled() else "gloo", device=device, threads=threads)
+
 
 @dataclass(frozen=True)
 class StepStats:

@@ -63,9 +63,7 @@ class TensorFlowBackend:
             tf.config.experimental.set_memory_growth(gpu, True)
             tf.config.set_visible_devices(gpu, "GPU")
             device = f"gpu:{hvd.local_rank() % len(gpus)}"
-        return World(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
-                     local_size=hvd.local_size(), controller="mpi" if hvd.mpi_enabled() else "gloo",
-                     device=device, threads=threads)
+        return World.from_horovod(hvd, device=device, threads=threads)
 
     def framework_version(self) -> str:
         return f"tensorflow {tf.__version__}, keras {keras.__version__}"

@@ -45,9 +45,7 @@ class TorchBackend:
         if torch.cuda.is_available():
             torch.cuda.set_device(hvd.local_rank())  # Horovod: one GPU per local rank.
             self.device = torch.device("cuda", hvd.local_rank())
-        return World(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
-                     local_size=hvd.local_size(), controller="mpi" if hvd.mpi_enabled() else "gloo",
-                     device=str(self.device), threads=threads)
+        return World.from_horovod(hvd, device=str(self.device), threads=threads)
 
     def framework_version(self) -> str:
         return f"torch {torch.__version__}"
