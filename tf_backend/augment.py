@@ -12,11 +12,25 @@ import tensorflow.experimental.numpy as tnp
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
 from hvdtrain.config import AugmentConfig
 
+def _nearest_affine(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
+    """fill_mode=nearest with TF's projective-transform kernel, whose NEAREST fill clamps each bilinear
+    neighbour to the edge: the same as SciPy clamping the coordinate."""
+    m = tf.cast(matrices, tf.float32)
+    zeros = tf.zeros_like(m[:, 0, 0])
+    # The kernel maps output (x=col, y=row) to input (x, y); our matrices map (row, col) to (row, col).
+    transforms = tf.stack([m[:, 1, 1], m[:, 1, 0], m[:, 1, 2], m[:, 0, 1], m[:, 0, 0], m[:, 0, 2], zeros, zeros],
+                          axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST")
+
+
 TF_OPS = ArrayOps(
     xp=tnp,
     take_rows=lambda table, idx: tf.gather(table, idx, axis=0),
     image_min=lambda x: tf.reduce_min(x, axis=(1, 2, 3), keepdims=True),
     image_max=lambda x: tf.reduce_max(x, axis=(1, 2, 3), keepdims=True),
+    nearest_affine=_nearest_affine,
 )
 
 
