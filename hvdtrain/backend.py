@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +51,7 @@ class Backend(Protocol):
     """What the training loop needs from a framework. Batches are NHWC float32 numpy arrays."""
 
     name: str
+    hvd: Any  # the framework's Horovod module (horovod.torch / horovod.tensorflow: shared basics API)
 
     def init(self, threads_per_rank: int) -> World:
         """Initialises Horovod, picks the device and sets CPU threads (0 = cores // local ranks)."""
@@ -65,13 +67,21 @@ class Backend(Protocol):
     def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
         """Builds model and optimizer, makes their state identical on all ranks; returns #parameters."""
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepStats:
-        """One optimizer step on this rank's micro-batch with gradients averaged over all ranks."""
+    def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
+        """One optimizer step at learning rate `lr` over a window of micro-batches (x, y), following
+        `cfg.policy`: gradients averaged over the window locally, then over all ranks in one reduction;
+        precision, loss scaling, clipping and compression as configured. Returns the window's sums."""
+
+    def current_lr(self) -> float:
+        """The learning rate the optimizer holds now (read back from it)."""
+
+    def loss_scale(self) -> float | None:
+        """The current dynamic loss scale (fp16), else None."""
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats: ...
 
     def weights(self) -> dict[str, np.ndarray]:
-        """The model's parameters and buffers by name, as numpy arrays."""
+        """A copy of the model's parameters and buffers by name, as numpy arrays."""
 
     def save_model(self, directory: Path) -> Path:
         """Writes the model in the framework's native format (rank 0 calls this); returns the file."""

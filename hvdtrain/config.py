@@ -22,9 +22,11 @@ from hvdtrain.errors import ConfigError
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, min: float | None = None,
-           max: float | None = None, below: float | None = None, min_items: int = 1) -> Any:
+           max: float | None = None, below: float | None = None, above: float | None = None,
+           min_items: int = 1) -> Any:
     """A config field: its default, one line of help, and the values it accepts (`min_items`: lists)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "below": below, "min_items": min_items}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "below": below, "above": above,
+            "min_items": min_items}
     return field(default=default, metadata=meta)
 
 
@@ -157,6 +159,68 @@ class OptimConfig:
     beta1: float = option(0.9, "adam/adamw: first-moment decay.", min=0.0, below=1.0)
     beta2: float = option(0.999, "adam/adamw: second-moment decay.", min=0.0, below=1.0)
     eps: float = option(1e-8, "adam/adamw: denominator epsilon.", min=0.0)
+    schedule: str = option("constant", "LR schedule after scaling, multiplied with the warmup ramp "
+                           "(formulas: docs/policy.md).", choices=("constant", "step", "cosine"))
+    step_milestones: tuple[float, ...] = option((30.0, 60.0), "step: epochs (fractions allowed) at which "
+                                                "the LR is multiplied by step_gamma.", min=0.0)
+    step_gamma: float = option(0.1, "step: factor applied at each milestone.", above=0.0, max=1.0)
+    cosine_min_ratio: float = option(0.0, "cosine: final LR as a fraction of the scaled LR.", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """How a step is computed and communicated: the same decisions on every backend (docs/policy.md)."""
+
+    accumulation_steps: int = option(1, "Micro-batches whose gradients are averaged locally before one "
+                                        "allreduce and one optimizer step.", min=1)
+    precision: str = option("fp32", "Compute precision: fp32, bf16 (autocast / mixed_bfloat16) or fp16 "
+                            "(autocast / mixed_float16 with dynamic loss scaling).",
+                            choices=("fp32", "bf16", "fp16"))
+    loss_scale_init: float = option(65536.0, "fp16: initial loss scale; halved on every overflow (the step "
+                                             "is skipped), doubled after loss_scale_growth_interval good "
+                                             "steps.", min=1.0)
+    loss_scale_growth_interval: int = option(2000, "fp16: good steps before the loss scale doubles.", min=1)
+    grad_clip_norm: float | None = option(None, "Clip the global gradient norm to this, after the allreduce "
+                                                "and after unscaling (null: no clipping).", above=0.0)
+    compression: str = option("none", "What crosses the wire in the gradient allreduce: none or fp16 "
+                              "(Horovod's Compression.fp16).", choices=("none", "fp16"))
+    reduce_op: str = option("average", "Gradient reduction across ranks: average, or adasum (needs the MPI "
+                            "controller and a power-of-2 world size).", choices=("average", "adasum"))
+    lr_scaling: str = option("linear", "linear: LR = optim.lr x world size x accumulation_steps (with "
+                             "adasum: Horovod's rule, x local size on NCCL builds, else x 1); none: optim.lr "
+                             "as given.", choices=("linear", "none"))
+    warmup_epochs: float = option(0.0, "Ramp the LR linearly from optim.lr to the scaled LR over this many "
+                                       "epochs (Goyal et al. 2017); fractions allowed.", min=0.0)
+
+    def __post_init__(self) -> None:
+        if self.reduce_op == "adasum" and self.precision == "fp16":
+            raise ConfigError("policy.reduce_op=adasum cannot be combined with policy.precision=fp16 "
+                              "(Horovod's Adasum optimizer cannot skip an overflowing step): use bf16 or "
+                              "reduce_op=average")
+        if self.reduce_op == "adasum" and self.grad_clip_norm is not None:
+            raise ConfigError("policy.reduce_op=adasum cannot be combined with policy.grad_clip_norm "
+                              "(Adasum reduces the optimizer's updates, not gradients): set "
+                              "policy.grad_clip_norm=null or reduce_op=average")
+
+
+@dataclass(frozen=True)
+class HorovodConfig:
+    """Horovod's runtime knobs, passed through as HOROVOD_* settings (null: Horovod's own default, or
+    whatever the environment says)."""
+
+    fusion_threshold_mb: float | None = option(None, "Tensor fusion buffer in MiB (Horovod default 128; "
+                                                     "0 disables fusion).", min=0.0)
+    cycle_time_ms: float | None = option(None, "How often the background thread batches pending "
+                                               "collectives, in ms (Horovod default 1).", above=0.0)
+    timeline: str | None = option(None, "Write Horovod's timeline (chrome://tracing JSON) to this file; a "
+                                        "relative path is inside run.dir.")
+    timeline_mark_cycles: bool = option(False, "Mark background-thread cycles in the timeline.")
+    autotune: bool = option(False, "Let Horovod tune fusion threshold and cycle time while training.")
+    stall_check_time_s: float | None = option(None, "Seconds before Horovod warns that some ranks have "
+                                                    "not submitted a collective (Horovod default 60).",
+                                              above=0.0)
+    stall_shutdown_time_s: float | None = option(None, "Seconds after which a stalled job is shut down "
+                                                       "(Horovod default 0: never).", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -168,6 +232,8 @@ class RunConfig:
                       "replaced by data.name, model.name and backend.")
     progress: str = option("auto", "Progress display on rank 0: a bar on a terminal, plain lines otherwise.",
                            choices=("auto", "bar", "lines", "off"))
+    log_every_steps: int = option(0, "Every this many optimizer steps, rank 0 appends the step's loss, LR and "
+                                     "loss scale to steps.jsonl (0: off).", min=0)
 
 
 @dataclass(frozen=True)
@@ -181,6 +247,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    horovod: HorovodConfig = field(default_factory=HorovodConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def run_dir(self) -> Path:
@@ -370,13 +438,15 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
                           f"({hint}set {key}=<one of them>)")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
+    lo, hi, below, above = meta.get("min"), meta.get("max"), meta.get("below"), meta.get("above")
     if lo is not None and value < lo:
         raise _OutOfRange(f"config key {key}: {value!r} is below the minimum {lo} (set {key} >= {lo})")
     if hi is not None and value > hi:
         raise _OutOfRange(f"config key {key}: {value!r} is above the maximum {hi} (set {key} <= {hi})")
     if below is not None and value >= below:
         raise _OutOfRange(f"config key {key}: {value!r} must be below {below} (set {key} < {below})")
+    if above is not None and value <= above:
+        raise _OutOfRange(f"config key {key}: {value!r} must be above {above} (set {key} > {above})")
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -437,6 +507,8 @@ def reference_markdown() -> str:
             bounds = []
             if meta.get("min") is not None:
                 bounds.append(f">= {meta['min']}")
+            if meta.get("above") is not None:
+                bounds.append(f"> {meta['above']}")
             if meta.get("below") is not None:
                 bounds.append(f"< {meta['below']}")
             if meta.get("max") is not None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hvdtrain.config import HorovodConfig
 
 # Set by horovodrun (Gloo), OpenMPI's mpirun, MPICH/Intel MPI (PMI) and SLURM's srun respectively.
 _LAUNCHER_VARS = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
@@ -30,3 +34,30 @@ def threads_for_rank(requested: int, local_size: int) -> int:
     if allowed < total:
         return allowed
     return max(1, total // max(1, local_size))
+
+
+def horovod_settings(cfg: HorovodConfig) -> dict[str, str]:
+    """The HOROVOD_* variables a `horovod` config section sets (read by hvd.init()); unset keys leave the
+    environment, and so Horovod's defaults or the user's own variables, alone. The timeline is started
+    after init instead, once the run directory exists."""
+    settings: dict[str, str] = {}
+    if cfg.fusion_threshold_mb is not None:
+        settings["HOROVOD_FUSION_THRESHOLD"] = str(int(cfg.fusion_threshold_mb * 1024 * 1024))
+    if cfg.cycle_time_ms is not None:
+        settings["HOROVOD_CYCLE_TIME"] = f"{cfg.cycle_time_ms:g}"
+    if cfg.timeline is not None:
+        settings["HOROVOD_TIMELINE"] = "DYNAMIC"  # the file is named later, by hvd.start_timeline
+    if cfg.autotune:
+        settings["HOROVOD_AUTOTUNE"] = "1"
+    if cfg.stall_check_time_s is not None:
+        settings["HOROVOD_STALL_CHECK_TIME_SECONDS"] = f"{cfg.stall_check_time_s:g}"
+    if cfg.stall_shutdown_time_s is not None:
+        settings["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = f"{cfg.stall_shutdown_time_s:g}"
+    return settings
+
+
+def apply_horovod_settings(cfg: HorovodConfig) -> dict[str, str]:
+    """Exports `horovod_settings(cfg)` into this process's environment (before hvd.init()); returns them."""
+    settings = horovod_settings(cfg)
+    os.environ.update(settings)
+    return settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,16 +15,21 @@ from hvdtrain.augment.standardize import featurewise_stats
 from hvdtrain.backend import Backend, World, get_augment_kernel
 from hvdtrain.config import Config, config_hash, flatten, to_dict, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, load_dataset, plan_epoch, shard_for_eval
+from hvdtrain.environment import apply_horovod_settings
 from hvdtrain.errors import ConfigError, UserError
 from hvdtrain.outputs import RunOutputs
+from hvdtrain.policy import ResolvedPolicy, resolve_policy
 from hvdtrain.progress import Progress
+from hvdtrain.schedule import LRSchedule
 
 
 def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     """Trains `cfg` on `backend` (Horovod already launched around us) and returns the run summary."""
     wall_start = time.perf_counter()
+    horovod_env = apply_horovod_settings(cfg.horovod)
     world = backend.init(cfg.train.threads_per_rank)
     check_same_config(cfg, backend, world)
+    policy = resolve_policy(cfg, world, nccl_built=bool(backend.hvd.nccl_built()))
     progress = Progress(cfg.run.progress, enabled=world.rank == 0)
     dataset = _agree(backend, lambda: load_dataset(cfg.data, cfg.seed))
     augment = _augment_pipeline(cfg, backend, world, dataset)
@@ -31,31 +37,45 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes)
     outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
     _agree(backend, lambda: outputs.start(to_yaml(cfg)))
+    timeline = _start_timeline(cfg, backend, outputs)
+    steps_per_epoch = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size,
+                                 batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=0,
+                                 max_steps=cfg.train.max_steps_per_epoch,
+                                 accumulation_steps=cfg.policy.accumulation_steps).steps
+    schedule = LRSchedule.from_config(cfg.optim, policy.scaled_lr, cfg.policy.warmup_epochs, steps_per_epoch,
+                                      cfg.train.epochs)
 
     progress.print(f"hvdtrain {__version__}: backend {backend.name} ({backend.framework_version()}), "
                    f"{world.size} rank(s) via {world.controller}, device {world.device}, "
                    f"{world.threads} thread(s)/rank; {cfg.model.name} with {num_params:,} parameters; "
                    f"{cfg.data.name}: {len(dataset.y_train)} train / {len(dataset.y_val)} val samples")
     progress.print("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
+    progress.print(policy.describe())
 
     history: list[dict[str, Any]] = []
     total_steps = 0
     for epoch in range(cfg.train.epochs):
         record = _train_epoch(cfg, backend, world, dataset, epoch, progress,
-                              augment.train_transform(cfg.seed, world.rank, epoch))
+                              augment.train_transform(cfg.seed, world.rank, epoch), schedule, total_steps,
+                              outputs)
         record.update(_evaluate(cfg, backend, world, dataset))
         total_steps += record.pop("steps")
         history.append(record)
         outputs.log_epoch(record)
         progress.end_epoch(record)
+    if timeline is not None:
+        backend.hvd.stop_timeline()
 
     # Every rank reports how many steps it really took: equal counts are what keeps collectives paired.
     steps_per_rank = backend.allgather_object(total_steps)
     outputs.save_weights(backend.weights())
     if world.rank == 0:
         backend.save_model(outputs.dir)
-    summary = _summary(cfg, backend, world, history, steps_per_rank, num_params,
+    summary = _summary(cfg, backend, world, policy, history, steps_per_rank, num_params,
                        time.perf_counter() - wall_start)
+    summary["horovod_settings"] = horovod_env
+    if timeline is not None:
+        summary["timeline"] = str(timeline)
     if augment.stats is not None:
         summary["featurewise_mean"] = augment.stats.mean.tolist()
         summary["featurewise_std"] = augment.stats.std.tolist()
@@ -74,22 +94,46 @@ def _augment_pipeline(cfg: Config, backend: Backend, world: World, dataset: Data
     return AugmentPipeline(aug, get_augment_kernel(cfg.backend) if aug.random else None, stats)
 
 
+def _start_timeline(cfg: Config, backend: Backend, outputs: RunOutputs) -> Path | None:
+    """Starts Horovod's timeline (horovod.timeline) once the run directory exists; rank 0 writes it."""
+    if cfg.horovod.timeline is None:
+        return None
+    path = outputs.dir / cfg.horovod.timeline
+    backend.hvd.start_timeline(str(path.resolve()), mark_cycles=cfg.horovod.timeline_mark_cycles)
+    return path
+
+
 def _train_epoch(cfg: Config, backend: Backend, world: World, dataset: Dataset, epoch: int,
-                 progress: Progress, transform: Transform | None) -> dict[str, Any]:
+                 progress: Progress, transform: Transform | None, schedule: LRSchedule, first_step: int,
+                 outputs: RunOutputs) -> dict[str, Any]:
+    """One epoch of optimizer steps, each over a window of `policy.accumulation_steps` micro-batches."""
+    window_size = cfg.policy.accumulation_steps
     plan = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size,
                       batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
-                      max_steps=cfg.train.max_steps_per_epoch)
-    lr = cfg.optim.lr
+                      max_steps=cfg.train.max_steps_per_epoch, accumulation_steps=window_size)
+    log_every = cfg.run.log_every_steps
     sums = np.zeros(3)
     progress.start_epoch(epoch, cfg.train.epochs, plan.steps)
     start = time.perf_counter()
     step = 0
+    lr = schedule.at(first_step)
+    window: list[tuple[np.ndarray, np.ndarray]] = []
     with BatchLoader(dataset.x_train, dataset.y_train, plan.indices, cfg.train.batch_size,
                      prefetch=cfg.data.prefetch_batches, transform=transform) as loader:
-        for step, (x, y) in enumerate(loader, start=1):
-            stats = backend.train_step(x, y, lr)
+        for batch in loader:
+            window.append(batch)
+            if len(window) < window_size:
+                continue
+            lr = schedule.at(first_step + step)
+            stats = backend.train_step(window, lr)
+            window = []
+            step += 1
             sums += stats.as_array()
-            rate = step * cfg.train.batch_size * world.size / (time.perf_counter() - start)
+            if log_every and (first_step + step) % log_every == 0:
+                outputs.log_step({"step": first_step + step, "epoch": epoch + 1,
+                                  "loss": stats.loss_sum / stats.count, "lr": backend.current_lr(),
+                                  "loss_scale": backend.loss_scale()})
+            rate = step * window_size * cfg.train.batch_size * world.size / (time.perf_counter() - start)
             progress.update(step, stats.loss_sum / stats.count, rate)
         data_wait = loader.wait_seconds
     elapsed = time.perf_counter() - start
@@ -100,6 +144,7 @@ def _train_epoch(cfg: Config, backend: Backend, world: World, dataset: Dataset, 
         "train_loss": loss_sum / count,
         "train_accuracy": correct / count,
         "lr": lr,
+        "loss_scale": backend.loss_scale(),
         "epoch_time_s": elapsed,
         "samples_per_s": count / elapsed,
         "data_wait_fraction": data_wait / elapsed,
@@ -121,7 +166,7 @@ def _evaluate(cfg: Config, backend: Backend, world: World, dataset: Dataset) -> 
             "eval_time_s": time.perf_counter() - start}
 
 
-def _summary(cfg: Config, backend: Backend, world: World, history: list[dict[str, Any]],
+def _summary(cfg: Config, backend: Backend, world: World, policy: ResolvedPolicy, history: list[dict[str, Any]],
              steps_per_rank: list[int], num_params: int, wall: float) -> dict[str, Any]:
     metric = "val_accuracy" if history[-1]["val_accuracy"] is not None else "train_accuracy"
     best = max(history, key=lambda r: r[metric])
@@ -139,7 +184,13 @@ def _summary(cfg: Config, backend: Backend, world: World, history: list[dict[str
         "epochs": len(history),
         "steps": steps_per_rank[0],
         "steps_per_rank": steps_per_rank,
-        "global_batch_size": cfg.train.batch_size * world.size,
+        "global_batch_size": policy.global_batch,
+        "accumulation_steps": policy.accumulation_steps,
+        "base_lr": policy.base_lr,
+        "scaled_lr": policy.scaled_lr,
+        "precision": policy.precision,
+        "compression": policy.compression,
+        "reduce_op": policy.reduce_op,
         "final": history[-1],
         "best": {"metric": metric, **best},
         "mean_samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),

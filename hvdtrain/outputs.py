@@ -46,6 +46,7 @@ class RunOutputs:
         self.dir = directory
         self.enabled = enabled
         self.metrics_path = directory / "metrics.jsonl"
+        self.steps_path = directory / "steps.jsonl"
 
     def start(self, config_yaml: str) -> None:
         """Creates the directory, saves the resolved config and starts a fresh metrics log."""
@@ -58,12 +59,19 @@ class RunOutputs:
                             "set run.dir to a writable folder") from None
         write_atomic(self.dir / "config.yaml", config_yaml)
         write_atomic(self.metrics_path, "")
+        self.steps_path.unlink(missing_ok=True)
         (self.dir / "summary.json").unlink(missing_ok=True)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         """Appends one epoch's record as a JSON line (one whole line per write)."""
         if self.enabled:
             with self.metrics_path.open("a") as f:
+                f.write(json.dumps(_json_safe(record)) + "\n")
+
+    def log_step(self, record: dict[str, Any]) -> None:
+        """Appends one optimizer step's record to steps.jsonl (run.log_every_steps)."""
+        if self.enabled:
+            with self.steps_path.open("a") as f:
                 f.write(json.dumps(_json_safe(record)) + "\n")
 
     def save_weights(self, weights: dict[str, np.ndarray]) -> None:

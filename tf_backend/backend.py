@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +21,46 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from hvdtrain.backend import StepStats, World  # noqa: E402
-from hvdtrain.config import Config, OptimConfig  # noqa: E402
+from hvdtrain.config import Config  # noqa: E402
 from hvdtrain.environment import threads_for_rank  # noqa: E402
 from tf_backend.models import build_model  # noqa: E402
+from tf_backend.optimizers import TorchAdam, TorchSGD  # noqa: E402
 
 
-def make_optimizer(cfg: OptimConfig) -> keras.optimizers.Optimizer:
-    """Keras optimizers with the meanings of hvdtrain's keys (see docs/backends.md for what differs).
+def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+    """The optimizer named by `optim.name` with PyTorch's update rules (tf_backend/optimizers.py), global-norm
+    clipping from `policy.grad_clip_norm`, and for fp16 Keras' dynamic loss scaling around it."""
+    optim, policy = cfg.optim, cfg.policy
+    common = {"learning_rate": optim.lr, "global_clipnorm": policy.grad_clip_norm}
+    if optim.name == "sgd":
+        inner: keras.optimizers.Optimizer = TorchSGD(momentum=optim.momentum, nesterov=optim.nesterov,
+                                                     l2=optim.weight_decay, **common)
+    else:
+        inner = TorchAdam(beta_1=optim.beta1, beta_2=optim.beta2, epsilon=optim.eps, decay=optim.weight_decay,
+                          decoupled=optim.name == "adamw", **common)
+    if policy.precision != "fp16":
+        return inner
+    # Unscales, checks every gradient for inf/NaN, skips the step and halves the scale if any, and
+    # clips (the inner optimizer's global_clipnorm) only after unscaling.
+    return keras.optimizers.LossScaleOptimizer(inner, initial_scale=policy.loss_scale_init,
+                                               dynamic_growth_steps=policy.loss_scale_growth_interval)
 
-    sgd/adam weight decay is an L2 term added to the gradient by the train step (as in PyTorch), not
-    Keras' decoupled `weight_decay`; adamw's decoupled decay is Keras' own, which matches PyTorch's AdamW.
-    """
-    if cfg.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    kwargs = {"learning_rate": cfg.lr, "beta_1": cfg.beta1, "beta_2": cfg.beta2, "epsilon": cfg.eps}
-    if cfg.name == "adam":
-        return keras.optimizers.Adam(**kwargs)
-    return keras.optimizers.AdamW(weight_decay=cfg.weight_decay, **kwargs)
+
+_DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
 class TensorFlowBackend:
     """Backend for TensorFlow 2 with Keras 3 models (see hvdtrain.backend.Backend)."""
 
     name = "tensorflow"
+    hvd = hvd
 
     def __init__(self) -> None:
         self.model: keras.Model | None = None
         self.optimizer: keras.optimizers.Optimizer | None = None
         self._lr: float | None = None
-        self._train_fn: Any = None
+        self._accumulate_fn: Any = None
+        self._step_fn: Any = None
         self._eval_fn: Any = None
 
     def init(self, threads_per_rank: int) -> World:
@@ -77,15 +89,19 @@ class TensorFlowBackend:
 
     def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
         keras.utils.set_random_seed(cfg.seed)
-        model = build_model(cfg.model, image_shape, num_classes)
-        optimizer = make_optimizer(cfg.optim)
+        # Keras' mixed precision: layers compute in bf16/fp16 and keep fp32 variables.
+        keras.mixed_precision.set_dtype_policy(_DTYPE_POLICIES[cfg.policy.precision])
+        try:
+            model = build_model(cfg.model, image_shape, num_classes)
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
+        optimizer = make_optimizer(cfg)
         # Create the optimizer's slots now (Keras would create them lazily inside the first step), so
         # that they too start as rank 0's.
         optimizer.build(model.trainable_variables)
         self._broadcast_from_root(model.variables + optimizer.variables)
         self.model, self.optimizer = model, optimizer
-        coupled_decay = cfg.optim.weight_decay if cfg.optim.name in ("sgd", "adam") else 0.0
-        self._train_fn, self._eval_fn = self._compile(image_shape, coupled_decay)
+        self._compile(cfg, image_shape)
         return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
     @staticmethod
@@ -93,45 +109,91 @@ class TensorFlowBackend:
         for i, var in enumerate(variables):
             var.assign(hvd.broadcast(tf.convert_to_tensor(var), root_rank=0, name=f"hvdtrain.init.{i}"))
 
-    def _compile(self, image_shape: tuple[int, int, int], coupled_decay: float) -> tuple[Any, Any]:
-        model, optimizer = self.model, self.optimizer
+    def _compile(self, cfg: Config, image_shape: tuple[int, int, int]) -> None:
+        """Traces the step functions: `accumulate` for the first micro-batches of a window, `step` for its
+        last (one grouped allreduce, then the optimizer), `eval`."""
+        model, optimizer, policy = self.model, self.optimizer, cfg.policy
         assert model is not None and optimizer is not None
+        window = policy.accumulation_steps
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        variables = model.trainable_variables
+        sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables] if window > 1 else []
+        reduce_op = hvd.Adasum if policy.reduce_op == "adasum" else hvd.Average
+        compression = hvd.Compression.fp16 if policy.compression == "fp16" else hvd.Compression.none
         signature = [tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([None], tf.int64)]
 
         def loss_and_correct(x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-            logits = model(x, training=training)
+            logits = tf.cast(model(x, training=training), tf.float32)  # the loss in fp32 in any precision
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.float64))
             return losses, correct
 
-        @tf.function(input_signature=signature, reduce_retracing=True)
-        def train_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def local_gradients(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
             with tf.GradientTape() as tape:
                 losses, correct = loss_and_correct(x, y, training=True)
                 loss = tf.reduce_mean(losses)
-            variables = model.trainable_variables
-            grads = tape.gradient(loss, variables)
-            # Horovod: average every gradient across ranks in one grouped collective per step.
-            grads = hvd.grouped_allreduce(grads, op=hvd.Average, name="hvdtrain.grads")
-            if coupled_decay:
-                grads = [g + coupled_decay * v for g, v in zip(grads, variables)]
-            optimizer.apply_gradients(zip(grads, variables))
+                window_loss = loss / window  # the window's mean gradient
+                if scaled:
+                    window_loss = optimizer.scale_loss(window_loss)
+            return loss, correct, tape.gradient(window_loss, variables)
+
+        def reduce_gradients(grads: list[tf.Tensor]) -> list[tf.Tensor]:
+            if reduce_op == hvd.Average:
+                # Horovod: one grouped collective per optimizer step for every gradient of the window.
+                return hvd.grouped_allreduce(grads, op=reduce_op, compression=compression, name="hvdtrain.grads")
+            # Horovod 0.28.1's grouped_allreduce fails for Adasum (it reads a comprehension's variable);
+            # per-tensor allreduces are fused by Horovod all the same.
+            return [hvd.allreduce(g, op=reduce_op, compression=compression, name=f"hvdtrain.grads.{i}")
+                    for i, g in enumerate(grads)]
+
+        @tf.function(input_signature=signature, reduce_retracing=True)
+        def accumulate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            loss, correct, grads = local_gradients(x, y)
+            for total, g in zip(sums, grads):
+                total.assign_add(g)
             return loss, correct
 
         @tf.function(input_signature=signature, reduce_retracing=True)
-        def eval_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            loss, correct, grads = local_gradients(x, y)
+            if sums:
+                grads = [g + total for g, total in zip(grads, sums)]
+            grads = reduce_gradients(grads)
+            # Identical reduced gradients on every rank: a loss-scale overflow skips the step on all alike.
+            optimizer.apply(grads, variables)
+            for total in sums:
+                total.assign(tf.zeros_like(total))
+            return loss, correct
+
+        @tf.function(input_signature=signature, reduce_retracing=True)
+        def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             losses, correct = loss_and_correct(x, y, training=False)
             return tf.reduce_sum(losses), correct
 
-        return train_step, eval_step
+        self._accumulate_fn, self._step_fn, self._eval_fn = accumulate, step, evaluate
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepStats:
+    def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
         assert self.optimizer is not None, "build() first"
         if lr != self._lr:
             self.optimizer.learning_rate = lr  # assigns the optimizer's LR variable; no retrace
             self._lr = lr
-        loss, correct = self._train_fn(x, y)
-        return StepStats(float(loss) * len(y), float(correct), len(y))
+        loss_sum, correct, count = 0.0, 0.0, 0
+        for i, (x, y) in enumerate(batches):
+            fn = self._step_fn if i == len(batches) - 1 else self._accumulate_fn
+            loss, right = fn(x, y)
+            loss_sum += float(loss) * len(y)
+            correct += float(right)
+            count += len(y)
+        return StepStats(loss_sum, correct, count)
+
+    def current_lr(self) -> float:
+        assert self.optimizer is not None, "build() first"
+        return float(np.asarray(self.optimizer.learning_rate))
+
+    def loss_scale(self) -> float | None:
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return float(np.asarray(self.optimizer.dynamic_scale))
+        return None
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
         loss_sum, correct = self._eval_fn(x, y)

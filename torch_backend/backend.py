@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from hvdtrain.backend import StepStats, World
+from hvdtrain.config import Config, OptimConfig, PolicyConfig
 from hvdtrain.environment import threads_for_rank
-from hvdtrain.config import Config, OptimConfig
 from hvdtrain.outputs import write_atomic
 from torch_backend.models import build_model
 
@@ -32,11 +33,15 @@ class TorchBackend:
     """Backend for PyTorch (see hvdtrain.backend.Backend)."""
 
     name = "torch"
+    hvd = hvd
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.policy = PolicyConfig()
+        self.autocast_dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
 
     def init(self, threads_per_rank: int) -> World:
         hvd.init()  # Horovod: start the controller (Gloo under horovodrun, MPI under mpirun).
@@ -67,8 +72,18 @@ class TorchBackend:
         # Adam's step count).
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         optimizer.load_state_dict(hvd.broadcast_object(optimizer.state_dict(), root_rank=0))
-        self.optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                                  op=hvd.Average)
+        policy = self.policy = cfg.policy
+        # Horovod: gradients are allreduced once per window of `backward_passes_per_step` backward passes
+        # (Horovod sums them locally; train_step divides the loss by the window to average instead).
+        self.optimizer = hvd.DistributedOptimizer(
+            optimizer, named_parameters=model.named_parameters(),
+            op=hvd.Adasum if policy.reduce_op == "adasum" else hvd.Average,
+            compression=hvd.Compression.fp16 if policy.compression == "fp16" else hvd.Compression.none,
+            backward_passes_per_step=policy.accumulation_steps)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(policy.precision)
+        if policy.precision == "fp16":
+            self.scaler = torch.amp.GradScaler(self.device.type, init_scale=policy.loss_scale_init,
+                                               growth_interval=policy.loss_scale_growth_interval)
         self.model = model
         return sum(p.numel() for p in model.parameters())
 
@@ -77,32 +92,68 @@ class TorchBackend:
         images = torch.from_numpy(x).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         return images, torch.from_numpy(y).to(self.device, non_blocking=True)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepStats:
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None, "build() first"
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            return self.model(images).float()  # the loss in fp32 whatever the compute precision
+
+    def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
         assert self.model is not None and self.optimizer is not None, "build() first"
-        images, labels = self._tensors(x, y)
-        for group in self.optimizer.param_groups:
+        optimizer, scaler, clip = self.optimizer, self.scaler, self.policy.grad_clip_norm
+        for group in optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        self.optimizer.zero_grad()  # Horovod's override takes no arguments
-        logits = self.model(images)
-        loss = F.cross_entropy(logits, labels)
-        loss.backward()  # Horovod: gradients are allreduced (averaged) as backward produces them.
-        self.optimizer.step()
-        correct = (logits.detach().argmax(1) == labels).sum()
-        return StepStats(loss.item() * len(labels), correct.item(), len(labels))
+        optimizer.zero_grad()  # Horovod's override takes no arguments
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, y in batches:
+            images, labels = self._tensors(x, y)
+            logits = self._forward(images)
+            loss = F.cross_entropy(logits, labels)
+            window_loss = loss / len(batches)  # the window's mean gradient, not Horovod's sum
+            (scaler.scale(window_loss) if scaler is not None else window_loss).backward()
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.detach().argmax(1) == labels).sum())
+            count += len(labels)
+        if scaler is None and clip is None:
+            optimizer.step()  # Horovod: waits for the allreduce the last backward pass started
+        else:
+            # Horovod's order for loss scaling and clipping: wait for the averaged gradients, unscale,
+            # clip, then step without a second synchronisation. The scaler skips the step if any gradient
+            # is inf/NaN; after the allreduce every rank sees the same values, so all ranks skip alike.
+            optimizer.synchronize()
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            with optimizer.skip_synchronize():
+                if scaler is not None:
+                    scaler.step(optimizer)
+                else:
+                    optimizer.step()
+            if scaler is not None:
+                scaler.update()
+        return StepStats(loss_sum, correct, count)
+
+    def current_lr(self) -> float:
+        assert self.optimizer is not None, "build() first"
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def loss_scale(self) -> float | None:
+        return float(self.scaler.get_scale()) if self.scaler is not None else None
 
     @torch.no_grad()
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
         assert self.model is not None, "build() first"
         images, labels = self._tensors(x, y)
         self.model.eval()
-        logits = self.model(images)
+        logits = self._forward(images)
         loss = F.cross_entropy(logits, labels, reduction="sum")
         return StepStats(loss.item(), (logits.argmax(1) == labels).sum().item(), len(labels))
 
     def weights(self) -> dict[str, np.ndarray]:
         assert self.model is not None, "build() first"
-        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def save_model(self, directory: Path) -> Path:
         import io

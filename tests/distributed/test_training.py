@@ -21,8 +21,9 @@ BACKENDS = ["torch", "tensorflow"]
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_ranks_equal_one_rank_with_double_batch(tmp_path: Path, small_config: Path, backend: str) -> None:
     cfg = ["--config", str(small_config), f"backend={backend}"]
-    run_hvdtrain([*cfg, "train.batch_size=32", f"run.dir={tmp_path / 'np1'}"])
-    run_hvdtrain([*cfg, "train.batch_size=16", f"run.dir={tmp_path / 'np1_b16'}"])
+    # Linear LR scaling (the default) gives 2 ranks optim.lr x 2: the single rank gets that LR directly.
+    run_hvdtrain([*cfg, "train.batch_size=32", "optim.lr=0.2", f"run.dir={tmp_path / 'np1'}"])
+    run_hvdtrain([*cfg, "train.batch_size=16", "optim.lr=0.2", f"run.dir={tmp_path / 'np1_b16'}"])
     run_hvdtrain([*cfg, "train.batch_size=16", f"run.dir={tmp_path / 'gloo'}"], launcher="gloo", np_=2)
     run_hvdtrain([*cfg, "train.batch_size=16", f"run.dir={tmp_path / 'mpi'}"], launcher="mpirun", np_=2)
 
@@ -32,6 +33,7 @@ def test_two_ranks_equal_one_rank_with_double_batch(tmp_path: Path, small_config
         assert summary["world_size"] == 2 and summary["steps"] == 5
         assert summary["controller"] == ("gloo" if name == "gloo" else "mpi")
         assert summary["steps_per_rank"] == [5, 5]
+        assert summary["scaled_lr"] == pytest.approx(0.2)
         diff = max_weight_diff(read_weights(tmp_path / name), reference)
         print(f"{backend} {name}: max |w(np=2, B=16) - w(np=1, B=32)| = {diff:.3g}")
         assert diff <= PARITY_TOL
