@@ -179,3 +179,19 @@ def test_two_ranks_print_one_policy_line_with_scaled_lr(tmp_path: Path, small_co
     steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     # 1437 training samples / 32 = 44 steps per epoch, capped at 5: warmup over 5 steps from 0.1 to 0.4.
     assert [round(s["lr"], 6) for s in steps] == [0.1, 0.16, 0.22, 0.28, 0.34]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adasum_trains_under_mpi_and_is_refused_on_gloo(tmp_path: Path, backend: str) -> None:
+    cfg = ["--config", "configs/digits.yaml", f"backend={backend}", "policy.reduce_op=adasum", "optim.lr=0.05"]
+    run_hvdtrain([*cfg, f"run.dir={tmp_path / 'mpi'}"], launcher="mpirun", np_=2)
+    summary = read_summary(tmp_path / "mpi")
+    print(f"{backend} adasum: val_accuracy {summary['final']['val_accuracy']:.4f}")
+    assert summary["reduce_op"] == "adasum" and summary["scaled_lr"] == 0.05  # Horovod's CPU rule: x 1
+    assert summary["final"]["val_accuracy"] >= 0.95
+    proc = run_hvdtrain([*cfg, f"run.dir={tmp_path / 'gloo'}"], launcher="gloo", np_=2, check=False)
+    assert proc.returncode != 0
+    assert "<stderr>:Traceback" not in proc.stderr  # (horovodrun itself reports the exit with a traceback)
+    errors = [line for line in proc.stderr.splitlines() if "hvdtrain: error: policy.reduce_op=adasum needs" in line]
+    assert len(errors) == 2, proc.stderr  # every rank says it
+    assert not (tmp_path / "gloo").exists()

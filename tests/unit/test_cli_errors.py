@@ -21,6 +21,7 @@ def assert_refused(proc, fragment: str) -> None:
     (["train.batch_size=-3"], "train.batch_size: -3 is below the minimum 1"),
     (["backend=mxnet"], "backend: 'mxnet' is not one of torch, tensorflow"),
     (["--config", "does/not/exist.yaml"], "config file 'does/not/exist.yaml' not found"),
+    (["policy.reduce_op=adasum", "policy.precision=fp16"], "cannot be combined with policy.precision=fp16"),
 ])
 def test_config_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
     run_dir = tmp_path / "run"
