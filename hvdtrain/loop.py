@@ -32,18 +32,18 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     policy = resolve_policy(cfg, world, nccl_built=bool(backend.hvd.nccl_built()))
     progress = Progress(cfg.run.progress, enabled=world.rank == 0)
     dataset = _agree(backend, lambda: load_dataset(cfg.data, cfg.seed))
-    augment = _augment_pipeline(cfg, backend, world, dataset)
-    dataset = replace(dataset, x_val=augment.eval_images(dataset.x_val))
-    num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes)
-    outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
-    _agree(backend, lambda: outputs.start(to_yaml(cfg)))
-    timeline = _start_timeline(cfg, backend, outputs)
     steps_per_epoch = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size,
                                  batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=0,
                                  max_steps=cfg.train.max_steps_per_epoch,
                                  accumulation_steps=cfg.policy.accumulation_steps).steps
     schedule = LRSchedule.from_config(cfg.optim, policy.scaled_lr, cfg.policy.warmup_epochs, steps_per_epoch,
                                       cfg.train.epochs)
+    augment = _augment_pipeline(cfg, backend, world, dataset)
+    dataset = replace(dataset, x_val=augment.eval_images(dataset.x_val))
+    num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes)
+    outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
+    _agree(backend, lambda: outputs.start(to_yaml(cfg)))
+    timeline = _start_timeline(cfg, backend, outputs)
 
     progress.print(f"hvdtrain {__version__}: backend {backend.name} ({backend.framework_version()}), "
                    f"{world.size} rank(s) via {world.controller}, device {world.device}, "
