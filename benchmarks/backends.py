@@ -21,10 +21,11 @@ from benchmarks.report import machine, update_section
 BACKENDS = ("torch", "tensorflow")
 
 
-def run_once(backend: str, config: str, np_: int, run_dir: Path) -> dict:
+def run_once(backend: str, config: str, np_: int, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
+    """One `horovodrun` training run; medians over its epochs after the first."""
     horovodrun = Path(sys.executable).parent / "horovodrun"
     cmd = [str(horovodrun), "-np", str(np_), "-H", f"localhost:{np_}", sys.executable, "-m", "hvdtrain",
-           "--config", config, f"backend={backend}", "run.progress=off", f"run.dir={run_dir}"]
+           "--config", config, f"backend={backend}", "run.progress=off", f"run.dir={run_dir}", *overrides]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     later = epochs[1:] or epochs
