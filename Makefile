@@ -13,7 +13,7 @@ setup:
 
 # Default example: 2 ranks under horovodrun on the embedded digits dataset.
 train: setup
-	$(VENV)/bin/horovodrun -np $(NP) $(PY) -m hvdtrain --config $(CONFIG) $(ARGS)
+	$(VENV)/bin/horovodrun -np $(NP) $(PY) -m hvdtrain --config $(CONFIG) run.overwrite=true $(ARGS)
 
 # The whole test suite: unit tests, then real horovodrun/mpirun multi-process tests.
 test: setup

@@ -64,8 +64,13 @@ class Backend(Protocol):
     def allgather_object(self, obj: Any) -> list[Any]:
         """Every rank's picklable `obj`, in rank order, on every rank."""
 
-    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
-        """Builds model and optimizer, makes their state identical on all ranks; returns #parameters."""
+    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
+              restore: Path | None = None) -> int:
+        """Builds model and optimizer (and loss scaler), loads the checkpoint directory `restore` if given
+        (rank 0 passes it), then makes the state identical on all ranks; returns #parameters."""
+
+    def save_checkpoint(self, directory: Path) -> list[str]:
+        """Writes model, optimizer and loss-scaler state in the framework's format; returns the file names."""
 
     def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
         """One optimizer step at learning rate `lr` over a window of micro-batches (x, y), following

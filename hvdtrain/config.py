@@ -144,6 +144,8 @@ class TrainConfig:
                                              min=1)
     eval_batch_size: int = option(256, "Per-rank batch size for evaluation.", min=1)
     threads_per_rank: int = option(0, "CPU threads per rank; 0 = usable cores // ranks on this node.", min=0)
+    resume: str | None = option(None, "auto: continue from the newest complete checkpoint in run.dir (or start "
+                                      "fresh if there is none); a path: from that checkpoint directory.")
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,18 @@ class HorovodConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """When rank 0 writes checkpoints (run.dir/checkpoints/epoch-NNNN, see docs/checkpoints.md)."""
+
+    every_epochs: int = option(1, "Write a checkpoint every this many epochs and after the last (0: never).",
+                               min=0)
+    keep_last: int = option(2, "Epoch checkpoints kept; older ones are deleted (0: keep all).", min=0)
+    best_metric: str | None = option("val_accuracy", "Keep a copy of the best epoch by this metrics.jsonl field "
+                                                     "in checkpoints/best (minimised if its name contains "
+                                                     "'loss'; null: no copy).")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Where outputs go and how progress is shown."""
 
@@ -232,6 +246,8 @@ class RunConfig:
                       "replaced by data.name, model.name and backend.")
     progress: str = option("auto", "Progress display on rank 0: a bar on a terminal, plain lines otherwise.",
                            choices=("auto", "bar", "lines", "off"))
+    overwrite: bool = option(False, "Allow a new run in a run.dir that holds another run's outputs (they are "
+                                    "replaced); without it such a run.dir is refused unless train.resume is set.")
     log_every_steps: int = option(0, "Every this many optimizer steps, rank 0 appends the step's loss, LR and "
                                      "loss scale to steps.jsonl (0: off).", min=0)
 
@@ -249,6 +265,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def run_dir(self) -> Path:

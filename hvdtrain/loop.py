@@ -13,6 +13,7 @@ from hvdtrain import __version__
 from hvdtrain.augment.pipeline import AugmentPipeline, Transform
 from hvdtrain.augment.standardize import featurewise_stats
 from hvdtrain.backend import Backend, World, get_augment_kernel
+from hvdtrain.checkpoint import Checkpoint, CheckpointError, Checkpointer, check_compatible, newest, read_checkpoint
 from hvdtrain.config import Config, config_hash, flatten, to_dict, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, load_dataset, plan_epoch, shard_for_eval
 from hvdtrain.environment import apply_horovod_settings
@@ -40,9 +41,14 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
                                       cfg.train.epochs)
     augment = _augment_pipeline(cfg, backend, world, dataset)
     dataset = replace(dataset, x_val=augment.eval_images(dataset.x_val))
-    num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes)
+    resume = _find_resume(cfg, backend, world)
+    num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes,
+                               restore=resume.path if resume is not None and world.rank == 0 else None)
     outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
-    _agree(backend, lambda: outputs.start(to_yaml(cfg)))
+    _agree(backend, lambda: outputs.start(to_yaml(cfg), history=resume.history if resume else None,
+                                          resume_step=resume.step if resume else 0,
+                                          overwrite=cfg.run.overwrite))
+    checkpointer = Checkpointer(cfg, outputs.dir, enabled=world.rank == 0)
     timeline = _start_timeline(cfg, backend, outputs)
 
     progress.print(f"hvdtrain {__version__}: backend {backend.name} ({backend.framework_version()}), "
@@ -52,9 +58,13 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     progress.print("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
     progress.print(policy.describe())
 
-    history: list[dict[str, Any]] = []
-    total_steps = 0
-    for epoch in range(cfg.train.epochs):
+    history: list[dict[str, Any]] = resume.history if resume else []
+    total_steps = resume.step if resume else 0
+    first_epoch = resume.epoch if resume else 0
+    if resume is not None:
+        checkpointer.restore_best(history)
+        progress.print(f"resuming from {resume.path} (epoch {resume.epoch}, step {resume.step})")
+    for epoch in range(first_epoch, cfg.train.epochs):
         record = _train_epoch(cfg, backend, world, dataset, epoch, progress,
                               augment.train_transform(cfg.seed, world.rank, epoch), schedule, total_steps,
                               outputs)
@@ -63,6 +73,8 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
         history.append(record)
         outputs.log_epoch(record)
         progress.end_epoch(record)
+        if checkpointer.due(epoch + 1):
+            checkpointer.save(backend, epoch + 1, total_steps, history)
     if timeline is not None:
         backend.hvd.stop_timeline()
 
@@ -92,6 +104,29 @@ def _augment_pipeline(cfg: Config, backend: Backend, world: World, dataset: Data
     if aug.featurewise_center or aug.featurewise_std_normalization:
         stats = featurewise_stats(dataset.x_train, world.rank, world.size, aug.rescale, backend.allreduce_sum)
     return AugmentPipeline(aug, get_augment_kernel(cfg.backend) if aug.random else None, stats)
+
+
+def _find_resume(cfg: Config, backend: Backend, world: World) -> Checkpoint | None:
+    """The checkpoint to continue from (train.resume), as rank 0 finds it; every rank gets its manifest,
+    so all ranks start from the same epoch and step (rank 0 alone reads the state files)."""
+    if cfg.train.resume is None:
+        return None
+
+    def locate() -> Checkpoint | None:
+        if world.rank != 0:
+            return None
+        run_dir = cfg.run_dir()
+        found = newest(run_dir) if cfg.train.resume == "auto" else read_checkpoint(Path(cfg.train.resume))
+        if found is not None:
+            check_compatible(found, cfg)
+        elif RunOutputs(run_dir, enabled=True).holds_a_run() and not cfg.run.overwrite:
+            raise CheckpointError(f"run.dir '{run_dir}' holds a run but no complete checkpoint to resume from: "
+                                  "set run.overwrite=true to start it over, or another run.dir")
+        return found
+
+    found = _agree(backend, locate)
+    shared = backend.allgather_object(None if found is None else (str(found.path), found.manifest))[0]
+    return None if shared is None else Checkpoint(Path(shared[0]), shared[1])
 
 
 def _start_timeline(cfg: Config, backend: Backend, outputs: RunOutputs) -> Path | None:

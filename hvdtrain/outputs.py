@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+_RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "weights.npz")
+
+
 class RunOutputs:
     """Writes a run's files; every method is a no-op unless `enabled` (rank 0)."""
 
@@ -48,18 +52,37 @@ class RunOutputs:
         self.metrics_path = directory / "metrics.jsonl"
         self.steps_path = directory / "steps.jsonl"
 
-    def start(self, config_yaml: str) -> None:
-        """Creates the directory, saves the resolved config and starts a fresh metrics log."""
+    def holds_a_run(self) -> bool:
+        """Whether the directory already has a run's outputs."""
+        return any((self.dir / name).exists() for name in _RUN_FILES)
+
+    def start(self, config_yaml: str, *, history: list[dict[str, Any]] | None = None, resume_step: int = 0,
+              overwrite: bool = False) -> None:
+        """Creates the directory, saves the resolved config and starts the metrics log: fresh, or, when
+        resuming, holding the checkpoint's `history` and steps up to `resume_step` (what was logged after
+        that checkpoint is dropped).
+
+        A directory holding another run is refused unless resuming or `overwrite` (run.overwrite)."""
         if not self.enabled:
             return
+        if history is None and not overwrite and self.holds_a_run():
+            raise UserError(f"run.dir '{self.dir}' already holds a run: set train.resume=auto to continue it, "
+                            "run.overwrite=true to replace it, or another run.dir")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"run.dir '{self.dir}' cannot be created ({exc.strerror}): "
                             "set run.dir to a writable folder") from None
+        if history is None and overwrite:
+            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         write_atomic(self.dir / "config.yaml", config_yaml)
-        write_atomic(self.metrics_path, "")
-        self.steps_path.unlink(missing_ok=True)
+        write_atomic(self.metrics_path, "".join(json.dumps(_json_safe(r)) + "\n" for r in history or []))
+        kept = [line for line in self.steps_path.read_text().splitlines(keepends=True)
+                if json.loads(line)["step"] <= resume_step] if history and self.steps_path.exists() else []
+        if kept:
+            write_atomic(self.steps_path, "".join(kept))
+        else:
+            self.steps_path.unlink(missing_ok=True)
         (self.dir / "summary.json").unlink(missing_ok=True)
 
     def log_epoch(self, record: dict[str, Any]) -> None:

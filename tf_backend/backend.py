@@ -46,6 +46,7 @@ def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
                                                dynamic_growth_steps=policy.loss_scale_growth_interval)
 
 
+WEIGHTS_FILE, OPTIMIZER_FILE = "model.weights.h5", "optimizer.npz"
 _DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
@@ -85,9 +86,12 @@ class TensorFlowBackend:
         return hvd.allreduce(tensor, op=hvd.Sum, name="hvdtrain.metrics").numpy()
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        return hvd.allgather_object(obj)
+        # A fixed name: Horovod names the collective after type(obj), and ranks holding different types
+        # (None on one, a message on another) would then wait on different collectives forever.
+        return hvd.allgather_object(obj, name="hvdtrain.object")
 
-    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
+    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
+              restore: Path | None = None) -> int:
         keras.utils.set_random_seed(cfg.seed)
         # Keras' mixed precision: layers compute in bf16/fp16 and keep fp32 variables.
         keras.mixed_precision.set_dtype_policy(_DTYPE_POLICIES[cfg.policy.precision])
@@ -99,10 +103,33 @@ class TensorFlowBackend:
         # Create the optimizer's slots now (Keras would create them lazily inside the first step), so
         # that they too start as rank 0's.
         optimizer.build(model.trainable_variables)
+        if restore is not None:
+            self._restore(model, optimizer, restore)
         self._broadcast_from_root(model.variables + optimizer.variables)
         self.model, self.optimizer = model, optimizer
         self._compile(cfg, image_shape)
         return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+    @staticmethod
+    def _restore(model: keras.Model, optimizer: keras.optimizers.Optimizer, directory: Path) -> None:
+        from hvdtrain.checkpoint import CheckpointError
+
+        model.load_weights(directory / WEIGHTS_FILE)
+        with np.load(directory / OPTIMIZER_FILE) as saved:
+            if len(saved.files) != len(optimizer.variables):
+                raise CheckpointError(f"checkpoint '{directory}' holds {len(saved.files)} optimizer variables, "
+                                      f"this optimizer has {len(optimizer.variables)}: resume with the config it "
+                                      "was written with")
+            for i, var in enumerate(optimizer.variables):
+                var.assign(saved[f"v{i}"])
+
+    def save_checkpoint(self, directory: Path) -> list[str]:
+        assert self.model is not None and self.optimizer is not None, "build() first"
+        self.model.save_weights(directory / WEIGHTS_FILE)
+        # Keras' optimizer variables (slots, iterations, loss scale) in build order, which is the same for
+        # the same model and optimizer config.
+        np.savez(directory / OPTIMIZER_FILE, **{f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)})
+        return [WEIGHTS_FILE, OPTIMIZER_FILE]
 
     @staticmethod
     def _broadcast_from_root(variables: list[Any]) -> None:

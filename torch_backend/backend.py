@@ -29,6 +29,9 @@ def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+CHECKPOINT_FILE = "state.pt"
+
+
 class TorchBackend:
     """Backend for PyTorch (see hvdtrain.backend.Backend)."""
 
@@ -60,32 +63,54 @@ class TorchBackend:
         return hvd.allreduce(tensor, op=hvd.Sum, name="hvdtrain.metrics").numpy()
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        return hvd.allgather_object(obj)
+        # A fixed name: Horovod names the collective after type(obj), and ranks holding different types
+        # (None on one, a message on another) would then wait on different collectives forever.
+        return hvd.allgather_object(obj, name="hvdtrain.object")
 
-    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
+    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
+              restore: Path | None = None) -> int:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, image_shape, num_classes).to(self.device)
-        optimizer = make_optimizer(cfg.optim, model.parameters())
-        # Horovod: every rank starts from rank 0's weights and optimizer state. The state goes through
-        # broadcast_object rather than hvd.broadcast_optimizer_state, which initialises an empty state by
-        # taking an optimizer step with zero gradients (that step applies weight decay and advances
-        # Adam's step count).
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        optimizer.load_state_dict(hvd.broadcast_object(optimizer.state_dict(), root_rank=0))
         policy = self.policy = cfg.policy
         # Horovod: gradients are allreduced once per window of `backward_passes_per_step` backward passes
-        # (Horovod sums them locally; train_step divides the loss by the window to average instead).
-        self.optimizer = hvd.DistributedOptimizer(
-            optimizer, named_parameters=model.named_parameters(),
+        # (Horovod sums them locally; train_step divides the loss by the window to average instead). The
+        # wrapper is a new optimizer over the same parameters: any state must be loaded into it, not before.
+        optimizer = hvd.DistributedOptimizer(
+            make_optimizer(cfg.optim, model.parameters()), named_parameters=model.named_parameters(),
             op=hvd.Adasum if policy.reduce_op == "adasum" else hvd.Average,
             compression=hvd.Compression.fp16 if policy.compression == "fp16" else hvd.Compression.none,
             backward_passes_per_step=policy.accumulation_steps)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(policy.precision)
         if policy.precision == "fp16":
             self.scaler = torch.amp.GradScaler(self.device.type, init_scale=policy.loss_scale_init,
                                                growth_interval=policy.loss_scale_growth_interval)
+        if restore is not None:
+            state = torch.load(restore / CHECKPOINT_FILE, map_location=self.device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if self.scaler is not None:
+                self.scaler.load_state_dict(state["scaler"])
+        # Horovod: every rank starts from rank 0's weights, optimizer and loss-scaler state. The optimizer
+        # state goes through broadcast_object rather than hvd.broadcast_optimizer_state, which initialises
+        # an empty state by taking an optimizer step with zero gradients (that step applies weight decay
+        # and advances Adam's step count).
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        optimizer.load_state_dict(hvd.broadcast_object(optimizer.state_dict(), root_rank=0))
+        if self.scaler is not None:
+            self.scaler.load_state_dict(hvd.broadcast_object(self.scaler.state_dict(), root_rank=0))
+        self.optimizer = optimizer
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(policy.precision)
         self.model = model
         return sum(p.numel() for p in model.parameters())
+
+    def save_checkpoint(self, directory: Path) -> list[str]:
+        import io
+
+        assert self.model is not None and self.optimizer is not None, "build() first"
+        buf = io.BytesIO()
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None}, buf)
+        write_atomic(directory / CHECKPOINT_FILE, buf.getvalue())
+        return [CHECKPOINT_FILE]
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # NHWC numpy -> NCHW view (channels_last memory), which conv layers take without a copy.
