@@ -56,6 +56,15 @@ class Backend(Protocol):
     def init(self, threads_per_rank: int) -> World:
         """Initialises Horovod, picks the device and sets CPU threads (0 = cores // local ranks)."""
 
+    def world(self) -> World:
+        """Where this process sits now (after an elastic reset, in the new world)."""
+
+    def reset(self) -> None:
+        """Elastic reset: re-initialises Horovod over the new world; anything bound to the old one is rebuilt."""
+
+    def is_collective_failure(self, exc: BaseException) -> bool:
+        """Whether `exc` is a failed collective (a peer died): elastic training then rolls back."""
+
     def framework_version(self) -> str: ...
 
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
@@ -64,10 +73,21 @@ class Backend(Protocol):
     def allgather_object(self, obj: Any) -> list[Any]:
         """Every rank's picklable `obj`, in rank order, on every rank."""
 
-    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
-              restore: Path | None = None) -> int:
-        """Builds model and optimizer (and loss scaler), loads the checkpoint directory `restore` if given
-        (rank 0 passes it), then makes the state identical on all ranks; returns #parameters."""
+    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
+        """Builds model and optimizer (and loss scaler) from the seed, with no collective; returns
+        #parameters. `sync_state` then makes the state identical on all ranks."""
+
+    def sync_state(self) -> None:
+        """Every rank takes rank 0's model, optimizer and loss-scaler state (broadcasts)."""
+
+    def snapshot(self) -> Any:
+        """An in-memory copy of model, optimizer and loss-scaler state (an elastic commit)."""
+
+    def restore_snapshot(self, snapshot: Any) -> None:
+        """Returns to a `snapshot` (an elastic rollback)."""
+
+    def load_checkpoint(self, directory: Path) -> None:
+        """Loads the state `save_checkpoint` wrote into `directory` (rank 0 calls it, then `sync_state`)."""
 
     def save_checkpoint(self, directory: Path) -> list[str]:
         """Writes model, optimizer and loss-scaler state in the framework's format; returns the file names."""

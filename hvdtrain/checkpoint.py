@@ -1,13 +1,15 @@
 """Checkpoints: one layout for both backends, written atomically by rank 0, found again for resuming.
 
-    RUN_DIR/checkpoints/epoch-0003/manifest.json   common: epoch, step, history, config hash, model
+    RUN_DIR/checkpoints/epoch-0003/manifest.json   common: the loop's TrainingState (epoch, position in
+                                                   the epoch, step, history), config hash, identity
                                   /<native files>  the backend's own (torch: state.pt; Keras: weights + npz)
+    RUN_DIR/checkpoints/epoch-0003-step-00000250/  mid-epoch (checkpoint.every_steps): 3 epochs done, step 250
     RUN_DIR/checkpoints/best/                      a copy of the best epoch by `checkpoint.best_metric`
 
-A checkpoint directory is filled under a temporary name in the same folder and renamed when complete, so a
-reader never sees a half-written one; `manifest.json` is written last. Data order and augmentation are
-functions of (seed, rank, epoch) and the LR schedule of the step, so (epoch, step) is all the loop needs
-to continue exactly where it stopped.
+Names sort in training order. A checkpoint directory is filled under a temporary name (a dot and the final
+name) in the same folder and renamed when complete, so a reader never sees a half-written one;
+`manifest.json` is written last. Leftovers of a writer killed half-way are hidden by their dot and removed
+by the next writer.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any, Protocol
 from hvdtrain.config import Config, config_hash, flatten, to_dict
 from hvdtrain.errors import UserError
 from hvdtrain.outputs import write_atomic
+from hvdtrain.state import TrainingState
 
-FORMAT = 1
+FORMAT = 2
 MANIFEST = "manifest.json"
 # Keys that decide the shapes and meaning of the saved state: a checkpoint is refused when they differ.
 _IDENTITY_PREFIXES = ("backend", "model.", "data.name", "data.synthetic_shape", "data.num_classes",
@@ -46,16 +49,9 @@ class Checkpoint:
     manifest: dict[str, Any]
 
     @property
-    def epoch(self) -> int:
-        return int(self.manifest["epoch"])
-
-    @property
-    def step(self) -> int:
-        return int(self.manifest["step"])
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return list(self.manifest["history"])
+    def state(self) -> TrainingState:
+        """The loop's position when the checkpoint was written."""
+        return TrainingState.from_dict(self.manifest["state"])
 
 
 def identity(cfg: Config) -> dict[str, Any]:
@@ -73,7 +69,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
     try:
         manifest = json.loads(manifest_path.read_text())
         missing = [f for f in manifest["files"] if not (directory / f).is_file()]
-        int(manifest["epoch"]), int(manifest["step"]), manifest["identity"]  # noqa: B018 (shape check)
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, this hvdtrain reads {FORMAT}")
+        TrainingState.from_dict(manifest["state"]), manifest["identity"]  # noqa: B018 (shape check)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint manifest '{manifest_path}' is unreadable or corrupt ({exc}): "
                               "resume from another checkpoint") from None
@@ -83,10 +81,15 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(directory, manifest)
 
 
+def _complete(root: Path) -> list[Path]:
+    """Complete checkpoint directories under `root`, oldest first (their names sort in training order)."""
+    found = [p for p in root.glob("epoch-*") if (p / MANIFEST).is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: p.name)
+
+
 def newest(run_dir: Path) -> Checkpoint | None:
-    """The newest complete epoch checkpoint under RUN_DIR/checkpoints, if any."""
-    root = run_dir / "checkpoints"
-    candidates = sorted(root.glob("epoch-*/" + MANIFEST)) if root.is_dir() else []
+    """The newest complete checkpoint under RUN_DIR/checkpoints, if any."""
+    candidates = _complete(run_dir / "checkpoints")
     return read_checkpoint(candidates[-1]) if candidates else None
 
 
@@ -117,22 +120,35 @@ class Checkpointer:
         if values:
             self.best_value = min(values) if "loss" in metric else max(values)
 
-    def due(self, epoch: int) -> bool:
-        """Whether the end of (1-based) `epoch` gets a checkpoint."""
+    def due_at_epoch_end(self, epoch: int, last: bool) -> bool:
+        """Whether the end of (1-based) `epoch` gets a checkpoint (`last`: the run ends there)."""
         every = self.cfg.checkpoint.every_epochs
-        return every > 0 and (epoch % every == 0 or epoch == self.cfg.train.epochs)
+        return every > 0 and (epoch % every == 0 or last)
 
-    def save(self, backend: SavesState, epoch: int, step: int, history: list[dict[str, Any]]) -> Path | None:
-        """Writes checkpoints/epoch-NNNN atomically, prunes old ones, refreshes `best`."""
+    def due_at_step(self, step: int) -> bool:
+        """Whether optimizer step `step` (1-based, over the run) gets a mid-epoch checkpoint."""
+        every = self.cfg.checkpoint.every_steps
+        return every > 0 and step % every == 0
+
+    def remove_leftovers(self) -> None:
+        """Deletes what writers killed half-way left behind (hidden temporary directories)."""
+        if self.enabled and self.root.is_dir():
+            for tmp in self.root.glob(".*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def save(self, backend: SavesState, state: TrainingState) -> Path | None:
+        """Writes a checkpoint of `state` atomically, prunes old ones, refreshes `best` at epoch ends."""
         if not self.enabled:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / f"epoch-{epoch:04d}"
+        name = f"epoch-{state.epoch:04d}" + (f"-step-{state.step:08d}" if state.position else "")
+        final = self.root / name
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{final.name}."))
         try:
             files = backend.save_checkpoint(tmp)
-            manifest = {"format": FORMAT, "epoch": epoch, "step": step, "files": files, "history": history,
-                        "config_hash": config_hash(self.cfg), "identity": identity(self.cfg)}
+            manifest = {"format": FORMAT, "epoch": state.epoch, "step": state.step, "files": files,
+                        "state": state.to_dict(), "config_hash": config_hash(self.cfg),
+                        "identity": identity(self.cfg)}
             write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
             tmp.chmod(0o755)
             if final.exists():
@@ -142,13 +158,14 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._prune()
-        self._update_best(final, history[-1])
+        if state.position == 0 and state.history:
+            self._update_best(final, state.history[-1])
         return final
 
     def _prune(self) -> None:
         keep = self.cfg.checkpoint.keep_last
-        epochs = sorted(self.root.glob("epoch-*"))
-        for old in epochs[:-keep] if keep > 0 else []:
+        kept = _complete(self.root)
+        for old in kept[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
 
     def _update_best(self, source: Path, record: dict[str, Any]) -> None:

@@ -231,10 +231,37 @@ class CheckpointConfig:
 
     every_epochs: int = option(1, "Write a checkpoint every this many epochs and after the last (0: never).",
                                min=0)
-    keep_last: int = option(2, "Epoch checkpoints kept; older ones are deleted (0: keep all).", min=0)
+    every_steps: int = option(0, "Also write a checkpoint every this many optimizer steps, mid-epoch; resuming "
+                                 "from one continues inside the epoch (0: off).", min=0)
+    keep_last: int = option(2, "Checkpoints kept (epoch and mid-epoch ones together); older ones are deleted "
+                               "(0: keep all).", min=0)
     best_metric: str | None = option("val_accuracy", "Keep a copy of the best epoch by this metrics.jsonl field "
                                                      "in checkpoints/best (minimised if its name contains "
                                                      "'loss'; null: no copy).")
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    """Elastic training (docs/long-runs.md). It is on when horovodrun starts the job elastically (--min-np,
+    --max-np, --host-discovery-script, Gloo); these keys have no effect otherwise."""
+
+    commit_every_steps: int = option(20, "Commit the training state in memory every this many optimizer steps "
+                                         "(and at every epoch end); after a worker fails, the survivors "
+                                         "roll back to the last commit.", min=1)
+
+
+@dataclass(frozen=True)
+class CallbacksConfig:
+    """Callbacks run by the loop on every rank (docs/long-runs.md): early stopping and user hooks."""
+
+    early_stopping_metric: str | None = option(None, "Stop when this metrics.jsonl field has not improved for "
+                                                     "early_stopping_patience epochs (minimised if its name "
+                                                     "contains 'loss'; null: off).")
+    early_stopping_patience: int = option(3, "Epochs without improvement before stopping.", min=1)
+    early_stopping_min_delta: float = option(0.0, "Smallest change that counts as an improvement.", min=0.0)
+    user: tuple[str, ...] = option((), "Custom callbacks by import path, 'package.module:name', where name is a "
+                                       "class or function called with the Config that returns the callback "
+                                       "(hooks: hvdtrain/callbacks.py).", min_items=0)
 
 
 @dataclass(frozen=True)
@@ -266,6 +293,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    elastic: ElasticConfig = field(default_factory=ElasticConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def run_dir(self) -> Path:

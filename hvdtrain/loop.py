@@ -3,107 +3,235 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hvdtrain import __version__
-from hvdtrain.augment.pipeline import AugmentPipeline, Transform
+from hvdtrain.augment.pipeline import AugmentPipeline
 from hvdtrain.augment.standardize import featurewise_stats
 from hvdtrain.backend import Backend, World, get_augment_kernel
+from hvdtrain.callbacks import CallbackContext, CallbackList
 from hvdtrain.checkpoint import Checkpoint, CheckpointError, Checkpointer, check_compatible, newest, read_checkpoint
 from hvdtrain.config import Config, config_hash, flatten, to_dict, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, load_dataset, plan_epoch, shard_for_eval
+from hvdtrain.elastic import LocalState, elastic_launch, run_elastic
 from hvdtrain.environment import apply_horovod_settings
 from hvdtrain.errors import ConfigError, UserError
 from hvdtrain.outputs import RunOutputs
 from hvdtrain.policy import ResolvedPolicy, resolve_policy
 from hvdtrain.progress import Progress
 from hvdtrain.schedule import LRSchedule
+from hvdtrain.state import TrainingState
 
 
 def train(cfg: Config, backend: Backend) -> dict[str, Any]:
-    """Trains `cfg` on `backend` (Horovod already launched around us) and returns the run summary."""
+    """Trains `cfg` on `backend` (Horovod already launched around us) and returns the run summary.
+
+    Under an elastic launch, workers may join at any time and must issue no collective outside Horovod's
+    elastic function: what comes before `Session.run` is then local to each worker.
+    """
     wall_start = time.perf_counter()
     horovod_env = apply_horovod_settings(cfg.horovod)
     world = backend.init(cfg.train.threads_per_rank)
-    check_same_config(cfg, backend, world)
-    policy = resolve_policy(cfg, world, nccl_built=bool(backend.hvd.nccl_built()))
-    progress = Progress(cfg.run.progress, enabled=world.rank == 0)
-    dataset = _agree(backend, lambda: load_dataset(cfg.data, cfg.seed))
-    steps_per_epoch = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size,
-                                 batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=0,
-                                 max_steps=cfg.train.max_steps_per_epoch,
-                                 accumulation_steps=cfg.policy.accumulation_steps).steps
-    schedule = LRSchedule.from_config(cfg.optim, policy.scaled_lr, cfg.policy.warmup_epochs, steps_per_epoch,
-                                      cfg.train.epochs)
-    augment = _augment_pipeline(cfg, backend, world, dataset)
-    dataset = replace(dataset, x_val=augment.eval_images(dataset.x_val))
-    resume = _find_resume(cfg, backend, world)
-    num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes,
-                               restore=resume.path if resume is not None and world.rank == 0 else None)
-    outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
-    _agree(backend, lambda: outputs.start(to_yaml(cfg), history=resume.history if resume else None,
-                                          resume_step=resume.step if resume else 0,
-                                          overwrite=cfg.run.overwrite))
-    checkpointer = Checkpointer(cfg, outputs.dir, enabled=world.rank == 0)
-    timeline = _start_timeline(cfg, backend, outputs)
+    elastic = elastic_launch()
+    if not elastic:
+        check_same_config(cfg, backend, world)
 
-    progress.print(f"hvdtrain {__version__}: backend {backend.name} ({backend.framework_version()}), "
-                   f"{world.size} rank(s) via {world.controller}, device {world.device}, "
-                   f"{world.threads} thread(s)/rank; {cfg.model.name} with {num_params:,} parameters; "
-                   f"{cfg.data.name}: {len(dataset.y_train)} train / {len(dataset.y_val)} val samples")
-    progress.print("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
-    progress.print(policy.describe())
+    def everywhere(action: Any) -> Any:
+        return action() if elastic else _agree(backend, action)
 
-    history: list[dict[str, Any]] = resume.history if resume else []
-    total_steps = resume.step if resume else 0
-    first_epoch = resume.epoch if resume else 0
-    if resume is not None:
-        checkpointer.restore_best(history)
-        progress.print(f"resuming from {resume.path} (epoch {resume.epoch}, step {resume.step})")
-    for epoch in range(first_epoch, cfg.train.epochs):
-        record = _train_epoch(cfg, backend, world, dataset, epoch, progress,
-                              augment.train_transform(cfg.seed, world.rank, epoch), schedule, total_steps,
-                              outputs)
-        record.update(_evaluate(cfg, backend, world, dataset))
-        total_steps += record.pop("steps")
-        history.append(record)
-        outputs.log_epoch(record)
-        progress.end_epoch(record)
-        if checkpointer.due(epoch + 1):
-            checkpointer.save(backend, epoch + 1, total_steps, history)
-    if timeline is not None:
-        backend.hvd.stop_timeline()
-
-    # Every rank reports how many steps it really took: equal counts are what keeps collectives paired.
-    steps_per_rank = backend.allgather_object(total_steps)
-    outputs.save_weights(backend.weights())
-    if world.rank == 0:
-        backend.save_model(outputs.dir)
-    summary = _summary(cfg, backend, world, policy, history, steps_per_rank, num_params,
-                       time.perf_counter() - wall_start)
+    dataset = everywhere(lambda: load_dataset(cfg.data, cfg.seed))
+    callbacks = everywhere(lambda: CallbackList.from_config(cfg))
+    num_params = backend.build(cfg, dataset.image_shape, dataset.num_classes)
+    session = Session(cfg, backend, dataset, callbacks, num_params, elastic)
+    progress = TrainingState()
+    summary = run_elastic(session.run, progress, backend) if elastic else session.run(LocalState(progress))
     summary["horovod_settings"] = horovod_env
-    if timeline is not None:
-        summary["timeline"] = str(timeline)
-    if augment.stats is not None:
-        summary["featurewise_mean"] = augment.stats.mean.tolist()
-        summary["featurewise_std"] = augment.stats.std.tolist()
-    outputs.finish(summary)
-    best = summary["best"]
-    progress.print(f"finished in {summary['wall_time_s']:.1f}s; best {best['metric']} "
-                   f"{best[best['metric']]:.4f} at epoch {best['epoch']}; outputs in {outputs.dir}")
+    summary["wall_time_s"] = time.perf_counter() - wall_start
+    session.finish(summary)
     return summary
 
 
-def _augment_pipeline(cfg: Config, backend: Backend, world: World, dataset: Dataset) -> AugmentPipeline:
-    aug = cfg.augment
-    stats = None
-    if aug.featurewise_center or aug.featurewise_std_normalization:
-        stats = featurewise_stats(dataset.x_train, world.rank, world.size, aug.rescale, backend.allreduce_sum)
-    return AugmentPipeline(aug, get_augment_kernel(cfg.backend) if aug.random else None, stats)
+class Session:
+    """One run's loop. `run` is entered once, or under elastic training again after every reset (with the
+    state rolled back to the last commit and synced from rank 0), so it rebuilds whatever depends on the
+    world: rank, policy (scaled LR), LR schedule, shards."""
+
+    def __init__(self, cfg: Config, backend: Backend, dataset: Dataset, callbacks: CallbackList, num_params: int,
+                 elastic: bool) -> None:
+        self.cfg, self.backend, self.dataset, self.callbacks = cfg, backend, dataset, callbacks
+        self.num_params, self.elastic = num_params, elastic
+        self.outputs = RunOutputs(cfg.run_dir(), enabled=False)
+        self.progress = Progress(cfg.run.progress, enabled=False)
+
+    def run(self, state: Any) -> dict[str, Any]:
+        cfg, backend, p = self.cfg, self.backend, state.progress
+        world = backend.world()
+        if self.elastic:
+            check_same_config(cfg, backend, world)
+        policy = resolve_policy(cfg, world, nccl_built=bool(backend.hvd.nccl_built()))
+        progress = self.progress = Progress(cfg.run.progress, enabled=world.rank == 0)
+        outputs = self.outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
+        checkpointer = Checkpointer(cfg, outputs.dir, enabled=world.rank == 0)
+        augment = self._augment_pipeline(world)
+        x_val = augment.eval_images(self.dataset.x_val)
+        if not p.started:
+            self._start(p, world, policy, outputs, checkpointer)
+        else:
+            outputs.rewind(p.history, p.step)  # an elastic rollback: drop what was logged after the commit
+            progress.print(f"elastic reset: {world.size} rank(s) now; continuing epoch {p.epoch + 1} at "
+                           f"sample {p.position}, step {p.step}; {policy.describe()}")
+        checkpointer.restore_best(p.history)
+        timeline = _start_timeline(cfg, backend, outputs)
+        ctx = CallbackContext(cfg, world.rank, world.size, outputs.dir)
+        self.callbacks.begin(ctx, p.history)
+        steps_per_epoch = plan_epoch(len(self.dataset.y_train), rank=world.rank, world_size=world.size,
+                                     batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=0,
+                                     max_steps=cfg.train.max_steps_per_epoch,
+                                     accumulation_steps=cfg.policy.accumulation_steps).steps
+        schedule = LRSchedule.from_config(cfg.optim, policy.scaled_lr, cfg.policy.warmup_epochs, steps_per_epoch,
+                                          cfg.train.epochs)
+        while p.epoch < cfg.train.epochs and not p.stopped_early:
+            record = self._train_epoch(state, world, policy, schedule, steps_per_epoch, augment, checkpointer, ctx)
+            record.update(_evaluate(cfg, backend, world, x_val, self.dataset.y_val))
+            record["world_size"] = world.size
+            stop = self.callbacks.epoch_end(ctx, record)
+            p.end_epoch(record)
+            p.stopped_early = bool(backend.allreduce_sum(np.array([float(stop)]))[0] > 0)  # any rank: all stop
+            outputs.write_metrics(p.history)
+            progress.end_epoch(record)
+            if p.stopped_early:
+                progress.print(f"early stopping after epoch {p.epoch}: {cfg.callbacks.early_stopping_metric or 'a callback'} "
+                               f"has not improved for {cfg.callbacks.early_stopping_patience} epoch(s)")
+            if checkpointer.due_at_epoch_end(p.epoch, last=p.epoch == cfg.train.epochs or p.stopped_early):
+                checkpointer.save(backend, p)
+            state.commit()
+        if timeline is not None:
+            backend.hvd.stop_timeline()
+
+        # Every rank reports how many steps it really took: equal counts are what keeps collectives paired.
+        steps_per_rank = backend.allgather_object(p.step)
+        outputs.save_weights(backend.weights())
+        if world.rank == 0:
+            backend.save_model(outputs.dir)
+        summary = _summary(cfg, backend, world, policy, p.history, steps_per_rank, self.num_params)
+        summary["stopped_early"] = p.stopped_early
+        summary["elastic"] = self.elastic
+        if timeline is not None:
+            summary["timeline"] = str(timeline)
+        if augment.stats is not None:
+            summary["featurewise_mean"] = augment.stats.mean.tolist()
+            summary["featurewise_std"] = augment.stats.std.tolist()
+        self.callbacks.train_end(ctx, summary)
+        return summary
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Writes summary.json and the closing line (rank 0)."""
+        self.outputs.finish(summary)
+        best = summary["best"]
+        self.progress.print(f"finished in {summary['wall_time_s']:.1f}s; best {best['metric']} "
+                            f"{best[best['metric']]:.4f} at epoch {best['epoch']}; outputs in {self.outputs.dir}")
+
+    def _start(self, p: TrainingState, world: World, policy: ResolvedPolicy, outputs: RunOutputs,
+               checkpointer: Checkpointer) -> None:
+        """First entry: resume (train.resume), give every rank rank 0's state, create the run's outputs."""
+        cfg, backend, dataset = self.cfg, self.backend, self.dataset
+        resume = _find_resume(cfg, backend, world)
+        if resume is not None:
+            if world.rank == 0:
+                backend.load_checkpoint(resume.path)
+            p.assign(resume.state)
+        backend.sync_state()
+        _agree(backend, lambda: outputs.start(to_yaml(cfg), history=p.history if resume else None,
+                                              resume_step=p.step, overwrite=cfg.run.overwrite))
+        checkpointer.remove_leftovers()
+        p.started = True
+        progress = self.progress
+        progress.print(f"hvdtrain {__version__}: backend {backend.name} ({backend.framework_version()}), "
+                       f"{world.size} rank(s) via {world.controller}{' (elastic)' if self.elastic else ''}, "
+                       f"device {world.device}, {world.threads} thread(s)/rank; {cfg.model.name} with "
+                       f"{self.num_params:,} parameters; {cfg.data.name}: {len(dataset.y_train)} train / "
+                       f"{len(dataset.y_val)} val samples")
+        progress.print("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
+        progress.print(policy.describe())
+        if resume is not None:
+            progress.print(f"resuming from {resume.path} (epoch {p.epoch}, sample {p.position}, step {p.step})")
+
+    def _augment_pipeline(self, world: World) -> AugmentPipeline:
+        aug, backend = self.cfg.augment, self.backend
+        stats = None
+        if aug.featurewise_center or aug.featurewise_std_normalization:
+            stats = featurewise_stats(self.dataset.x_train, world.rank, world.size, aug.rescale,
+                                      backend.allreduce_sum)
+        return AugmentPipeline(aug, get_augment_kernel(self.cfg.backend) if aug.random else None, stats)
+
+    def _train_epoch(self, state: Any, world: World, policy: ResolvedPolicy, schedule: LRSchedule,
+                     steps_per_epoch: int, augment: AugmentPipeline, checkpointer: Checkpointer,
+                     ctx: CallbackContext) -> dict[str, Any]:
+        """The rest of the current epoch from `progress.position`: optimizer steps, each over a window of
+        `policy.accumulation_steps` micro-batches; checkpoints and elastic commits on their steps."""
+        cfg, backend, dataset, p = self.cfg, self.backend, self.dataset, state.progress
+        batch, window_size = cfg.train.batch_size, cfg.policy.accumulation_steps
+        plan = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size, batch_size=batch,
+                          seed=cfg.seed, epoch=p.epoch, max_steps=cfg.train.max_steps_per_epoch,
+                          accumulation_steps=window_size, start=p.position)
+        transform = augment.train_transform(cfg.seed, world.rank, p.epoch, p.position // (world.size * batch))
+        local = np.zeros(3)  # this rank's sums since they were last folded into p.sums (a global total)
+
+        def fold() -> None:  # a collective: called at the same step on every rank
+            nonlocal local
+            p.sums = [float(v) for v in np.add(p.sums, backend.allreduce_sum(local))]
+            local = np.zeros(3)
+
+        log_every = cfg.run.log_every_steps
+        self.progress.start_epoch(p.epoch, cfg.train.epochs, plan.steps)
+        self.callbacks.epoch_begin(ctx, p.epoch + 1)
+        start, time_before, wait_before = time.perf_counter(), p.epoch_time, p.data_wait
+        lr = schedule.at(p.epoch * steps_per_epoch + p.position // policy.global_batch)
+        window: list[tuple[np.ndarray, np.ndarray]] = []
+        taken = 0
+        with BatchLoader(dataset.x_train, dataset.y_train, plan.indices, batch,
+                         prefetch=cfg.data.prefetch_batches, transform=transform) as loader:
+            for item in loader:
+                window.append(item)
+                if len(window) < window_size:
+                    continue
+                lr = schedule.at(p.epoch * steps_per_epoch + p.position // policy.global_batch)
+                stats = backend.train_step(window, lr)
+                window = []
+                taken += 1
+                p.step += 1
+                p.position += policy.global_batch
+                local += stats.as_array()
+                p.epoch_time = time_before + time.perf_counter() - start
+                p.data_wait = wait_before + loader.wait_seconds
+                loss = stats.loss_sum / stats.count
+                if log_every and p.step % log_every == 0:
+                    self.outputs.log_step({"step": p.step, "epoch": p.epoch + 1, "loss": loss,
+                                           "lr": backend.current_lr(), "loss_scale": backend.loss_scale()})
+                self.progress.update(taken, loss, taken * policy.global_batch / (time.perf_counter() - start))
+                self.callbacks.step_end(ctx, p.step, loss)
+                last = taken == plan.steps  # the epoch end follows: its own checkpoint and commit
+                if not last and checkpointer.due_at_step(p.step):
+                    fold()
+                    checkpointer.save(backend, p)
+                if self.elastic and not last and p.step % cfg.elastic.commit_every_steps == 0:
+                    fold()
+                    state.commit()
+        fold()
+        loss_sum, correct, count = p.sums
+        return {
+            "epoch": p.epoch + 1,
+            "train_loss": loss_sum / count,
+            "train_accuracy": correct / count,
+            "lr": lr,
+            "loss_scale": backend.loss_scale(),
+            "epoch_time_s": p.epoch_time,
+            "samples_per_s": count / p.epoch_time,
+            "data_wait_fraction": p.data_wait / p.epoch_time,
+        }
 
 
 def _find_resume(cfg: Config, backend: Backend, world: World) -> Checkpoint | None:
@@ -138,62 +266,14 @@ def _start_timeline(cfg: Config, backend: Backend, outputs: RunOutputs) -> Path 
     return path
 
 
-def _train_epoch(cfg: Config, backend: Backend, world: World, dataset: Dataset, epoch: int,
-                 progress: Progress, transform: Transform | None, schedule: LRSchedule, first_step: int,
-                 outputs: RunOutputs) -> dict[str, Any]:
-    """One epoch of optimizer steps, each over a window of `policy.accumulation_steps` micro-batches."""
-    window_size = cfg.policy.accumulation_steps
-    plan = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size,
-                      batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
-                      max_steps=cfg.train.max_steps_per_epoch, accumulation_steps=window_size)
-    log_every = cfg.run.log_every_steps
-    sums = np.zeros(3)
-    progress.start_epoch(epoch, cfg.train.epochs, plan.steps)
-    start = time.perf_counter()
-    step = 0
-    lr = schedule.at(first_step)
-    window: list[tuple[np.ndarray, np.ndarray]] = []
-    with BatchLoader(dataset.x_train, dataset.y_train, plan.indices, cfg.train.batch_size,
-                     prefetch=cfg.data.prefetch_batches, transform=transform) as loader:
-        for batch in loader:
-            window.append(batch)
-            if len(window) < window_size:
-                continue
-            lr = schedule.at(first_step + step)
-            stats = backend.train_step(window, lr)
-            window = []
-            step += 1
-            sums += stats.as_array()
-            if log_every and (first_step + step) % log_every == 0:
-                outputs.log_step({"step": first_step + step, "epoch": epoch + 1,
-                                  "loss": stats.loss_sum / stats.count, "lr": backend.current_lr(),
-                                  "loss_scale": backend.loss_scale()})
-            rate = step * window_size * cfg.train.batch_size * world.size / (time.perf_counter() - start)
-            progress.update(step, stats.loss_sum / stats.count, rate)
-        data_wait = loader.wait_seconds
-    elapsed = time.perf_counter() - start
-    loss_sum, correct, count = backend.allreduce_sum(sums)
-    return {
-        "epoch": epoch + 1,
-        "steps": step,
-        "train_loss": loss_sum / count,
-        "train_accuracy": correct / count,
-        "lr": lr,
-        "loss_scale": backend.loss_scale(),
-        "epoch_time_s": elapsed,
-        "samples_per_s": count / elapsed,
-        "data_wait_fraction": data_wait / elapsed,
-    }
-
-
-def _evaluate(cfg: Config, backend: Backend, world: World, dataset: Dataset) -> dict[str, Any]:
+def _evaluate(cfg: Config, backend: Backend, world: World, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
     """Every validation sample exactly once across ranks; one allreduce of the sums at the end."""
     start = time.perf_counter()
-    idx = shard_for_eval(len(dataset.y_val), world.rank, world.size)
+    idx = shard_for_eval(len(y_val), world.rank, world.size)
     sums = np.zeros(3)
     for lo in range(0, len(idx), cfg.train.eval_batch_size):
         batch = idx[lo:lo + cfg.train.eval_batch_size]
-        sums += backend.eval_step(dataset.x_val[batch], dataset.y_val[batch]).as_array()
+        sums += backend.eval_step(x_val[batch], y_val[batch]).as_array()
     loss_sum, correct, count = backend.allreduce_sum(sums)
     if count == 0:
         return {"val_loss": None, "val_accuracy": None, "eval_time_s": time.perf_counter() - start}
@@ -202,7 +282,7 @@ def _evaluate(cfg: Config, backend: Backend, world: World, dataset: Dataset) -> 
 
 
 def _summary(cfg: Config, backend: Backend, world: World, policy: ResolvedPolicy, history: list[dict[str, Any]],
-             steps_per_rank: list[int], num_params: int, wall: float) -> dict[str, Any]:
+             steps_per_rank: list[int], num_params: int) -> dict[str, Any]:
     metric = "val_accuracy" if history[-1]["val_accuracy"] is not None else "train_accuracy"
     best = max(history, key=lambda r: r[metric])
     return {
@@ -229,7 +309,6 @@ def _summary(cfg: Config, backend: Backend, world: World, policy: ResolvedPolicy
         "final": history[-1],
         "best": {"metric": metric, **best},
         "mean_samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
-        "wall_time_s": wall,
         "config_hash": config_hash(cfg),
     }
 

@@ -76,20 +76,26 @@ class RunOutputs:
         if history is None and overwrite:
             shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         write_atomic(self.dir / "config.yaml", config_yaml)
-        write_atomic(self.metrics_path, "".join(json.dumps(_json_safe(r)) + "\n" for r in history or []))
-        kept = [line for line in self.steps_path.read_text().splitlines(keepends=True)
-                if json.loads(line)["step"] <= resume_step] if history and self.steps_path.exists() else []
-        if kept:
-            write_atomic(self.steps_path, "".join(kept))
-        else:
+        if history is None:
             self.steps_path.unlink(missing_ok=True)
+        self.rewind(history or [], resume_step)
         (self.dir / "summary.json").unlink(missing_ok=True)
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        """Appends one epoch's record as a JSON line (one whole line per write)."""
+    def rewind(self, history: list[dict[str, Any]], step: int) -> None:
+        """Makes the logs say what a run at optimizer step `step` with these completed epochs has done:
+        used when resuming and after an elastic rollback (what was logged later is dropped)."""
+        if not self.enabled:
+            return
+        self.write_metrics(history)
+        if self.steps_path.exists():
+            kept = [line for line in self.steps_path.read_text().splitlines(keepends=True)
+                    if json.loads(line)["step"] <= step]
+            write_atomic(self.steps_path, "".join(kept))
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """metrics.jsonl with one JSON line per completed epoch (rewritten whole, atomically)."""
         if self.enabled:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(_json_safe(record)) + "\n")
+            write_atomic(self.metrics_path, "".join(json.dumps(_json_safe(r)) + "\n" for r in history))
 
     def log_step(self, record: dict[str, Any]) -> None:
         """Appends one optimizer step's record to steps.jsonl (run.log_every_steps)."""

@@ -63,20 +63,34 @@ class TensorFlowBackend:
         self._accumulate_fn: Any = None
         self._step_fn: Any = None
         self._eval_fn: Any = None
+        self._built_for: tuple[Config, tuple[int, int, int]] | None = None
+        self.threads, self.device = 1, "cpu"
 
     def init(self, threads_per_rank: int) -> World:
         hvd.init()
-        threads = threads_for_rank(threads_per_rank, hvd.local_size())
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-        device = "cpu"
+        self.threads = threads_for_rank(threads_per_rank, hvd.local_size())
+        tf.config.threading.set_intra_op_parallelism_threads(self.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, self.threads))
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:  # Horovod: one visible GPU per local rank, memory taken as needed.
             gpu = gpus[hvd.local_rank() % len(gpus)]
             tf.config.experimental.set_memory_growth(gpu, True)
             tf.config.set_visible_devices(gpu, "GPU")
-            device = f"gpu:{hvd.local_rank() % len(gpus)}"
-        return World.from_horovod(hvd, device=device, threads=threads)
+            self.device = f"gpu:{hvd.local_rank() % len(gpus)}"
+        return self.world()
+
+    def world(self) -> World:
+        return World.from_horovod(hvd, device=self.device, threads=self.threads)
+
+    def reset(self) -> None:
+        hvd.shutdown()
+        hvd.init()
+        if self._built_for is not None:  # traced steps hold collectives of the old world: trace again
+            self._compile(*self._built_for)
+
+    def is_collective_failure(self, exc: BaseException) -> bool:
+        # A collective that fails inside a traced step surfaces as a TF error naming the Horovod op.
+        return isinstance(exc, tf.errors.OpError) and "Horovod" in str(exc)
 
     def framework_version(self) -> str:
         return f"tensorflow {tf.__version__}, keras {keras.__version__}"
@@ -90,8 +104,7 @@ class TensorFlowBackend:
         # (None on one, a message on another) would then wait on different collectives forever.
         return hvd.allgather_object(obj, name="hvdtrain.object")
 
-    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
-              restore: Path | None = None) -> int:
+    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
         keras.utils.set_random_seed(cfg.seed)
         # Keras' mixed precision: layers compute in bf16/fp16 and keep fp32 variables.
         keras.mixed_precision.set_dtype_policy(_DTYPE_POLICIES[cfg.policy.precision])
@@ -103,25 +116,40 @@ class TensorFlowBackend:
         # Create the optimizer's slots now (Keras would create them lazily inside the first step), so
         # that they too start as rank 0's.
         optimizer.build(model.trainable_variables)
-        if restore is not None:
-            self._restore(model, optimizer, restore)
-        self._broadcast_from_root(model.variables + optimizer.variables)
         self.model, self.optimizer = model, optimizer
+        self._built_for = (cfg, image_shape)
         self._compile(cfg, image_shape)
         return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
-    @staticmethod
-    def _restore(model: keras.Model, optimizer: keras.optimizers.Optimizer, directory: Path) -> None:
+    def _variables(self) -> list[Any]:
+        """Everything a step changes: model variables, optimizer slots, iterations and loss scale."""
+        assert self.model is not None and self.optimizer is not None, "build() first"
+        return self.model.variables + self.optimizer.variables
+
+    def load_checkpoint(self, directory: Path) -> None:
         from hvdtrain.checkpoint import CheckpointError
 
-        model.load_weights(directory / WEIGHTS_FILE)
+        assert self.model is not None and self.optimizer is not None, "build() first"
+        self.model.load_weights(directory / WEIGHTS_FILE)
         with np.load(directory / OPTIMIZER_FILE) as saved:
-            if len(saved.files) != len(optimizer.variables):
+            if len(saved.files) != len(self.optimizer.variables):
                 raise CheckpointError(f"checkpoint '{directory}' holds {len(saved.files)} optimizer variables, "
-                                      f"this optimizer has {len(optimizer.variables)}: resume with the config it "
-                                      "was written with")
-            for i, var in enumerate(optimizer.variables):
+                                      f"this optimizer has {len(self.optimizer.variables)}: resume with the "
+                                      "config it was written with")
+            for i, var in enumerate(self.optimizer.variables):
                 var.assign(saved[f"v{i}"])
+
+    def sync_state(self) -> None:
+        # Horovod: every rank takes rank 0's variables, one broadcast each.
+        for i, var in enumerate(self._variables()):
+            var.assign(hvd.broadcast(tf.convert_to_tensor(var), root_rank=0, name=f"hvdtrain.init.{i}"))
+
+    def snapshot(self) -> list[np.ndarray]:
+        return [np.array(v) for v in self._variables()]
+
+    def restore_snapshot(self, snapshot: list[np.ndarray]) -> None:
+        for var, value in zip(self._variables(), snapshot):
+            var.assign(value)
 
     def save_checkpoint(self, directory: Path) -> list[str]:
         assert self.model is not None and self.optimizer is not None, "build() first"
@@ -130,11 +158,6 @@ class TensorFlowBackend:
         # the same model and optimizer config.
         np.savez(directory / OPTIMIZER_FILE, **{f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)})
         return [WEIGHTS_FILE, OPTIMIZER_FILE]
-
-    @staticmethod
-    def _broadcast_from_root(variables: list[Any]) -> None:
-        for i, var in enumerate(variables):
-            var.assign(hvd.broadcast(tf.convert_to_tensor(var), root_rank=0, name=f"hvdtrain.init.{i}"))
 
     def _compile(self, cfg: Config, image_shape: tuple[int, int, int]) -> None:
         """Traces the step functions: `accumulate` for the first micro-batches of a window, `step` for its

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,26 @@ class TorchBackend:
         self.policy = PolicyConfig()
         self.autocast_dtype: torch.dtype | None = None
         self.scaler: torch.amp.GradScaler | None = None
+        self.threads = 1
 
     def init(self, threads_per_rank: int) -> World:
         hvd.init()  # Horovod: start the controller (Gloo under horovodrun, MPI under mpirun).
-        threads = threads_for_rank(threads_per_rank, hvd.local_size())
-        torch.set_num_threads(threads)
+        self.threads = threads_for_rank(threads_per_rank, hvd.local_size())
+        torch.set_num_threads(self.threads)
         if torch.cuda.is_available():
             torch.cuda.set_device(hvd.local_rank())  # Horovod: one GPU per local rank.
             self.device = torch.device("cuda", hvd.local_rank())
-        return World.from_horovod(hvd, device=str(self.device), threads=threads)
+        return self.world()
+
+    def world(self) -> World:
+        return World.from_horovod(hvd, device=str(self.device), threads=self.threads)
+
+    def reset(self) -> None:
+        hvd.shutdown()
+        hvd.init()
+
+    def is_collective_failure(self, exc: BaseException) -> bool:
+        return isinstance(exc, hvd.HorovodInternalError)
 
     def framework_version(self) -> str:
         return f"torch {torch.__version__}"
@@ -67,8 +79,7 @@ class TorchBackend:
         # (None on one, a message on another) would then wait on different collectives forever.
         return hvd.allgather_object(obj, name="hvdtrain.object")
 
-    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
-              restore: Path | None = None) -> int:
+    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, image_shape, num_classes).to(self.device)
         policy = self.policy = cfg.policy
@@ -83,32 +94,51 @@ class TorchBackend:
         if policy.precision == "fp16":
             self.scaler = torch.amp.GradScaler(self.device.type, init_scale=policy.loss_scale_init,
                                                growth_interval=policy.loss_scale_growth_interval)
-        if restore is not None:
-            state = torch.load(restore / CHECKPOINT_FILE, map_location=self.device, weights_only=True)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if self.scaler is not None:
-                self.scaler.load_state_dict(state["scaler"])
-        # Horovod: every rank starts from rank 0's weights, optimizer and loss-scaler state. The optimizer
-        # state goes through broadcast_object rather than hvd.broadcast_optimizer_state, which initialises
-        # an empty state by taking an optimizer step with zero gradients (that step applies weight decay
-        # and advances Adam's step count).
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        optimizer.load_state_dict(hvd.broadcast_object(optimizer.state_dict(), root_rank=0))
-        if self.scaler is not None:
-            self.scaler.load_state_dict(hvd.broadcast_object(self.scaler.state_dict(), root_rank=0))
         self.optimizer = optimizer
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(policy.precision)
         self.model = model
         return sum(p.numel() for p in model.parameters())
 
+    def _state(self) -> dict[str, Any]:
+        assert self.model is not None and self.optimizer is not None, "build() first"
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        assert self.model is not None and self.optimizer is not None, "build() first"
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def sync_state(self) -> None:
+        # Horovod: every rank takes rank 0's weights, optimizer and loss-scaler state. The optimizer
+        # state goes through broadcast_object rather than hvd.broadcast_optimizer_state, which initialises
+        # an empty state by taking an optimizer step with zero gradients (that step applies weight decay
+        # and advances Adam's step count).
+        assert self.model is not None and self.optimizer is not None, "build() first"
+        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+        self.optimizer.load_state_dict(hvd.broadcast_object(self.optimizer.state_dict(), root_rank=0,
+                                                            name="hvdtrain.optimizer"))
+        if self.scaler is not None:
+            self.scaler.load_state_dict(hvd.broadcast_object(self.scaler.state_dict(), root_rank=0,
+                                                             name="hvdtrain.scaler"))
+
+    def snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy(self._state())
+
+    def restore_snapshot(self, snapshot: dict[str, Any]) -> None:
+        # A copy: the optimizer may keep the loaded tensors as its state and update them in place.
+        self._load_state(copy.deepcopy(snapshot))
+
+    def load_checkpoint(self, directory: Path) -> None:
+        self._load_state(torch.load(directory / CHECKPOINT_FILE, map_location=self.device, weights_only=True))
+
     def save_checkpoint(self, directory: Path) -> list[str]:
         import io
 
-        assert self.model is not None and self.optimizer is not None, "build() first"
         buf = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict() if self.scaler is not None else None}, buf)
+        torch.save(self._state(), buf)
         write_atomic(directory / CHECKPOINT_FILE, buf.getvalue())
         return [CHECKPOINT_FILE]
 

@@ -24,14 +24,15 @@ class AugmentPipeline:
         self.kernel = kernel
         self.stats = stats
 
-    def train_transform(self, seed: int, rank: int, epoch: int) -> Transform | None:
-        """The loader transform for one rank and epoch; None when nothing is configured."""
+    def train_transform(self, seed: int, rank: int, epoch: int, first_batch: int = 0) -> Transform | None:
+        """The loader transform for one rank and epoch whose loader starts at micro-batch `first_batch` of
+        the epoch; None when nothing is configured."""
         if not (self.cfg.random or self.cfg.standardizes):
             return None
-        rng = epoch_rng(seed, rank, epoch)  # consumed batch after batch, in order, by one worker thread
 
         def transform(x: np.ndarray, y: np.ndarray, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
             if self.cfg.random and self.kernel is not None:
+                rng = epoch_rng(seed, rank, epoch, first_batch + batch_index)
                 x = self.kernel(x, sample_transforms(self.cfg, len(x), x.shape[1:], rng), self.cfg)
             if self.cfg.standardizes:
                 x = standardize(x, self.cfg, self.stats)

@@ -10,9 +10,10 @@ import numpy as np
 from hvdtrain.config import AugmentConfig
 
 
-def epoch_rng(seed: int, rank: int, epoch: int) -> np.random.Generator:
-    """The generator for one rank's augmentation in one epoch: reproducible, and different across ranks."""
-    return np.random.default_rng([seed, rank, epoch, 0x61756720])  # last word: a stream tag ("aug ")
+def epoch_rng(seed: int, rank: int, epoch: int, batch: int = 0) -> np.random.Generator:
+    """The generator for one rank's augmentation of one batch of an epoch: reproducible, different across
+    ranks, and independent of the batches before it (so a resumed epoch draws what it would have drawn)."""
+    return np.random.default_rng([seed, rank, epoch, 0x61756720, batch])  # "aug ": a stream tag
 
 
 def _shift(spec: int | float | tuple[float, ...], n: int, size: int, rng: np.random.Generator) -> np.ndarray:

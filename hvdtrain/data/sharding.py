@@ -50,27 +50,30 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -
 
 
 def plan_epoch(num_samples: int, *, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
-               shuffle: bool = True, max_steps: int | None = None, accumulation_steps: int = 1) -> ShardPlan:
-    """This rank's samples for one epoch (see the module docstring for the contract)."""
+               shuffle: bool = True, max_steps: int | None = None, accumulation_steps: int = 1,
+               start: int = 0) -> ShardPlan:
+    """This rank's samples for one epoch, from position `start` of its order (see the module docstring)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a world of {world_size}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     global_batch = world_size * batch_size
     window = global_batch * accumulation_steps
-    steps = num_samples // window
-    if steps == 0:
+    if not 0 <= start <= num_samples:
+        raise ValueError(f"start {start} is outside an epoch of {num_samples} samples")
+    steps = (num_samples - start) // window
+    if steps == 0 and start == 0:
         raise DataError(f"training set has {num_samples} samples, fewer than one global batch "
                         f"({world_size} ranks x train.batch_size={batch_size} x "
                         f"policy.accumulation_steps={accumulation_steps}): lower train.batch_size or "
                         "policy.accumulation_steps, or use fewer ranks")
     if max_steps is not None:
-        steps = min(steps, max_steps)
+        steps = max(0, min(steps, max_steps - start // window))
     micro = steps * accumulation_steps
-    order = epoch_order(num_samples, seed, epoch, shuffle)[:micro * global_batch]
+    order = epoch_order(num_samples, seed, epoch, shuffle)[start:start + micro * global_batch]
     mine = order.reshape(micro, world_size, batch_size)[:, rank, :].reshape(-1)
     return ShardPlan(rank=rank, world_size=world_size, batch_size=batch_size, steps=steps, indices=mine,
-                     dropped=num_samples - micro * global_batch, accumulation_steps=accumulation_steps)
+                     dropped=num_samples - start - micro * global_batch, accumulation_steps=accumulation_steps)
 
 
 def shard_for_eval(num_samples: int, rank: int, world_size: int) -> np.ndarray:

@@ -1,0 +1,138 @@
+"""Callbacks: hooks the loop calls on every rank, the built-in early stopping, and user callbacks named by
+import path in `callbacks.user`.
+
+Evaluation and LR-schedule stepping are built into the loop (every epoch, every step); callbacks see
+their results: `on_epoch_end` gets the epoch's record with the validation metrics and the LR.
+
+A callback asks to stop by returning True from `on_epoch_end`. The loop combines the answers of all ranks
+with one allreduce, so when any rank asks, every rank stops after the same epoch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hvdtrain.config import CallbacksConfig, Config
+from hvdtrain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CallbackContext:
+    """What a callback may want to know about the run (the world as of the current (re)start)."""
+
+    cfg: Config
+    rank: int
+    world_size: int
+    run_dir: Path
+
+
+class Callback:
+    """Base class of callbacks; override the hooks you need. They run on every rank."""
+
+    def on_train_begin(self, ctx: CallbackContext) -> None:
+        """Before the first step (and again after an elastic reset, with the new world)."""
+
+    def on_epoch_begin(self, ctx: CallbackContext, epoch: int) -> None:
+        """Before the steps of `epoch` (1-based)."""
+
+    def on_step_end(self, ctx: CallbackContext, step: int, loss: float) -> None:
+        """After optimizer step `step` (1-based, counted over the run) with this rank's window loss."""
+
+    def on_epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> bool | None:
+        """After evaluation, with the epoch's metrics record; return True to stop training."""
+        return None
+
+    def on_train_end(self, ctx: CallbackContext, summary: dict[str, Any]) -> None:
+        """After the last epoch, with the run summary."""
+
+
+class EarlyStopping(Callback):
+    """Stops when `metric` has not improved by more than `min_delta` for `patience` epochs.
+
+    The metric is minimised if its name contains "loss", else maximised. Records are allreduced before the
+    callbacks see them, so every rank makes the same decision; it starts from the completed epochs'
+    `history` on resume, so a resumed run stops where the uninterrupted one would have.
+    """
+
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0,
+                 history: list[dict[str, Any]] | None = None) -> None:
+        self.metric, self.patience, self.min_delta = metric, patience, min_delta
+        self.minimise = "loss" in metric
+        self.history = list(history or [])
+
+    def on_epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> bool:
+        self.history.append(record)
+        return self.should_stop(self.history)
+
+    def should_stop(self, history: list[dict[str, Any]]) -> bool:
+        """Whether the epochs so far (records in order) end in `patience` epochs without improvement."""
+        values = [r.get(self.metric) for r in history]
+        if any(v is None for v in values):
+            missing = next(r["epoch"] for r in history if r.get(self.metric) is None)
+            raise ConfigError(f"callbacks.early_stopping_metric={self.metric!r} has no value at epoch {missing}: "
+                              f"choose a field of metrics.jsonl ({', '.join(sorted(history[-1]))})")
+        best, since = None, 0
+        for value in values:
+            better = best is None or (value < best - self.min_delta if self.minimise
+                                      else value > best + self.min_delta)
+            best, since = (value, 0) if better else (best, since + 1)
+        return since >= self.patience
+
+
+def load_user_callback(path: str, cfg: Config) -> Callback:
+    """`package.module:name` -> name(cfg), checked to be a callback-like object."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"callbacks.user entry {path!r} is not 'package.module:name': write it like "
+                          "my_pkg.callbacks:MyCallback")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"callbacks.user entry {path!r} cannot be imported ({exc}): check the name and "
+                          "that its package is on PYTHONPATH on every node") from None
+    callback = factory(cfg)
+    hooks = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_epoch_end", "on_train_end")
+    if not any(callable(getattr(callback, h, None)) for h in hooks):
+        raise ConfigError(f"callbacks.user entry {path!r} returned {type(callback).__name__}, which has none of "
+                          f"the hooks {', '.join(hooks)}: return an hvdtrain.callbacks.Callback")
+    return callback
+
+
+class CallbackList:
+    """The run's callbacks in order: early stopping (if configured), then the user's."""
+
+    def __init__(self, cfg: Config, user: list[Callback]) -> None:
+        self.cfg: CallbacksConfig = cfg.callbacks
+        self.user = user
+        self.active: list[Callback] = []
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> CallbackList:
+        return cls(cfg, [load_user_callback(path, cfg) for path in cfg.callbacks.user])
+
+    def begin(self, ctx: CallbackContext, history: list[dict[str, Any]]) -> None:
+        """Starts (or restarts) the callbacks for a run whose completed epochs are `history`."""
+        self.active = list(self.user)
+        if self.cfg.early_stopping_metric:
+            self.active.insert(0, EarlyStopping(self.cfg.early_stopping_metric, self.cfg.early_stopping_patience,
+                                                self.cfg.early_stopping_min_delta, history))
+        self._call("on_train_begin", ctx)
+
+    def _call(self, hook: str, *args: Any) -> list[Any]:
+        return [getattr(cb, hook)(*args) for cb in self.active if callable(getattr(cb, hook, None))]
+
+    def epoch_begin(self, ctx: CallbackContext, epoch: int) -> None:
+        self._call("on_epoch_begin", ctx, epoch)
+
+    def step_end(self, ctx: CallbackContext, step: int, loss: float) -> None:
+        self._call("on_step_end", ctx, step, loss)
+
+    def epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> bool:
+        """Whether this rank's callbacks ask to stop (the loop agrees it with the other ranks)."""
+        return any(bool(answer) for answer in self._call("on_epoch_end", ctx, record))
+
+    def train_end(self, ctx: CallbackContext, summary: dict[str, Any]) -> None:
+        self._call("on_train_end", ctx, summary)
