@@ -7,7 +7,7 @@ import sys
 import time
 
 from hvdtrain.environment import under_launcher
-from hvdtrain.errors import UserError
+from hvdtrain.errors import JobAborted, UserError
 
 COMMANDS = ("train", "doctor", "config-docs", "augment-preview")
 ERROR_GRACE_S = 2.0
@@ -42,6 +42,12 @@ def _train(args: argparse.Namespace) -> int:
     backend = get_backend(cfg.backend)
     try:
         train(cfg, backend)
+    except Exception as exc:
+        if not backend.is_collective_failure(exc):
+            raise
+        raise JobAborted("Horovod shut the job down: a collective could not complete because another rank "
+                         "stalled (longer than horovod.stall_shutdown_time_s; Horovod's stall report above names "
+                         "it) or failed: read that rank's log") from None
     finally:
         backend.shutdown()
     return 0
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             # The launcher stops the whole job when the first rank exits; a short grace period lets
             # every rank, which parses the same input at about the same time, report the error too.
             time.sleep(ERROR_GRACE_S)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("hvdtrain: interrupted", file=sys.stderr)
         return 130

@@ -1,8 +1,16 @@
-"""The one family of user-facing errors: the CLI prints them on one line and exits 2."""
+"""User-facing errors: the CLI prints them on one line, no traceback, and exits with their `exit_code`."""
 
 
 class UserError(Exception):
     """A problem with the user's input; the CLI prints the message on one line and exits 2."""
+
+    exit_code = 2
+
+
+class JobAborted(UserError):
+    """The job cannot go on for a reason outside this rank's input (a stalled or failed peer); exit 1."""
+
+    exit_code = 1
 
 
 class ConfigError(UserError):

@@ -31,11 +31,14 @@ def launcher_prefix(launcher: str, np_: int) -> list[str]:
 
 
 def run_hvdtrain(args: list[str], *, launcher: str = "single", np_: int = 1, cwd: Path | None = None,
-                 check: bool = True, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Runs `python -m hvdtrain ARGS` under a launcher; returns the finished process (text output)."""
-    cmd = [*launcher_prefix(launcher, np_), sys.executable, "-m", "hvdtrain", *args]
+                 check: bool = True, timeout: float = LAUNCH_TIMEOUT_S, prefix: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs `python -m hvdtrain ARGS` under a launcher (or the command words `prefix`), with `env` added to
+    the environment; returns the finished process (text output)."""
+    words = launcher_prefix(launcher, np_) if prefix is None else prefix
+    cmd = [*words, sys.executable, "-m", "hvdtrain", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:

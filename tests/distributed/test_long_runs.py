@@ -1,0 +1,166 @@
+"""Long runs on clusters, with real processes and real faults: kill -9 during checkpoint writes, elastic
+recovery after a killed worker, early stopping on every rank, a config mismatch between ranks, and a
+stalled rank shut down by Horovod. Faults come from tests/scripts/fault_callbacks.py, a user callback
+(callbacks.user) configured by environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BIN, REPO, launcher_prefix, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain
+
+from hvdtrain.checkpoint import newest
+
+pytestmark = pytest.mark.distributed
+
+BACKENDS = ["torch", "tensorflow"]
+SCRIPTS = REPO / "tests" / "scripts"
+FAULTS = "callbacks.user=[fault_callbacks:Faults]"
+RESUME_TOL = 1e-6  # same as test_checkpoint.py: state is restored bit for bit (in practice 0)
+
+
+def fault_env(**values: object) -> dict[str, str]:
+    return {"PYTHONPATH": str(SCRIPTS), **{f"HVDTRAIN_TEST_{k.upper()}": str(v) for k, v in values.items()}}
+
+
+@pytest.mark.parametrize("backend,kills", [("torch", 4), ("tensorflow", 2)])
+def test_kill_9_during_checkpoint_writes_then_resume_equals_uninterrupted(tmp_path: Path, small_config: Path,
+                                                                          backend: str, kills: int) -> None:
+    """A checkpoint every step, so the kills land in or near writes; each restart resumes from the newest
+    complete checkpoint (it must load), and the final weights equal the uninterrupted run's."""
+    args = ["--config", str(small_config), f"backend={backend}", "train.epochs=3", "train.max_steps_per_epoch=12",
+            "optim.name=adam", "optim.lr=0.01", "augment.rotation_range=15", "checkpoint.every_steps=1",
+            "checkpoint.keep_last=2"]
+    full = tmp_path / "full"
+    run_hvdtrain([*args, f"run.dir={full}"])
+
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "hvdtrain", *args, f"run.dir={cut}", "train.resume=auto"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    rng = random.Random(7)
+    last_step = 0
+    for _ in range(kills):
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        target = last_step + rng.randint(1, 5)  # a few steps into this process's own checkpoints
+        deadline = time.monotonic() + 300
+        while True:
+            found = newest(cut)
+            if found is not None and found.state.step >= target:
+                break
+            assert proc.poll() is None, f"run exited {proc.returncode} before it was killed: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no new checkpoint within 300 s"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.03))  # somewhere within the next step or checkpoint write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        found = newest(cut)  # raises if the newest complete checkpoint were unreadable
+        assert found is not None and found.state.step >= last_step
+        leftovers = [p.name for p in (cut / "checkpoints").glob(".*")]
+        print(f"killed after checkpoint step {found.state.step}; half-written leftovers: {leftovers}")
+        last_step = found.state.step
+    assert last_step < 36, "the run finished before the last kill: nothing was interrupted"
+
+    run_hvdtrain([*args, f"run.dir={cut}", "train.resume=auto"])
+    diff = max_weight_diff(read_weights(cut), read_weights(full))
+    print(f"{backend}: {kills} kills; max |w(resumed) - w(uninterrupted)| = {diff:.3g}")
+    assert diff <= RESUME_TOL
+    assert [m["epoch"] for m in read_metrics(cut)] == [1, 2, 3]
+    assert read_summary(cut)["steps"] == read_summary(full)["steps"] == 36
+    assert not list((cut / "checkpoints").glob(".*")), "half-written checkpoints were left behind"
+    assert len(list((cut / "checkpoints").glob("epoch-*"))) == 2  # keep_last
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path, backend: str) -> None:
+    """Two "hosts" on this machine (localhost and 127.0.0.1, one slot each). Rank 1 is killed with SIGKILL at
+    step 30 (epoch 2); rank 0 rolls back to the commit of step 25 and goes on alone; after the blacklist
+    cooldown the host is back and the job grows to 2 ranks again."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost:1\n127.0.0.1:1\n")
+    discovery = tmp_path / "discover.sh"
+    discovery.write_text(f"#!/bin/sh\ncat {hosts}\n")
+    discovery.chmod(0o755)
+    marker = tmp_path / "killed"
+    run_dir = tmp_path / "run"
+    prefix = [str(BIN / "horovodrun"), "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
+              str(discovery), "--blacklist-cooldown-range", "2", "4"]
+    proc = run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=6",
+                         f"run.dir={run_dir}", "run.progress=lines", "elastic.commit_every_steps=5", FAULTS],
+                        prefix=prefix, env=fault_env(kill_rank=1, kill_step=30, kill_marker=marker, step_sleep=0.05))
+    killed_pid, killed_step = marker.read_text().split()
+    assert int(killed_step) == 30
+    assert "elastic reset: 1 rank(s) now; continuing epoch 2 at sample 192, step 25" in proc.stdout
+    assert "elastic reset: 2 rank(s) now" in proc.stdout
+    metrics = read_metrics(run_dir)
+    sizes = [m["world_size"] for m in metrics]
+    summary = read_summary(run_dir)
+    print(f"{backend}: killed pid {killed_pid} (rank 1) at step 30; world size per epoch {sizes}; "
+          f"val accuracy per epoch {[round(m['val_accuracy'], 3) for m in metrics]}")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6] and summary["epochs"] == 6
+    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2
+    assert summary["world_size"] == 2 and summary["elastic"] is True
+    assert len(set(summary["steps_per_rank"])) == 1
+    # The normal band for 6 digits epochs at np=2 is 0.95-0.99; recovery costs a little.
+    assert metrics[-1]["val_accuracy"] >= 0.90
+    # The LR followed the world size: x2 at np=2, x1 at np=1 (linear scaling of optim.lr 0.025).
+    assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 1} == {0.025}
+    assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 2} == {0.05}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_early_stopping_stops_every_rank_after_the_same_epoch(tmp_path: Path, small_config: Path, backend: str) -> None:
+    base = ["--config", str(small_config), f"backend={backend}", "train.epochs=10"]
+    # With lr=0 the validation loss never improves after epoch 1: patience 2 stops after epoch 3.
+    patient = tmp_path / "patience"
+    run_hvdtrain([*base, "optim.lr=0", "callbacks.early_stopping_metric=val_loss",
+                  "callbacks.early_stopping_patience=2", f"run.dir={patient}"], launcher="horovodrun", np_=2)
+    summary = read_summary(patient)
+    assert summary["stopped_early"] is True and summary["epochs"] == 3
+    assert summary["steps_per_rank"] == [15, 15]  # 5 steps per epoch on both ranks
+    assert len(read_metrics(patient)) == 3
+
+    # Only rank 1's callback asks to stop, after epoch 2: both ranks stop there.
+    asked = tmp_path / "asked"
+    run_hvdtrain([*base, FAULTS, f"run.dir={asked}"], launcher="horovodrun", np_=2,
+                 env=fault_env(stop_rank=1, stop_epoch=2))
+    summary = read_summary(asked)
+    assert summary["stopped_early"] is True and summary["epochs"] == 2
+    assert summary["steps_per_rank"] == [10, 10]
+
+
+def test_a_rank_with_a_different_config_stops_every_rank(tmp_path: Path, small_config: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--config", str(small_config), f"run.dir={run_dir}"]
+    # MPMD: the same program on two ranks, rank 1 with one more override.
+    prefix = [*launcher_prefix("mpirun", 1), sys.executable, "-m", "hvdtrain", *args, ":", "-np", "1"]
+    proc = run_hvdtrain([*args, "optim.lr=0.3"], prefix=prefix, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = "ranks resolved different configs (rank 1 has optim.lr=0.3 where rank 0 has 0.1)"
+    assert proc.stderr.count(line) == 2, proc.stderr[-2000:]  # reported by both ranks
+    assert "Traceback" not in proc.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stalled_rank_is_shut_down_with_a_message(tmp_path: Path, small_config: Path, backend: str) -> None:
+    start = time.monotonic()
+    proc = run_hvdtrain(["--config", str(small_config), f"backend={backend}", "train.epochs=3",
+                         f"run.dir={tmp_path / 'run'}", "horovod.stall_check_time_s=2",
+                         "horovod.stall_shutdown_time_s=6", FAULTS],
+                        launcher="horovodrun", np_=2, check=False, timeout=300,
+                        env=fault_env(stall_rank=1, stall_epoch=1))
+    elapsed = time.monotonic() - start
+    print(f"{backend}: exit {proc.returncode} after {elapsed:.0f} s")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Missing ranks" in proc.stderr  # Horovod's stall warning, naming rank 1
+    assert "hvdtrain: error: Horovod shut the job down" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 120  # rank 1 sleeps for an hour: nothing may wait for it
