@@ -227,7 +227,7 @@ class HorovodConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """When rank 0 writes checkpoints (run.dir/checkpoints/epoch-NNNN, see docs/checkpoints.md)."""
+    """When rank 0 writes checkpoints (run.dir/checkpoints, see docs/long-runs.md)."""
 
     every_epochs: int = option(1, "Write a checkpoint every this many epochs and after the last (0: never).",
                                min=0)
