@@ -86,6 +86,22 @@ class Backend(Protocol):
     def restore_snapshot(self, snapshot: Any) -> None:
         """Returns to a `snapshot` (an elastic rollback)."""
 
+    def init_weights(self, source: Path, skip_mismatched: bool) -> list[str]:
+        """Loads model weights only (train.init_from) from a checkpoint directory or a final model file;
+        returns the parameters left freshly initialised because their shapes differ (`skip_mismatched`)."""
+
+    def load_teacher(self, source: Path) -> None:
+        """Loads the distillation teacher's weights (built by `build` from distill.teacher's config)."""
+
+    def regularization_penalty(self) -> float:
+        """The current value of the regularization.l1/l2 penalty."""
+
+    def prunable(self) -> dict[str, Any]:
+        """Conv and dense kernels in model order as `hvdtrain.pruning.Kernel`s (copies)."""
+
+    def set_masks(self, masks: dict[str, np.ndarray]) -> None:
+        """Multiplies those kernels by their masks now and after every optimizer step."""
+
     def load_checkpoint(self, directory: Path) -> None:
         """Loads the state `save_checkpoint` wrote into `directory` (rank 0 calls it, then `sync_state`)."""
 

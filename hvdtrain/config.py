@@ -146,6 +146,13 @@ class TrainConfig:
     threads_per_rank: int = option(0, "CPU threads per rank; 0 = usable cores // ranks on this node.", min=0)
     resume: str | None = option(None, "auto: continue from the newest complete checkpoint in run.dir (or start "
                                       "fresh if there is none); a path: from that checkpoint directory.")
+    init_from: str | None = option(None, "Fine-tuning: start from the model weights (only) of a checkpoint "
+                                         "directory or of a finished run directory (its final model).")
+    init_skip_mismatched: bool = option(False, "With init_from: keep the fresh initialisation of parameters whose "
+                                               "shape differs (e.g. a new head) instead of refusing.")
+    freeze: tuple[str, ...] = option((), "Parameter-name patterns (fnmatch, e.g. 'features.*') whose parameters "
+                                         "stay fixed; names are the backend's own (see docs/efficiency.md).",
+                                     min_items=0)
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,65 @@ class OptimConfig:
                                                 "the LR is multiplied by step_gamma.", min=0.0)
     step_gamma: float = option(0.1, "step: factor applied at each milestone.", above=0.0, max=1.0)
     cosine_min_ratio: float = option(0.0, "cosine: final LR as a fraction of the scaled LR.", min=0.0, max=1.0)
+    param_groups: tuple[str, ...] = option((), "'PATTERN=MULTIPLIER' entries: parameters whose name matches "
+                                               "PATTERN (fnmatch; first match wins) train at LR x MULTIPLIER.",
+                                           min_items=0)
+
+    def __post_init__(self) -> None:
+        for entry in self.param_groups:
+            pattern, sep, mult = entry.rpartition("=")
+            try:
+                ok = bool(sep and pattern) and float(mult) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"config key optim.param_groups: {entry!r} is not PATTERN=MULTIPLIER: write it "
+                                  "like 'head.*=10' (a multiplier >= 0)")
+
+
+@dataclass(frozen=True)
+class RegularizationConfig:
+    """Penalties on the training loss (docs/efficiency.md); distinct from the optimizer's decoupled
+    `optim.weight_decay`. Kernels are the weights of conv and dense layers (ndim > 1), not biases or norms."""
+
+    l1: float = option(0.0, "Add l1 x sum |w| over all kernels to the training loss.", min=0.0)
+    l2: float = option(0.0, "Add l2 x sum w^2 over all kernels to the training loss (Keras' convention: no "
+                            "factor 1/2).", min=0.0)
+    label_smoothing: float = option(0.0, "Train on targets (1 - e) x one-hot + e / classes (evaluation uses "
+                                         "plain cross-entropy).", min=0.0, below=1.0)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning of kernels during training (docs/efficiency.md). The output layer is never pruned."""
+
+    method: str = option("none", "unstructured: single weights by |w|; channels: whole output channels (conv) or "
+                                 "units (dense) by the L2 norm of their weights; none: off.",
+                         choices=("none", "unstructured", "channels"))
+    scope: str = option("global", "unstructured: rank weights across all kernels together (global) or within "
+                                  "each kernel (layer; channels are always ranked per layer).",
+                        choices=("global", "layer"))
+    target_sparsity: float = option(0.5, "Fraction of the prunable weights (or channels) that end at zero.",
+                                    min=0.0, below=1.0)
+    schedule: str = option("gradual", "gradual: sparsity s_f x (1 - (1 - p)^3) with p the progress from start_epoch "
+                                      "to end_epoch (Zhu & Gupta 2017); oneshot: the target at once when "
+                                      "start_epoch is done, the remaining epochs fine-tune.",
+                           choices=("gradual", "oneshot"))
+    start_epoch: int = option(0, "Completed epochs before pruning starts.", min=0)
+    end_epoch: int | None = option(None, "gradual: completed epochs when the target is reached (null: "
+                                         "train.epochs - 1, leaving a last epoch to recover).", min=1)
+    every_steps: int = option(10, "gradual: masks are recomputed every this many optimizer steps.", min=1)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a trained teacher (docs/efficiency.md)."""
+
+    teacher: str | None = option(None, "Run directory (its config.yaml and final model) or checkpoint directory "
+                                       "inside one, trained with the same backend and data; null: off.")
+    temperature: float = option(4.0, "Softmax temperature T of both teacher and student logits.", above=0.0)
+    alpha: float = option(0.5, "loss = alpha x T^2 x KL(teacher || student) + (1 - alpha) x cross-entropy.",
+                          min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)
@@ -290,6 +356,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -19,9 +19,11 @@ from hvdtrain.data import BatchLoader, Dataset, load_dataset, plan_epoch, shard_
 from hvdtrain.elastic import LocalState, elastic_launch, run_elastic
 from hvdtrain.environment import apply_horovod_settings
 from hvdtrain.errors import ConfigError, UserError
+from hvdtrain.finetune import init_source
 from hvdtrain.outputs import RunOutputs
 from hvdtrain.policy import ResolvedPolicy, resolve_policy
 from hvdtrain.progress import Progress
+from hvdtrain.pruning import Pruner, mask_digest, masks_from_zeros, sparsity_report
 from hvdtrain.schedule import LRSchedule
 from hvdtrain.state import TrainingState
 
@@ -93,8 +95,12 @@ class Session:
                                      accumulation_steps=cfg.policy.accumulation_steps).steps
         schedule = LRSchedule.from_config(cfg.optim, policy.scaled_lr, cfg.policy.warmup_epochs, steps_per_epoch,
                                           cfg.train.epochs)
+        pruner = Pruner(cfg, steps_per_epoch)
+        if pruner.active(p.step):  # resumed or rolled back: the masks in force are the weights' zeros
+            backend.set_masks(masks_from_zeros(backend.prunable()))
         while p.epoch < cfg.train.epochs and not p.stopped_early:
-            record = self._train_epoch(state, world, policy, schedule, steps_per_epoch, augment, checkpointer, ctx)
+            record = self._train_epoch(state, world, policy, schedule, steps_per_epoch, augment, checkpointer, ctx,
+                                       pruner)
             record.update(_evaluate(cfg, backend, world, x_val, self.dataset.y_val))
             record["world_size"] = world.size
             stop = self.callbacks.epoch_end(ctx, record)
@@ -117,6 +123,13 @@ class Session:
         if world.rank == 0:
             backend.save_model(outputs.dir)
         summary = _summary(cfg, backend, world, policy, p.history, steps_per_rank, self.num_params)
+        if pruner.enabled:
+            kernels = backend.prunable()
+            report = sparsity_report(kernels, cfg.prune)
+            outputs.write_json("sparsity.json", report)
+            summary["sparsity"] = report["sparsity"]
+            # Each rank's zero pattern, hashed: identical masks on every rank is what the tests check.
+            summary["mask_digest_per_rank"] = backend.allgather_object(mask_digest(masks_from_zeros(kernels)))
         summary["stopped_early"] = p.stopped_early
         summary["elastic"] = self.elastic
         if timeline is not None:
@@ -139,10 +152,17 @@ class Session:
         """First entry: resume (train.resume), give every rank rank 0's state, create the run's outputs."""
         cfg, backend, dataset = self.cfg, self.backend, self.dataset
         resume = _find_resume(cfg, backend, world)
+        skipped: list[str] = []
         if resume is not None:
             if world.rank == 0:
                 backend.load_checkpoint(resume.path)
             p.assign(resume.state)
+        elif cfg.train.init_from:  # fine-tuning: weights only, read by rank 0
+            skipped = _agree(backend, lambda: backend.init_weights(init_source(cfg), cfg.train.init_skip_mismatched)
+                             if world.rank == 0 else [])
+        if cfg.distill.teacher:
+            _agree(backend, lambda: backend.load_teacher(init_source(cfg, cfg.distill.teacher, "distill.teacher"))
+                   if world.rank == 0 else None)
         backend.sync_state()
         _agree(backend, lambda: outputs.start(to_yaml(cfg), history=p.history if resume else None,
                                               resume_step=p.step, overwrite=cfg.run.overwrite))
@@ -158,6 +178,9 @@ class Session:
         progress.print(policy.describe())
         if resume is not None:
             progress.print(f"resuming from {resume.path} (epoch {p.epoch}, sample {p.position}, step {p.step})")
+        elif cfg.train.init_from:
+            progress.print(f"weights from {cfg.train.init_from}" + (f"; freshly initialised: {', '.join(skipped)}"
+                                                                    if skipped else ""))
 
     def _augment_pipeline(self, world: World) -> AugmentPipeline:
         aug, backend = self.cfg.augment, self.backend
@@ -169,7 +192,7 @@ class Session:
 
     def _train_epoch(self, state: Any, world: World, policy: ResolvedPolicy, schedule: LRSchedule,
                      steps_per_epoch: int, augment: AugmentPipeline, checkpointer: Checkpointer,
-                     ctx: CallbackContext) -> dict[str, Any]:
+                     ctx: CallbackContext, pruner: Pruner) -> dict[str, Any]:
         """The rest of the current epoch from `progress.position`: optimizer steps, each over a window of
         `policy.accumulation_steps` micro-batches; checkpoints and elastic commits on their steps."""
         cfg, backend, dataset, p = self.cfg, self.backend, self.dataset, state.progress
@@ -205,6 +228,10 @@ class Session:
                 p.step += 1
                 p.position += policy.global_batch
                 local += stats.as_array()
+                sparsity = pruner.sparsity_due(p.step)
+                if sparsity is not None:  # rank 0's masks for everyone
+                    masks = pruner.masks(backend.prunable(), sparsity) if world.rank == 0 else None
+                    backend.set_masks(backend.allgather_object(masks)[0])
                 p.epoch_time = time_before + time.perf_counter() - start
                 p.data_wait = wait_before + loader.wait_seconds
                 loss = stats.loss_sum / stats.count

@@ -111,6 +111,11 @@ class RunOutputs:
             np.savez(buf, **weights)
             write_atomic(self.dir / "weights.npz", buf.getvalue())
 
+    def write_json(self, name: str, content: dict[str, Any]) -> None:
+        """Another JSON file of the run (e.g. sparsity.json), written atomically."""
+        if self.enabled:
+            write_atomic(self.dir / name, json.dumps(_json_safe(content), indent=1) + "\n")
+
     def finish(self, summary: dict[str, Any]) -> None:
         if self.enabled:
             write_atomic(self.dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")

@@ -23,6 +23,10 @@ import tensorflow as tf  # noqa: E402
 from hvdtrain.backend import StepStats, World  # noqa: E402
 from hvdtrain.config import Config  # noqa: E402
 from hvdtrain.environment import threads_for_rank  # noqa: E402
+from hvdtrain.errors import ConfigError  # noqa: E402
+from hvdtrain.finetune import frozen, lr_multipliers, teacher_model_config  # noqa: E402
+from hvdtrain.pruning import Kernel  # noqa: E402
+from tf_backend.losses import cross_entropy, distillation_loss  # noqa: E402
 from tf_backend.models import build_model  # noqa: E402
 from tf_backend.optimizers import TorchAdam, TorchSGD  # noqa: E402
 
@@ -58,12 +62,15 @@ class TensorFlowBackend:
 
     def __init__(self) -> None:
         self.model: keras.Model | None = None
+        self.teacher: keras.Model | None = None
         self.optimizer: keras.optimizers.Optimizer | None = None
         self._lr: float | None = None
         self._accumulate_fn: Any = None
         self._step_fn: Any = None
         self._eval_fn: Any = None
         self._built_for: tuple[Config, tuple[int, int, int]] | None = None
+        self._trainable: list[Any] = []
+        self._masks: list[tuple[Any, tf.Tensor]] = []
         self.threads, self.device = 1, "cpu"
 
     def init(self, threads_per_rank: int) -> World:
@@ -110,21 +117,93 @@ class TensorFlowBackend:
         keras.mixed_precision.set_dtype_policy(_DTYPE_POLICIES[cfg.policy.precision])
         try:
             model = build_model(cfg.model, image_shape, num_classes)
+            if cfg.distill.teacher:  # its weights come in load_teacher (rank 0), then sync_state
+                self.teacher = build_model(teacher_model_config(cfg), image_shape, num_classes)
         finally:
             keras.mixed_precision.set_dtype_policy("float32")
+        fixed = frozen((v.path for v in model.trainable_variables), cfg.train.freeze)
+        self._trainable = [v for v in model.trainable_variables if v.path not in fixed]
         optimizer = make_optimizer(cfg)
+        inner = optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+        inner.lr_multipliers = lr_multipliers((v.path for v in self._trainable), cfg.optim.param_groups)
         # Create the optimizer's slots now (Keras would create them lazily inside the first step), so
-        # that they too start as rank 0's.
-        optimizer.build(model.trainable_variables)
+        # that they too start as rank 0's. Frozen variables get none and no gradient.
+        optimizer.build(self._trainable)
         self.model, self.optimizer = model, optimizer
         self._built_for = (cfg, image_shape)
         self._compile(cfg, image_shape)
         return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
+    def _penalty(self) -> tf.Tensor:
+        """regularization.l1/l2 over the kernels (trainable variables with ndim > 1)."""
+        assert self.model is not None and self._built_for is not None, "build() first"
+        reg = self._built_for[0].regularization
+        total = tf.constant(0.0)
+        for var in self._trainable:
+            if len(var.shape) > 1:
+                value = tf.cast(var, tf.float32)
+                if reg.l1:
+                    total += reg.l1 * tf.reduce_sum(tf.abs(value))
+                if reg.l2:
+                    total += reg.l2 * tf.reduce_sum(tf.square(value))
+        return total
+
+    def _kernels(self) -> dict[str, tuple[Any, int]]:
+        """Conv and dense kernels by path, with the axis of their output channels (depthwise: the input's)."""
+        assert self.model is not None, "build() first"
+        out = {}
+        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+            kernel = getattr(layer, "kernel", None)
+            if kernel is not None and len(kernel.shape) > 1:
+                depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+                out[kernel.path] = (kernel, 2 if depthwise else len(kernel.shape) - 1)
+        return out
+
+    def prunable(self) -> dict[str, Kernel]:
+        return {path: Kernel(np.array(var), axis) for path, (var, axis) in self._kernels().items()}
+
+    def set_masks(self, masks: dict[str, np.ndarray]) -> None:
+        kernels = self._kernels()
+        self._masks = [(kernels[name][0], tf.constant(mask, dtype=kernels[name][0].dtype)) for name, mask in masks.items()]
+        self._apply_masks()
+
+    def _apply_masks(self) -> None:
+        for var, mask in self._masks:
+            var.assign(var * mask)
+
+    def regularization_penalty(self) -> float:
+        return float(self._penalty())
+
     def _variables(self) -> list[Any]:
         """Everything a step changes: model variables, optimizer slots, iterations and loss scale."""
         assert self.model is not None and self.optimizer is not None, "build() first"
         return self.model.variables + self.optimizer.variables
+
+    @staticmethod
+    def _load_weights(model: keras.Model, source: Path, skip_mismatched: bool, key: str) -> list[str]:
+        """Weights from a checkpoint directory or a final model.keras into `model`; returns the variables left
+        at their fresh initialisation because their shapes differ (only with `skip_mismatched`)."""
+        import warnings
+
+        before = [np.array(v) for v in model.variables]
+        try:
+            with warnings.catch_warnings():  # Keras warns about each skipped layer; we report them ourselves
+                warnings.simplefilter("ignore")
+                model.load_weights(source / WEIGHTS_FILE if source.is_dir() else source, skip_mismatch=skip_mismatched)
+        except ValueError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"{key}: '{source}' does not fit this model ({first}): use the same model.name, or "
+                              "set train.init_skip_mismatched=true for a different head") from None
+        return [v.path for v, old in zip(model.variables, before) if np.array_equal(np.array(v), old)] \
+            if skip_mismatched else []
+
+    def init_weights(self, source: Path, skip_mismatched: bool) -> list[str]:
+        assert self.model is not None, "build() first"
+        return self._load_weights(self.model, source, skip_mismatched, "train.init_from")
+
+    def load_teacher(self, source: Path) -> None:
+        assert self.teacher is not None, "build() with distill.teacher first"
+        self._load_weights(self.teacher, source, False, "distill.teacher")
 
     def load_checkpoint(self, directory: Path) -> None:
         from hvdtrain.checkpoint import CheckpointError
@@ -140,8 +219,9 @@ class TensorFlowBackend:
                 var.assign(saved[f"v{i}"])
 
     def sync_state(self) -> None:
-        # Horovod: every rank takes rank 0's variables, one broadcast each.
-        for i, var in enumerate(self._variables()):
+        # Horovod: every rank takes rank 0's variables (and the teacher's), one broadcast each.
+        teacher = self.teacher.variables if self.teacher is not None else []
+        for i, var in enumerate(self._variables() + teacher):
             var.assign(hvd.broadcast(tf.convert_to_tensor(var), root_rank=0, name=f"hvdtrain.init.{i}"))
 
     def snapshot(self) -> list[np.ndarray]:
@@ -166,23 +246,30 @@ class TensorFlowBackend:
         assert model is not None and optimizer is not None
         window = policy.accumulation_steps
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        variables = model.trainable_variables
+        variables = self._trainable
         sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables] if window > 1 else []
         reduce_op = hvd.Adasum if policy.reduce_op == "adasum" else hvd.Average
         compression = hvd.Compression.fp16 if policy.compression == "fp16" else hvd.Compression.none
         signature = [tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([None], tf.int64)]
 
-        def loss_and_correct(x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-            logits = tf.cast(model(x, training=training), tf.float32)  # the loss in fp32 in any precision
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.float64))
-            return losses, correct
+        smoothing, distill, teacher = cfg.regularization.label_smoothing, cfg.distill, self.teacher
+
+        def correct_of(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.float64))
+
+        def train_loss(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            logits = tf.cast(model(x, training=True), tf.float32)  # the loss in fp32 in any precision
+            if teacher is None:
+                loss = tf.reduce_mean(cross_entropy(logits, y, smoothing))
+            else:  # the teacher sees the same (augmented) batch, in inference mode, without gradients
+                teacher_logits = tf.stop_gradient(tf.cast(teacher(x, training=False), tf.float32))
+                loss = distillation_loss(logits, teacher_logits, y, distill.temperature, distill.alpha, smoothing)
+            return loss, correct_of(logits, y)
 
         def local_gradients(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
             with tf.GradientTape() as tape:
-                losses, correct = loss_and_correct(x, y, training=True)
-                loss = tf.reduce_mean(losses)
-                window_loss = loss / window  # the window's mean gradient
+                loss, correct = train_loss(x, y)
+                window_loss = (loss + self._penalty()) / window  # the window's mean gradient
                 if scaled:
                     window_loss = optimizer.scale_loss(window_loss)
             return loss, correct, tape.gradient(window_loss, variables)
@@ -217,8 +304,8 @@ class TensorFlowBackend:
 
         @tf.function(input_signature=signature, reduce_retracing=True)
         def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            losses, correct = loss_and_correct(x, y, training=False)
-            return tf.reduce_sum(losses), correct
+            logits = tf.cast(model(x, training=False), tf.float32)
+            return tf.reduce_sum(cross_entropy(logits, y)), correct_of(logits, y)
 
         self._accumulate_fn, self._step_fn, self._eval_fn = accumulate, step, evaluate
 
@@ -234,6 +321,7 @@ class TensorFlowBackend:
             loss_sum += float(loss) * len(y)
             correct += float(right)
             count += len(y)
+        self._apply_masks()  # pruned weights stay exactly zero whatever the optimizer did
         return StepStats(loss_sum, correct, count)
 
     def current_lr(self) -> float:

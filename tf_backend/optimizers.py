@@ -17,7 +17,24 @@ import keras
 from keras import ops
 
 
-class TorchSGD(keras.optimizers.Optimizer):
+class _PerVariableLR(keras.optimizers.Optimizer):
+    """torch's per-parameter-group LR: `lr_multipliers` maps a variable's path to a factor (default 1); set it
+    before `build`."""
+
+    lr_multipliers: dict[str, float] = {}
+
+    def build(self, variables: list[Any]) -> None:
+        super().build(variables)
+        self._factors = [self.lr_multipliers.get(v.path, 1.0) for v in variables]
+
+    def _lr(self, learning_rate: Any, variable: Any) -> Any:
+        lr = ops.cast(learning_rate, variable.dtype)
+        # A Python number per variable, fixed when the step is traced.
+        factor = self._factors[self._get_variable_index(variable)]
+        return lr if factor == 1.0 else ops.multiply(lr, factor)
+
+
+class TorchSGD(_PerVariableLR):
     """torch.optim.SGD (dampening 0) as a Keras optimizer; `l2` is torch's coupled weight_decay."""
 
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
@@ -33,7 +50,7 @@ class TorchSGD(keras.optimizers.Optimizer):
             if self.momentum else []
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        lr = ops.cast(learning_rate, variable.dtype)
+        lr = self._lr(learning_rate, variable)
         g = ops.cast(gradient, variable.dtype)
         if self.l2:
             g = ops.add(g, ops.multiply(variable, self.l2))
@@ -47,7 +64,7 @@ class TorchSGD(keras.optimizers.Optimizer):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov, "l2": self.l2}
 
 
-class TorchAdam(keras.optimizers.Optimizer):
+class TorchAdam(_PerVariableLR):
     """torch.optim.Adam (coupled `weight_decay`) or AdamW (`decoupled=True`) as a Keras optimizer."""
 
     def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
@@ -65,7 +82,7 @@ class TorchAdam(keras.optimizers.Optimizer):
         self.second_moments = [self.add_variable_from_reference(v, "v") for v in variables]
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        lr = ops.cast(learning_rate, variable.dtype)
+        lr = self._lr(learning_rate, variable)
         g = ops.cast(gradient, variable.dtype)
         step = ops.cast(self.iterations + 1, variable.dtype)
         if self.decay and self.decoupled:
