@@ -192,8 +192,8 @@ class TensorFlowBackend:
                 model.load_weights(source / WEIGHTS_FILE if source.is_dir() else source, skip_mismatch=skip_mismatched)
         except ValueError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"{key}: '{source}' does not fit this model ({first}): use the same model.name, or "
-                              "set train.init_skip_mismatched=true for a different head") from None
+            raise ConfigError(f"{key}: '{source}' does not fit this model (layers or shapes differ: {first}): use the "
+                              "same model.name, or set train.init_skip_mismatched=true for a different head") from None
         return [v.path for v, old in zip(model.variables, before) if np.array_equal(np.array(v), old)] \
             if skip_mismatched else []
 
