@@ -9,7 +9,7 @@ import time
 from hvdtrain.environment import under_launcher
 from hvdtrain.errors import JobAborted, UserError
 
-COMMANDS = ("train", "doctor", "config-docs", "augment-preview")
+COMMANDS = ("train", "doctor", "config-docs", "augment-preview", "plot")
 ERROR_GRACE_S = 2.0
 
 
@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hvdtrain", description="Horovod data-parallel training for PyTorch and TensorFlow/Keras 3. "
                                      "Launch under horovodrun or mpirun for several ranks.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,doctor,config-docs,augment-preview}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,doctor,config-docs,augment-preview,plot}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--rows", type=int, default=4, help="source images (one per row)")
     preview.add_argument("--variants", type=int, default=7, help="augmented versions per image")
     preview.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    plot = sub.add_parser("plot", help="write a PNG of loss, accuracy, LR and throughput curves of one or more runs")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
+    plot.add_argument("--out", default="plot.png", help="PNG to write (default: plot.png)")
     sub.add_parser("config-docs", help="print the config reference (docs/config.md) as Markdown")
     return parser
 
@@ -73,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             path = write_preview(load_config(args.config, args.overrides), Path(args.out), args.rows,
                                  args.variants)
             print(f"wrote {path}")
+            return 0
+        if args.command == "plot":
+            from pathlib import Path
+
+            from hvdtrain.plot import write_plot
+
+            print(f"wrote {write_plot([Path(d) for d in args.run_dirs], Path(args.out))}")
             return 0
         if args.command == "config-docs":
             from hvdtrain.config import reference_markdown

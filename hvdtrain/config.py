@@ -342,7 +342,9 @@ class RunConfig:
     overwrite: bool = option(False, "Allow a new run in a run.dir that holds another run's outputs (they are "
                                     "replaced); without it such a run.dir is refused unless train.resume is set.")
     log_every_steps: int = option(0, "Every this many optimizer steps, rank 0 appends the step's loss, LR and "
-                                     "loss scale to steps.jsonl (0: off).", min=0)
+                                     "loss scale to steps.jsonl and TensorBoard (0: off).", min=0)
+    tensorboard: bool = option(True, "Rank 0 writes TensorBoard event files to run.dir/tensorboard (epoch metrics, "
+                                     "LR, throughput, loss scale; per-step values with log_every_steps).")
 
 
 @dataclass(frozen=True)

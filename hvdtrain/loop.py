@@ -26,6 +26,11 @@ from hvdtrain.progress import Progress
 from hvdtrain.pruning import Pruner, mask_digest, masks_from_zeros, sparsity_report
 from hvdtrain.schedule import LRSchedule
 from hvdtrain.state import TrainingState
+from hvdtrain.tensorboard import EventWriter
+
+# metrics.jsonl fields that also go to TensorBoard, as epoch/<name> at the step the epoch ended.
+EPOCH_SCALARS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "loss_scale", "samples_per_s",
+                 "data_wait_fraction", "world_size")
 
 
 def train(cfg: Config, backend: Backend) -> dict[str, Any]:
@@ -67,6 +72,7 @@ class Session:
         self.num_params, self.elastic = num_params, elastic
         self.outputs = RunOutputs(cfg.run_dir(), enabled=False)
         self.progress = Progress(cfg.run.progress, enabled=False)
+        self.events = EventWriter(Path(), enabled=False)
 
     def run(self, state: Any) -> dict[str, Any]:
         cfg, backend, p = self.cfg, self.backend, state.progress
@@ -87,6 +93,7 @@ class Session:
                            f"sample {p.position}, step {p.step}; {policy.describe()}")
         checkpointer.restore_best(p.history)
         timeline = _start_timeline(cfg, backend, outputs)
+        self.events = EventWriter(outputs.dir / "tensorboard", enabled=world.rank == 0 and cfg.run.tensorboard)
         ctx = CallbackContext(cfg, world.rank, world.size, outputs.dir)
         self.callbacks.begin(ctx, p.history)
         steps_per_epoch = plan_epoch(len(self.dataset.y_train), rank=world.rank, world_size=world.size,
@@ -107,6 +114,8 @@ class Session:
             p.end_epoch(record)
             p.stopped_early = bool(backend.allreduce_sum(np.array([float(stop)]))[0] > 0)  # any rank: all stop
             outputs.write_metrics(p.history)
+            self.events.scalars(p.step, {f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS})
+            self.events.flush()
             progress.end_epoch(record)
             if p.stopped_early:
                 progress.print(f"early stopping after epoch {p.epoch}: {cfg.callbacks.early_stopping_metric or 'a callback'} "
@@ -116,6 +125,7 @@ class Session:
             state.commit()
         if timeline is not None:
             backend.hvd.stop_timeline()
+        self.events.close()
 
         # Every rank reports how many steps it really took: equal counts are what keeps collectives paired.
         steps_per_rank = backend.allgather_object(p.step)
@@ -236,8 +246,9 @@ class Session:
                 p.data_wait = wait_before + loader.wait_seconds
                 loss = stats.loss_sum / stats.count
                 if log_every and p.step % log_every == 0:
-                    self.outputs.log_step({"step": p.step, "epoch": p.epoch + 1, "loss": loss,
-                                           "lr": backend.current_lr(), "loss_scale": backend.loss_scale()})
+                    values = {"loss": loss, "lr": backend.current_lr(), "loss_scale": backend.loss_scale()}
+                    self.outputs.log_step({"step": p.step, "epoch": p.epoch + 1, **values})
+                    self.events.scalars(p.step, {f"step/{key}": value for key, value in values.items()})
                 self.progress.update(taken, loss, taken * policy.global_batch / (time.perf_counter() - start))
                 self.callbacks.step_end(ctx, p.step, loss)
                 last = taken == plan.steps  # the epoch end follows: its own checkpoint and commit

@@ -6,6 +6,7 @@ stalled rank shut down by Horovod. Faults come from tests/scripts/fault_callback
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -164,3 +165,27 @@ def test_a_stalled_rank_is_shut_down_with_a_message(tmp_path: Path, small_config
     assert "hvdtrain: error: Horovod shut the job down" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert elapsed < 120  # rank 1 sleeps for an hour: nothing may wait for it
+
+
+def test_tensorboard_events_of_real_runs_and_their_plot(tmp_path: Path, small_config: Path) -> None:
+    """Rank 0 alone writes one events file per run, holding what metrics.jsonl holds; `plot` overlays the runs."""
+    runs = []
+    for backend in BACKENDS:
+        run_dir = tmp_path / backend
+        run_hvdtrain(["--config", str(small_config), f"backend={backend}", "train.epochs=2", "run.log_every_steps=2",
+                      f"run.dir={run_dir}"], launcher="horovodrun", np_=2)
+        proc = subprocess.run([sys.executable, str(SCRIPTS / "read_events.py"), str(run_dir / "tensorboard")],
+                              capture_output=True, text=True, timeout=300, check=True)
+        records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert records[0] == {"files": 1}
+        values = {(r["step"], r["tag"]): r["value"] for r in records if "tag" in r}
+        for epoch in read_metrics(run_dir):  # 5 steps per epoch
+            for key in ("train_loss", "val_accuracy", "lr", "samples_per_s"):
+                assert values[(5 * epoch["epoch"], f"epoch/{key}")] == pytest.approx(epoch[key], rel=1e-6)
+        assert {step for step, tag in values if tag == "step/loss"} == {2, 4, 6, 8, 10}
+        runs.append(str(run_dir))
+    out = tmp_path / "compare.png"
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain", "plot", *runs, "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
