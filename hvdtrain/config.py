@@ -46,16 +46,36 @@ class DataConfig:
     prefetch_batches: int = option(2, "Batches the background loader prepares ahead of the step.", min=1)
 
 
+BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network to build."""
+    """Which network to build (docs/models.md)."""
 
-    name: str = option("cnn", "Architecture.", choices=("mlp", "cnn"))
-    channels: tuple[int, ...] = option((32, 64), "cnn: output channels of each conv block (3x3 conv, ReLU, "
-                                                 "2x2 max-pool while the feature map is at least 2x2).", min=1)
-    hidden_units: tuple[int, ...] = option((128,), "Units of each hidden dense layer (mlp body, cnn head); "
-                                                   "[] for none.", min=1, min_items=0)
+    name: str = option("cnn", "mlp, cnn, mobilenet (depthwise-separable blocks), resnet (for 32x32 inputs), or "
+                              "'package.module:function' returning a torch nn.Module or a Keras model.")
+    channels: tuple[int, ...] = option((32, 64), "cnn: output channels of each conv block (3x3 conv, ReLU, 2x2 "
+                                                 "max-pool while the feature map is at least 2x2); mobilenet: of "
+                                                 "each depthwise-separable block (x width_multiplier).", min=1)
+    hidden_units: tuple[int, ...] = option((128,), "Units of each hidden dense layer (mlp body; head of cnn, "
+                                                   "mobilenet and resnet); [] for none.", min=1, min_items=0)
     dropout: float = option(0.0, "Dropout rate after each hidden dense layer.", min=0.0, below=1.0)
+    width_multiplier: float = option(1.0, "mobilenet: scales every block's channels; resnet: scales the stage "
+                                          "widths 16, 32, 64 (channels are rounded, at least 1).", above=0.0)
+    depth: int = option(20, "resnet: layers, 6n + 2 (n basic blocks per stage): 8, 14, 20, 32, 56...", min=8)
+
+    def __post_init__(self) -> None:
+        if self.name not in BUILTIN_MODELS and ":" not in self.name:
+            raise ConfigError(f"config key model.name: {self.name!r} is neither a built-in model "
+                              f"({', '.join(BUILTIN_MODELS)}) nor an import path: write e.g. "
+                              "model.name=my_pkg.models:build")
+        if self.depth % 6 != 2:
+            raise ConfigError(f"config key model.depth: {self.depth} is not 6n + 2: use 8, 14, 20, 32, 44 or 56")
+
+    def scaled(self, width: int) -> int:
+        """A width times width_multiplier, rounded, at least 1."""
+        return max(1, round(width * self.width_multiplier))
 
 
 @dataclass(frozen=True)

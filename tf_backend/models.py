@@ -1,7 +1,10 @@
-"""Keras 3 versions of the built-in models: the same layers and parameter counts as torch_backend/models.py.
+"""Keras 3 versions of the built-in models: the same layers, padding and parameter counts as
+torch_backend/models.py.
 
 Weights are initialised with PyTorch's default distributions (kernel and bias uniform in +-1/sqrt(fan_in)),
-so that a config starts from statistically the same point on both backends.
+so that a config starts from statistically the same point on both backends. Strided convs pad one pixel on
+every side and then convolve without padding, as torch's padding=1 does (Keras' "same" would pad only
+bottom/right).
 """
 
 from __future__ import annotations
@@ -11,17 +14,43 @@ import math
 import keras
 
 from hvdtrain.config import ModelConfig
+from hvdtrain.user_model import build_user_model
 
 
-def _torch_like_init(fan_in: int) -> dict[str, keras.initializers.Initializer]:
+def _torch_like_init(fan_in: int, bias: bool = True) -> dict[str, keras.initializers.Initializer]:
     # PyTorch's kaiming_uniform(a=sqrt(5)) kernel init and its bias init both reduce to U(+-1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(fan_in)
-    return {"kernel_initializer": keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
-            "bias_initializer": keras.initializers.RandomUniform(-bound, bound)}
+    init = {"kernel_initializer": keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")}
+    if bias:
+        init["bias_initializer"] = keras.initializers.RandomUniform(-bound, bound)
+    return init
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """`mlp` or `cnn` for NHWC input of `image_shape` (H, W, C)."""
+def _head(x: keras.KerasTensor, features: int, cfg: ModelConfig, num_classes: int) -> keras.KerasTensor:
+    for units in cfg.hidden_units:
+        x = keras.layers.ReLU()(keras.layers.Dense(units, **_torch_like_init(features))(x))
+        if cfg.dropout > 0:
+            x = keras.layers.Dropout(cfg.dropout)(x)
+        features = units
+    return keras.layers.Dense(num_classes, **_torch_like_init(features))(x)
+
+
+def _conv_bn(x: keras.KerasTensor, cin: int, cout: int, kernel: int, stride: int = 1,
+             depthwise: bool = False) -> keras.KerasTensor:
+    if stride > 1 and kernel > 1:
+        x = keras.layers.ZeroPadding2D(kernel // 2)(x)
+    padding = "valid" if stride > 1 else "same"
+    if depthwise:
+        conv = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
+                                            depthwise_initializer=keras.initializers.VarianceScaling(
+                                                1.0 / 3.0, "fan_in", "uniform"))
+    else:
+        conv = keras.layers.Conv2D(cout, kernel, strides=stride, padding=padding,
+                                   **_torch_like_init(kernel * kernel * cin, bias=False), use_bias=False)
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(conv(x))
+
+
+def _plain(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     height, width, channels = image_shape
     layers: list[keras.layers.Layer] = [keras.Input(shape=image_shape)]
     if cfg.name == "cnn":
@@ -41,3 +70,49 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
         features = units
     layers.append(keras.layers.Dense(num_classes, **_torch_like_init(features)))
     return keras.Sequential(layers, name=cfg.name)
+
+
+def _mobilenet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    inputs = keras.Input(shape=image_shape)
+    height, width, channels = image_shape
+    stem = cfg.scaled(cfg.channels[0])
+    x = keras.layers.ReLU()(_conv_bn(inputs, channels, stem, 3))
+    channels, size = stem, min(height, width)
+    for out in (cfg.scaled(c) for c in cfg.channels):
+        stride = 2 if size >= 4 else 1
+        size = (size - 1) // stride + 1
+        x = keras.layers.ReLU()(_conv_bn(x, channels, channels, 3, stride, depthwise=True))
+        x = keras.layers.ReLU()(_conv_bn(x, channels, out, 1))
+        channels = out
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, _head(x, channels, cfg, num_classes), name="mobilenet")
+
+
+def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    inputs = keras.Input(shape=image_shape)
+    height, width, channels = image_shape
+    widths = [cfg.scaled(w) for w in (16, 32, 64)]
+    x = keras.layers.ReLU()(_conv_bn(inputs, channels, widths[0], 3))
+    channels, size = widths[0], min(height, width)
+    for stage, out in enumerate(widths):
+        for block in range((cfg.depth - 2) // 6):
+            stride = 2 if stage > 0 and block == 0 and size >= 4 else 1
+            size = (size - 1) // stride + 1
+            body = keras.layers.ReLU()(_conv_bn(x, channels, out, 3, stride))
+            body = _conv_bn(body, out, out, 3)
+            shortcut = _conv_bn(x, channels, out, 1, stride) if stride != 1 or channels != out else x
+            x = keras.layers.ReLU()(keras.layers.Add()([body, shortcut]))
+            channels = out
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, _head(x, channels, cfg, num_classes), name="resnet")
+
+
+def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The model named by `cfg.name` for NHWC input of `image_shape` (H, W, C)."""
+    if ":" in cfg.name:
+        return build_user_model(cfg, image_shape, num_classes, keras.Model, "Keras")
+    if cfg.name == "mobilenet":
+        return _mobilenet(cfg, image_shape, num_classes)
+    if cfg.name == "resnet":
+        return _resnet(cfg, image_shape, num_classes)
+    return _plain(cfg, image_shape, num_classes)

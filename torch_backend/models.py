@@ -1,14 +1,31 @@
-"""PyTorch versions of the built-in models; tf_backend/models.py builds the same layers for Keras."""
+"""PyTorch versions of the built-in models; tf_backend/models.py builds the same layers for Keras (same
+parameter counts, same padding, BatchNorm with eps 1e-5 and running-average momentum 0.1 (Keras: 0.9))."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from hvdtrain.config import ModelConfig
+from hvdtrain.user_model import build_user_model
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """`mlp` or `cnn` for NCHW input of `image_shape` given as (H, W, C)."""
+def _head(features: int, cfg: ModelConfig, num_classes: int) -> list[nn.Module]:
+    """Hidden dense layers (ReLU, dropout) and the output layer."""
+    layers: list[nn.Module] = []
+    for units in cfg.hidden_units:
+        layers += [nn.Linear(features, units), nn.ReLU()]
+        if cfg.dropout > 0:
+            layers.append(nn.Dropout(cfg.dropout))
+        features = units
+    return [*layers, nn.Linear(features, num_classes)]
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)]
+
+
+def _plain(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     height, width, channels = image_shape
     layers: list[nn.Module] = []
     if cfg.name == "cnn":
@@ -18,12 +35,62 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
                 layers.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
             channels = out
-    layers.append(nn.Flatten())
-    features = height * width * channels
-    for units in cfg.hidden_units:
-        layers += [nn.Linear(features, units), nn.ReLU()]
-        if cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
-        features = units
-    layers.append(nn.Linear(features, num_classes))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers, nn.Flatten(), *_head(height * width * channels, cfg, num_classes))
+
+
+def _mobilenet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """A 3x3 stem, then per entry of `channels` a depthwise 3x3 (stride 2 while the map is at least 4x4) and a
+    pointwise 1x1 conv, each with BatchNorm and ReLU; global average pooling and the head."""
+    height, width, channels = image_shape
+    stem = cfg.scaled(cfg.channels[0])
+    layers: list[nn.Module] = [*_conv_bn(channels, stem, 3), nn.ReLU()]
+    channels, size = stem, min(height, width)
+    for out in (cfg.scaled(c) for c in cfg.channels):
+        stride = 2 if size >= 4 else 1
+        size = (size - 1) // stride + 1
+        layers += [*_conv_bn(channels, channels, 3, stride, groups=channels), nn.ReLU(),
+                   *_conv_bn(channels, out, 1), nn.ReLU()]
+        channels = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *_head(channels, cfg, num_classes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm and a shortcut (a strided 1x1 conv + BatchNorm when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn(cin, cout, 3, stride), nn.ReLU(), *_conv_bn(cout, cout, 3))
+        self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout \
+            else nn.Identity()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):  # noqa: ANN001, ANN201 (torch's forward signature)
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """He et al.'s CIFAR ResNet: a 3x3 stem, three stages of (depth - 2) / 6 basic blocks with widths
+    16, 32, 64 (x width_multiplier), stride 2 at the start of stages 2 and 3 while the map is at least 4x4."""
+    height, width, channels = image_shape
+    blocks_per_stage = (cfg.depth - 2) // 6
+    widths = [cfg.scaled(w) for w in (16, 32, 64)]
+    layers: list[nn.Module] = [*_conv_bn(channels, widths[0], 3), nn.ReLU()]
+    channels, size = widths[0], min(height, width)
+    for stage, out in enumerate(widths):
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 and size >= 4 else 1
+            size = (size - 1) // stride + 1
+            layers.append(BasicBlock(channels, out, stride))
+            channels = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *_head(channels, cfg, num_classes))
+
+
+def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The model named by `cfg.name` for NCHW input of `image_shape` given as (H, W, C)."""
+    if ":" in cfg.name:
+        return build_user_model(cfg, image_shape, num_classes, nn.Module, "PyTorch")
+    if cfg.name == "mobilenet":
+        return _mobilenet(cfg, image_shape, num_classes)
+    if cfg.name == "resnet":
+        return _resnet(cfg, image_shape, num_classes)
+    return _plain(cfg, image_shape, num_classes)
