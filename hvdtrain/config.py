@@ -34,8 +34,10 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, m
 class DataConfig:
     """Where training samples come from and how they are split."""
 
-    name: str = option("digits", "Dataset source.", choices=("digits", "synthetic", "npz", "image_folder"))
-    path: str | None = option(None, "File (npz) or folder (image_folder) to read; unused by digits/synthetic.")
+    name: str = option("digits", "Dataset source (docs/models.md: cifar10 and mnist read the standard files).",
+                       choices=("digits", "synthetic", "npz", "image_folder", "cifar10", "mnist"))
+    path: str | None = option(None, "File (npz) or folder (image_folder; cifar10: cifar-10-batches-py; mnist: the "
+                                    "IDX files) to read; unused by digits/synthetic.")
     val_fraction: float = option(0.2, "Fraction of samples held out for validation, split "
                                       "deterministically from `seed`.", min=0.0, below=1.0)
     synthetic_samples: int = option(2048, "Number of images the synthetic source generates.", min=1)

@@ -13,17 +13,19 @@ from hvdtrain.errors import UserError
 from hvdtrain.outputs import write_atomic
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, each with the `required` keys; any other content is refused."""
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             raise UserError(f"{path} line {number} is not valid JSON: fix or remove that line") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path} line {number} is not a JSON object: fix or remove that line")
+        if not isinstance(record, dict) or any(key not in record for key in required):
+            raise UserError(f"{path} line {number} is not a record with {', '.join(required)}: fix or remove "
+                            "that line")
         records.append(record)
     return records
 
@@ -35,8 +37,10 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError(f"'{run_dir}' has no metrics.jsonl: pass a run directory hvdtrain has written to")
-    epochs = _read_jsonl(metrics)
-    steps = _read_jsonl(run_dir / "steps.jsonl") if (run_dir / "steps.jsonl").is_file() else []
+    epochs = _read_jsonl(metrics, ("epoch",))
+    if not epochs:
+        raise UserError(f"'{metrics}' holds no epoch yet: plot the run after its first epoch")
+    steps = _read_jsonl(run_dir / "steps.jsonl", ("step",)) if (run_dir / "steps.jsonl").is_file() else []
     label = run_dir.resolve().name
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -55,6 +59,8 @@ def write_plot(run_dirs: list[Path], out: Path) -> Path:
     """Writes the PNG atomically and returns its path."""
     if not out.parent.is_dir():
         raise UserError(f"--out directory '{out.parent}' does not exist: create it or write elsewhere")
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a directory: name a .png file, e.g. {out / 'plot.png'}")
     runs = [read_run(d) for d in run_dirs]
 
     import matplotlib

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from hvdtrain.data.standard import load_cifar10, load_mnist
 from hvdtrain.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -33,7 +34,9 @@ class Dataset:
 
 def load_dataset(cfg: Any, seed: int) -> Dataset:
     """Loads `cfg.name` (a DataConfig) and splits off `cfg.val_fraction` for validation, from `seed`."""
-    loaders = {"digits": _digits, "synthetic": _synthetic, "npz": _npz, "image_folder": _image_folder}
+    loaders = {"digits": _digits, "synthetic": _synthetic, "npz": _npz, "image_folder": _image_folder,
+               "cifar10": lambda c, s: load_cifar10(c, _require_path(c, "cifar-10-batches-py directory")),
+               "mnist": lambda c, s: load_mnist(c, _require_path(c, "folder of MNIST IDX files"))}
     if cfg.name not in loaders:
         raise DataError(f"data.name={cfg.name!r} is unknown: choose one of {', '.join(loaders)}")
     x, y, x_val, y_val, names = loaders[cfg.name](cfg, seed)

@@ -86,6 +86,12 @@ def test_plot_overlays_runs_in_a_png(tmp_path: Path) -> None:
     (lambda d: (d / "empty").mkdir() or d / "empty", "has no metrics.jsonl"),
     (lambda d: _fake_run(d / "bad", "torch", 1.0) and ((d / "bad" / "metrics.jsonl").open("a").write("{oops\n")
                                                         and d / "bad"), "line 4 is not valid JSON"),
+    (lambda d: _fake_run(d / "latin", "torch", 1.0) and ((d / "latin" / "metrics.jsonl").open("ab").write(b"\xff\n")
+                                                          and d / "latin"), "line 4 is not valid JSON"),
+    (lambda d: _fake_run(d / "nostep", "torch", 1.0) and ((d / "nostep" / "steps.jsonl").write_text('{"loss": 1}\n')
+                                                           and d / "nostep"), "line 1 is not a record with step"),
+    (lambda d: _fake_run(d / "fresh", "torch", 1.0) and ((d / "fresh" / "metrics.jsonl").write_text("") == 0
+                                                          and d / "fresh"), "holds no epoch yet"),
 ])
 def test_plot_errors_are_one_line(tmp_path: Path, setup, words: str) -> None:
     proc = run_plot(str(setup(tmp_path)), "--out", str(tmp_path / "x.png"))
@@ -94,6 +100,9 @@ def test_plot_errors_are_one_line(tmp_path: Path, setup, words: str) -> None:
     assert not (tmp_path / "x.png").exists()
 
 
-def test_plot_refuses_an_output_folder_that_does_not_exist(tmp_path: Path) -> None:
-    proc = run_plot(str(_fake_run(tmp_path / "a", "torch", 1.0)), "--out", str(tmp_path / "no" / "x.png"))
+def test_plot_refuses_an_output_folder_that_does_not_exist_or_is_a_folder(tmp_path: Path) -> None:
+    run = str(_fake_run(tmp_path / "a", "torch", 1.0))
+    proc = run_plot(run, "--out", str(tmp_path / "no" / "x.png"))
     assert proc.returncode == 2 and "--out directory" in proc.stderr
+    proc = run_plot(run, "--out", str(tmp_path))
+    assert proc.returncode == 2 and "is a directory" in proc.stderr and "Traceback" not in proc.stderr
