@@ -9,7 +9,7 @@ import time
 from hvdtrain.environment import under_launcher
 from hvdtrain.errors import JobAborted, UserError
 
-COMMANDS = ("train", "doctor", "config-docs", "augment-preview", "plot")
+COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot")
 ERROR_GRACE_S = 2.0
 
 
@@ -17,11 +17,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hvdtrain", description="Horovod data-parallel training for PyTorch and TensorFlow/Keras 3. "
                                      "Launch under horovodrun or mpirun for several ranks.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,doctor,config-docs,augment-preview,plot}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,bench,doctor,config-docs,augment-preview,plot}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides, e.g. optim.lr=0.05 train.epochs=3 (see docs/config.md)")
+    bench = sub.add_parser("bench", help="synthetic training benchmark (img/s per rank and total), like Horovod's")
+    bench.add_argument("--config", "-c", help="YAML config file (model, data.synthetic_shape, train.batch_size, "
+                                              "policy)")
+    bench.add_argument("--warmup-batches", type=int, default=5, help="untimed steps first (default 5)")
+    bench.add_argument("--batches-per-iter", type=int, default=10, help="steps per timed iteration (default 10)")
+    bench.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
+    bench.add_argument("--json", help="write the numbers to this JSON file (rank 0)")
+    bench.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     sub.add_parser("doctor", help="report Python, frameworks, Horovod and MPI, and what to fix")
     preview = sub.add_parser("augment-preview", help="write a PNG grid of augmented training samples")
     preview.add_argument("--config", "-c", help="YAML config file with an augment section")
@@ -37,14 +45,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """`train` and `bench`: under Horovod, with a failed collective turned into one line."""
+    from pathlib import Path
+
     from hvdtrain.backend import get_backend
     from hvdtrain.config import load_config
-    from hvdtrain.loop import train
 
     cfg = load_config(args.config, args.overrides)  # before Horovod starts: bad input fails fast
     backend = get_backend(cfg.backend)
     try:
-        train(cfg, backend)
+        if args.command == "bench":
+            from hvdtrain.bench import run_bench
+            run_bench(cfg, backend, args.warmup_batches, args.batches_per_iter, args.iters,
+                      Path(args.json) if args.json else None)
+        else:
+            from hvdtrain.loop import train
+            train(cfg, backend)
     except Exception as exc:
         if not backend.is_collective_failure(exc):
             raise
@@ -88,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             from hvdtrain.config import reference_markdown
             print(reference_markdown())
             return 0
-        return _train(args)
+        return _train(args)  # train or bench
     except UserError as exc:
         print(f"hvdtrain: error: {exc}", file=sys.stderr, flush=True)
         if under_launcher():

@@ -13,7 +13,7 @@ from hvdtrain.augment.pipeline import AugmentPipeline
 from hvdtrain.augment.standardize import featurewise_stats
 from hvdtrain.backend import Backend, World, get_augment_kernel
 from hvdtrain.callbacks import CallbackContext, CallbackList
-from hvdtrain.checkpoint import Checkpoint, CheckpointError, Checkpointer, check_compatible, newest, read_checkpoint
+from hvdtrain.checkpoint import Checkpoint, Checkpointer, CheckpointError, check_compatible, newest, read_checkpoint
 from hvdtrain.config import Config, config_hash, flatten, to_dict, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, load_dataset, plan_epoch, shard_for_eval
 from hvdtrain.elastic import LocalState, elastic_launch, run_elastic
@@ -118,7 +118,8 @@ class Session:
             self.events.flush()
             progress.end_epoch(record)
             if p.stopped_early:
-                progress.print(f"early stopping after epoch {p.epoch}: {cfg.callbacks.early_stopping_metric or 'a callback'} "
+                reason = cfg.callbacks.early_stopping_metric or "a callback"
+                progress.print(f"early stopping after epoch {p.epoch}: {reason} "
                                f"has not improved for {cfg.callbacks.early_stopping_patience} epoch(s)")
             if checkpointer.due_at_epoch_end(p.epoch, last=p.epoch == cfg.train.epochs or p.stopped_early):
                 checkpointer.save(backend, p)

@@ -12,6 +12,7 @@ import tensorflow.experimental.numpy as tnp
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
 from hvdtrain.config import AugmentConfig
 
+
 def _nearest_affine(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
     """fill_mode=nearest with TF's projective-transform kernel, whose NEAREST fill clamps each bilinear
     neighbour to the edge: the same as SciPy clamping the coordinate."""

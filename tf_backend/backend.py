@@ -164,7 +164,8 @@ class TensorFlowBackend:
 
     def set_masks(self, masks: dict[str, np.ndarray]) -> None:
         kernels = self._kernels()
-        self._masks = [(kernels[name][0], tf.constant(mask, dtype=kernels[name][0].dtype)) for name, mask in masks.items()]
+        self._masks = [(kernels[name][0], tf.constant(mask, dtype=kernels[name][0].dtype))
+                       for name, mask in masks.items()]
         self._apply_masks()
 
     def _apply_masks(self) -> None:

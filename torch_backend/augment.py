@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
 from hvdtrain.config import AugmentConfig
 
+
 def _grid_sample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Bilinear samples at in-range pixel coordinates with torch's grid_sample (one C++ kernel)."""
     height, width = images.shape[1], images.shape[2]

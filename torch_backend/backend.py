@@ -17,8 +17,8 @@ from hvdtrain.config import Config, DistillConfig, OptimConfig, PolicyConfig, Re
 from hvdtrain.environment import threads_for_rank
 from hvdtrain.errors import ConfigError
 from hvdtrain.finetune import frozen, lr_multipliers, teacher_model_config
-from hvdtrain.pruning import Kernel
 from hvdtrain.outputs import write_atomic
+from hvdtrain.pruning import Kernel
 from torch_backend.losses import distillation_loss
 from torch_backend.models import build_model
 
@@ -219,8 +219,9 @@ class TorchBackend:
 
     def prunable(self) -> dict[str, Kernel]:
         assert self.model is not None, "build() first"
+        layers = (torch.nn.Conv2d, torch.nn.Linear)
         return {f"{name}.weight": Kernel(module.weight.detach().cpu().numpy().copy(), 0)  # (out, in, ...)
-                for name, module in self.model.named_modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))}
+                for name, module in self.model.named_modules() if isinstance(module, layers)}
 
     def set_masks(self, masks: dict[str, np.ndarray]) -> None:
         self._masks = {name: torch.as_tensor(mask, device=self.device) for name, mask in masks.items()}

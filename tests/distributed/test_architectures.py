@@ -27,7 +27,9 @@ def test_every_architecture_has_the_same_parameters_on_both_backends() -> None:
     assert torch_sizes == tf_sizes  # counts and output shapes, for 8x8x1 and 32x32x3 inputs
     assert torch_sizes["model.name=mobilenet model.width_multiplier=0.5(32, 32, 3)"][0] < \
         torch_sizes["model.name=mobilenet(32, 32, 3)"][0] / 1.8  # the multiplier thins every layer
-    assert torch_sizes["model.name=resnet(32, 32, 3)"][0] > 3 * torch_sizes["model.name=resnet model.depth=8(32, 32, 3)"][0]
+    deep = torch_sizes["model.name=resnet(32, 32, 3)"][0]
+    shallow = torch_sizes["model.name=resnet model.depth=8(32, 32, 3)"][0]
+    assert deep > 3 * shallow
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -36,7 +38,8 @@ def test_compact_architectures_train_on_digits(tmp_path: Path, backend: str, mod
     run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", *model, "train.epochs=3",
                   "run.progress=off", f"run.dir={tmp_path}"], launcher="horovodrun", np_=2)
     summary = read_summary(tmp_path)
-    print(f"{backend} {model}: {summary['num_parameters']} parameters, val accuracy {summary['final']['val_accuracy']:.3f}")
+    print(f"{backend} {model}: {summary['num_parameters']} parameters, "
+          f"val accuracy {summary['final']['val_accuracy']:.3f}")
     # Measured after 3 epochs on one process: 0.92-0.97; at np=2 (global batch 64) a little lower.
     assert summary["final"]["val_accuracy"] >= 0.80
 
@@ -50,7 +53,8 @@ def build_torch(cfg, input_shape, num_classes):
 
 def build_keras(cfg, input_shape, num_classes):
     import keras
-    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(40, activation="tanh"),
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(40, activation="tanh"),
                              keras.layers.Dense(num_classes)])
 '''
 

@@ -84,7 +84,8 @@ def test_a_distilled_student_beats_the_same_student_alone(tmp_path: Path, backen
     run_hvdtrain([*student, f"run.dir={tmp_path / 'alone'}"])
     run_hvdtrain([*student, f"distill.teacher={teacher}", "distill.temperature=4", "distill.alpha=0.5",
                   f"run.dir={tmp_path / 'distilled'}"])
-    accuracy = {name: read_summary(tmp_path / name)["final"]["val_accuracy"] for name in ("teacher", "alone", "distilled")}
+    accuracy = {name: read_summary(tmp_path / name)["final"]["val_accuracy"]
+                for name in ("teacher", "alone", "distilled")}
     print(f"{backend}: val accuracy {accuracy}")
     # Measured: torch 0.916 alone vs 0.950 distilled, tensorflow 0.928 vs 0.947 (teacher 0.96-0.98).
     assert accuracy["distilled"] > accuracy["alone"] + 0.01

@@ -26,7 +26,8 @@ def test_scripts_parse(script: str) -> None:
 
 
 def test_wrapper_dry_run_prints_the_mpirun_command() -> None:
-    proc = run(["mpi/hvdtrain-mpirun", "-np", "2", "--dry-run", "--", "--config", "configs/digits.yaml", "train.epochs=1"])
+    proc = run(["mpi/hvdtrain-mpirun", "-np", "2", "--dry-run", "--", "--config", "configs/digits.yaml",
+                "train.epochs=1"])
     assert proc.returncode == 0, proc.stderr
     words = proc.stdout.split()
     assert words[:3] == ["mpirun", "-np", "2"]

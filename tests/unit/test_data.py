@@ -132,7 +132,7 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 
 def test_unknown_source_and_empty_training_set() -> None:
     with pytest.raises(DataError, match="unknown"):
-        load_dataset(Data(name="mnist"), seed=0)
+        load_dataset(Data(name="imagenet"), seed=0)
     with pytest.raises(DataError, match="no training samples"):
         load_dataset(Data(name="synthetic", synthetic_samples=1, val_fraction=0.9), seed=0)
 

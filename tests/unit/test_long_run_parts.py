@@ -59,7 +59,8 @@ def test_early_stopping_resumes_from_the_history() -> None:
     assert callbacks.epoch_end(None, {"epoch": 3, "val_accuracy": 0.85})  # type: ignore[arg-type]
 
 
-def test_user_callbacks_load_by_import_path_or_fail_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_callbacks_load_by_import_path_or_fail_in_one_line(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "my_hooks.py").write_text(
         "from hvdtrain.callbacks import Callback\n"
         "class Hook(Callback):\n"
