@@ -203,7 +203,7 @@ def run_trial(trial: Trial, metric: str, timeout: float | None) -> None:
         trial.result["status"] = "ok"
         trial.result.update(read_metric(trial.run_dir, summary, metric))
     else:
-        trial.result.update(status="failed", error=error or _last_error(log_path, code))
+        trial.result.update(status="failed", error=error or last_error(log_path, code))
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -227,7 +227,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _last_error(log_path: Path, code: int | None) -> str:
+def last_error(log_path: Path, code: int | None) -> str:
     """The trial's `hvdtrain: error:` line, else its log's last line."""
     lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
     for line in reversed(lines):
@@ -321,6 +321,15 @@ def run_sweep(config: str | None, overrides: list[str], grid: list[str], *, metr
         print(f"{len(trials)} trials (dry run: nothing run)")
         return 0
     prepare_out(out)
+    previous = _interrupt_on_sigterm()
+    try:
+        return _run_all(trials, axes, metric, out, timeout)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_all(trials: list[Trial], axes: list[Axis], metric: str, out: Path, timeout: float | None) -> int:
     csv_path = out / "sweep.csv"
     goal = "min" if minimises(metric) else "max"
     print(f"sweep: {len(trials)} trials in {out}, ranked by {metric} ({goal})", flush=True)
@@ -329,6 +338,10 @@ def run_sweep(config: str | None, overrides: list[str], grid: list[str], *, metr
         print(f"[{t.index}/{len(trials)}] {t.name} {shown} ...", end=" ", flush=True)
         try:
             run_trial(t, metric, timeout)
+        except KeyboardInterrupt:
+            done = sum(1 for x in trials if x.result)
+            print(f"\nsweep stopped during {t.name}: {done} finished trials in {csv_path}", file=sys.stderr)
+            raise
         finally:
             write_csv(csv_path, trials, axes, metric)  # a killed sweep leaves the rows so far
         r = t.result
@@ -348,5 +361,15 @@ def run_sweep(config: str | None, overrides: list[str], grid: list[str], *, metr
                                 f"{metric}={best.result[metric]}\n" + (best.run_dir / "config.yaml").read_text())
         print(f"best: {best.name} {metric}={_fmt(best.result[metric])}; config in {best_path}")
     if not any(t.result["status"] == "ok" for t in trials):
-        raise SweepFailed(f"all {len(trials)} trials failed: read {out}/trial-*.log")
+        raise SweepFailed(f"no trial succeeded ({len(trials)} failed): read their logs, {out}/trial-*.log")
     return 0
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Makes SIGTERM interrupt the sweep like Ctrl-C, so the running trial is stopped too; the old handler."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
