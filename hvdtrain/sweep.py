@@ -207,17 +207,28 @@ def run_trial(trial: Trial, metric: str, timeout: float | None) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Ends a trial's whole process group (launcher and ranks): SIGTERM, then SIGKILL."""
+    """Ends a trial's whole process group (launcher, mpirun, ranks): SIGTERM, then SIGKILL to what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        deadline = time.monotonic() + KILL_GRACE_S
+        while time.monotonic() < deadline and _group_alive(proc):
+            time.sleep(0.1)
+        if not _group_alive(proc):
+            break
+    proc.wait()
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process of the trial's group is left (the launcher itself is reaped here)."""
+    proc.poll()
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
