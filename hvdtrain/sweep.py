@@ -185,8 +185,13 @@ def run_trial(trial: Trial, metric: str, timeout: float | None) -> None:
     with log_path.open("w") as log:
         log.write(f"# {shlex.join(trial.command)}\n")
         log.flush()
-        proc = subprocess.Popen(trial.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)  # own process group: a timeout kills it all
+        try:
+            proc = subprocess.Popen(trial.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)  # own process group: a timeout kills it all
+        except OSError as exc:
+            trial.result = {"status": "failed", "wall_time_s": 0.0, "exit_code": "",
+                            "error": f"cannot start {trial.command[0]}: {exc.strerror}"}
+            return
         try:
             code: int | None = proc.wait(timeout=timeout)
             error = ""
@@ -324,6 +329,8 @@ def run_sweep(config: str | None, overrides: list[str], grid: list[str], *, metr
               timeout: float | None = None) -> int:
     """Validates every trial, runs them one after another, writes sweep.csv and best.yaml, prints the table."""
     axes = parse_grid(grid)
+    if timeout is not None and not timeout > 0:
+        raise UserError(f"--timeout {timeout:g} is not a positive number of seconds: e.g. --timeout 3600")
     out = (out or default_out()).absolute()
     trials = plan_trials(config, overrides, axes, out, launcher_words(launcher))
     if dry_run:

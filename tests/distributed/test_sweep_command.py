@@ -175,6 +175,7 @@ def test_stopped_sweep_leaves_valid_partial_results(tmp_path: Path, small_config
     (["--grid", "optim.lr=0.1", "--launcher", "horovodrun -H 'localhost:2"], "fix the quoting"),
     (["--config", "no/such.yaml", "--grid", "optim.lr=0.1"], "config file 'no/such.yaml' not found"),
     (["--metric", "val_loss"], "needs at least one --grid"),
+    (["--grid", "optim.lr=0.1", "--timeout", "0"], "--timeout 0 is not a positive number"),
 ])
 def test_bad_input_runs_nothing(tmp_path: Path, args: list[str], fragment: str) -> None:
     out = tmp_path / "sweep"
