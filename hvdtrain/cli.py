@@ -1,4 +1,5 @@
-"""Command line: `hvdtrain [train] --config FILE key=value ...`, `doctor`, `config-docs`."""
+"""Command line: `hvdtrain [train] --config FILE key=value ...`, `bench`, `sweep`, `plot`, `augment-preview`,
+`doctor`, `config-docs`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from hvdtrain.environment import under_launcher
 from hvdtrain.errors import JobAborted, UserError
 
-COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot")
+COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep")
 ERROR_GRACE_S = 2.0
 
 
@@ -17,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hvdtrain", description="Horovod data-parallel training for PyTorch and TensorFlow/Keras 3. "
                                      "Launch under horovodrun or mpirun for several ranks.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,bench,doctor,config-docs,augment-preview,plot}")
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
@@ -41,6 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
     plot.add_argument("--out", default="plot.png", help="PNG to write (default: plot.png)")
     sub.add_parser("config-docs", help="print the config reference (docs/config.md) as Markdown")
+    sweep = sub.add_parser("sweep", help="grid search: one training run per combination, ranked (docs/sweep.md)")
+    sweep.add_argument("--config", "-c", help="base YAML config of every trial")
+    sweep.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
+                       help="a config key and its values, split at commas outside brackets and quotes: "
+                            "optim.lr=0.1,0.01 model.channels=[8],[16,32]")
+    sweep.add_argument("--metric", default="val_accuracy",
+                       help="metrics.jsonl column to rank by, best epoch of each trial; minimised if its name "
+                            "contains 'loss', else maximised (default: val_accuracy)")
+    sweep.add_argument("--launcher", help="command prefix that starts each trial, e.g. \"horovodrun -np 2\" "
+                                          "(default: one local process per trial)")
+    sweep.add_argument("--out", help="new sweep folder (default: runs/sweep-<timestamp>)")
+    sweep.add_argument("--timeout", type=float, help="seconds after which a trial is stopped and marked failed")
+    sweep.add_argument("--dry-run", action="store_true", help="print the trial commands and run nothing")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="overrides for every trial (before --grid, or after --)")
     return parser
 
 
@@ -100,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {write_plot([Path(d) for d in args.run_dirs], Path(args.out))}")
             return 0
+        if args.command == "sweep":
+            from pathlib import Path
+
+            from hvdtrain.sweep import run_sweep
+
+            return run_sweep(args.config, args.overrides, args.grid, metric=args.metric, launcher=args.launcher,
+                             out=Path(args.out) if args.out else None, dry_run=args.dry_run, timeout=args.timeout)
         if args.command == "config-docs":
             from hvdtrain.config import reference_markdown
             print(reference_markdown())
