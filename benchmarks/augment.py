@@ -3,7 +3,8 @@
     python -m benchmarks.augment [--repeats 3] [--sizes 32 224]
 
 Batches of 128 float32 RGB images, the same parameter ranges for all (rotation 20 degrees, shifts 0.1,
-shear 10 degrees, zoom 0.1, horizontal flips, nearest fill), one process each: every measurement runs in
+shear 10 degrees, zoom 0.1, horizontal flips, nearest fill), one process each (hvdtrain's rows: the native
+kernel, then each framework kernel): every measurement runs in
 a fresh worker process (torch and TensorFlow never share one), interleaved over the repeats. Timed: drawing
 the parameters and transforming the batch, after two warm-up batches. Reports median images/s and ratios.
 """
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-IMPLS = ("keras", "kornia", "hvdtrain-torch", "hvdtrain-tensorflow")
+IMPLS = ("keras", "kornia", "hvdtrain-native", "hvdtrain-torch", "hvdtrain-tensorflow")
 BATCH = 128
 RANGES = {"rotation_range": 20.0, "width_shift_range": 0.1, "height_shift_range": 0.1, "shear_range": 10.0,
           "zoom_range": 0.1, "horizontal_flip": True, "fill_mode": "nearest"}
@@ -54,12 +55,12 @@ def worker(impl: str, size: int) -> float:
         from hvdtrain.augment import sample_transforms
         from hvdtrain.config import AugmentConfig
 
-        if impl == "hvdtrain-torch":
-            from torch_backend.augment import apply_transforms
-        else:
+        if impl == "hvdtrain-tensorflow":
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
             from tf_backend.augment import apply_transforms
-        cfg = AugmentConfig(**RANGES)
+        else:
+            from torch_backend.augment import apply_transforms
+        cfg = AugmentConfig(**RANGES, kernel="native" if impl == "hvdtrain-native" else "framework")
         step = lambda: apply_transforms(images, sample_transforms(cfg, BATCH, images.shape[1:], rng), cfg)  # noqa: E731
     for _ in range(2):
         step()
@@ -110,8 +111,11 @@ repeats, medians. {machine()}.
 {chr(10).join(rows)}
 
 Keras is tf_keras' `ImageDataGenerator.flow` (SciPy per image and channel); kornia is
-`RandomAffine` + `RandomHorizontalFlip` (bilinear `grid_sample`, border padding); hvdtrain's kernels
-reproduce Keras' pixels exactly (tests/unit/test_augment.py), which kornia does not.""")
+`RandomAffine` + `RandomHorizontalFlip` (bilinear `grid_sample`, border padding). hvdtrain-native is the
+fused C++ kernel both backends use for numpy batches (`augment.kernel: auto`, the default, or `native`;
+{os.environ.get("HVDTRAIN_AUGMENT_THREADS") or "all usable"} threads); hvdtrain-torch and
+hvdtrain-tensorflow are the framework kernels (`augment.kernel: framework`, also used for tensors on a
+device). All three reproduce Keras' pixels (tests/unit/test_augment.py), which kornia does not.""")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,10 @@ class AugmentConfig:
                                                         "training set (+1e-6).")
     samplewise_center: bool = option(False, "Subtract each image's own mean.")
     samplewise_std_normalization: bool = option(False, "Divide each image by its own std (+1e-6).")
+    kernel: str = option("auto", "Which kernel transforms numpy batches: native (a fused multi-threaded C++ kernel, "
+                                 "compiled on first use), framework (the backend's torch / TensorFlow ops), or auto "
+                                 "(native when a C++ compiler is available, else framework).",
+                         choices=("auto", "native", "framework"))
 
     def __post_init__(self) -> None:
         lower, upper = self.zoom_bounds()

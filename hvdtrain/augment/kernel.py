@@ -34,6 +34,9 @@ class ArrayOps:
     # needs no float64 boundary decisions: (images, (N, 2, 3) float64 matrices) -> images, or None to
     # leave the batch to the general path.
     nearest_affine: Callable[[Any, Any], Any] | None = None
+    # Optional replacement of the whole resampling: (images, (N, 2, 3) float64 matrices, (N,) bool moved,
+    # fill_mode, cval) -> images; images not moved are copied (hvdtrain/augment/native.py).
+    affine: Callable[[Any, Any, Any, str, float], Any] | None = None
 
 
 NUMPY_OPS = ArrayOps(
@@ -126,7 +129,9 @@ def apply_batch(ops: ArrayOps, images: Any, params: Sequence[dict[str, Any]], fi
     n, height, width = (int(d) for d in images.shape[:3])
     matrices, moved = batch_affine(params, height, width)
     out = images
-    if moved.any():
+    if moved.any() and ops.affine is not None:
+        out = ops.affine(images, matrices, moved, fill_mode, cval)
+    elif moved.any():
         out = affine_sample(ops, images, xp.asarray(matrices, dtype=xp.float64), fill_mode, cval)
 
     def column(key: str) -> Any:

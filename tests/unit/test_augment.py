@@ -1,7 +1,7 @@
 """Augmentation: pixel parity with Keras' ImageDataGenerator on both backends, the sampler's distributions,
 seeding, and standardisation.
 
-Parity tolerance: the numpy, torch and TensorFlow kernels and tf_keras' `apply_transform` (SciPy, float64
+Parity tolerance: the numpy, native, torch and TensorFlow kernels and tf_keras' `apply_transform` (SciPy, float64
 inside, float32 out) must agree to 1e-5 on images in [0, 1]: only float32 rounding of the interpolation
 separates them (measured: about 1.2e-7). The frameworks run in their own processes.
 """
@@ -9,15 +9,17 @@ separates them (measured: about 1.2e-7). The frameworks run in their own process
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO
 
-from hvdtrain.augment import epoch_rng, sample_transforms
+from hvdtrain.augment import epoch_rng, native, sample_transforms
 from hvdtrain.augment.kernel import NUMPY_OPS, apply_batch
 from hvdtrain.augment.standardize import featurewise_stats, standardize
 from hvdtrain.config import AugmentConfig
@@ -54,11 +56,12 @@ def test_both_backends_match_keras_pixel_for_pixel(tmp_path: Path, mode: str) ->
     images, params, cfg = parity_case(mode, seed=FILL_MODES.index(mode))
     inputs = tmp_path / "in.npz"
     sampler = {"rotation_range": 30, "width_shift_range": [2, 4], "height_shift_range": 3, "zoom_range": 0.2}
-    config = {"fill_mode": mode, "cval": cfg.cval}
+    config = {"fill_mode": mode, "cval": cfg.cval, "kernel": "framework"}  # the backends' own ops
     np.savez(inputs, images=images, params=json.dumps(params), config=json.dumps(config),
              sampler_config=json.dumps(sampler), draws=10)
     keras = run_impl("keras", inputs, tmp_path)["applied"]
-    ours = {"numpy": apply_batch(NUMPY_OPS, images, params, mode, cfg.cval)}
+    ours = {"numpy": apply_batch(NUMPY_OPS, images, params, mode, cfg.cval),
+            "native": native.apply_transforms(images, params, replace(cfg, kernel="native"))}
     for which in ("torch", "tensorflow"):
         result = run_impl(which, inputs, tmp_path)
         other = "tensorflow" if which == "torch" else "torch"
@@ -70,6 +73,23 @@ def test_both_backends_match_keras_pixel_for_pixel(tmp_path: Path, mode: str) ->
         print(f"{mode} {which}: max |ours - keras| = {error:.2e}")
         assert out.shape == keras.shape and error <= PIXEL_TOL
     assert np.max(np.abs(ours["torch"] - ours["tensorflow"])) <= PIXEL_TOL
+    # The native kernel computes what the numpy path computes, operation for operation: bit for bit.
+    assert np.array_equal(ours["native"], ours["numpy"])
+
+
+def test_native_kernel_is_what_auto_picks_for_numpy_and_refuses_without_a_compiler(tmp_path: Path) -> None:
+    images, params, cfg = parity_case("reflect", seed=9)
+    assert native.use_native(images, cfg) and not native.use_native(images, replace(cfg, kernel="framework"))
+    code = ("import numpy as np\n"
+            "from hvdtrain.augment import native\n"
+            "from hvdtrain.config import AugmentConfig\n"
+            "x = np.zeros((2, 4, 4, 3), np.float32)\n"
+            "print('auto', native.use_native(x, AugmentConfig(kernel='auto')))\n"
+            "native.use_native(x, AugmentConfig(kernel='native'))\n")
+    env = {**os.environ, "CXX": "/bin/false", "HVDTRAIN_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert "auto False" in proc.stdout  # auto falls back to the framework kernel
+    assert "augment.kernel=native: the native kernel cannot be built (/bin/false failed" in proc.stderr
 
 
 def test_whole_pixel_shifts_onto_period_boundaries_match_keras(tmp_path: Path) -> None:
