@@ -49,6 +49,16 @@ class DataConfig:
 
 
 BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet")
+# The fields of a metrics.jsonl record that metric-driven options may name.
+METRIC_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "loss_scale", "epoch_time_s",
+                 "samples_per_s", "data_wait_fraction", "eval_time_s")
+
+
+def _check_metric(key: str, value: str | None) -> None:
+    if value is not None and value not in METRIC_FIELDS:
+        close = difflib.get_close_matches(value, METRIC_FIELDS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(METRIC_FIELDS)}"
+        raise ConfigError(f"config key {key}: {value!r} is not a metrics.jsonl field: {hint}")
 
 
 @dataclass(frozen=True)
@@ -331,6 +341,9 @@ class CheckpointConfig:
                                                      "in checkpoints/best (minimised if its name contains "
                                                      "'loss'; null: no copy).")
 
+    def __post_init__(self) -> None:
+        _check_metric("checkpoint.best_metric", self.best_metric)
+
 
 @dataclass(frozen=True)
 class ElasticConfig:
@@ -354,6 +367,9 @@ class CallbacksConfig:
     user: tuple[str, ...] = option((), "Custom callbacks by import path, 'package.module:name', where name is a "
                                        "class or function called with the Config that returns the callback "
                                        "(hooks: hvdtrain/callbacks.py).", min_items=0)
+
+    def __post_init__(self) -> None:
+        _check_metric("callbacks.early_stopping_metric", self.early_stopping_metric)
 
 
 @dataclass(frozen=True)

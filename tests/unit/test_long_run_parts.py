@@ -112,3 +112,35 @@ def test_checkpoint_names_sort_in_training_order_and_leftovers_are_removed(tmp_p
     stale.mkdir()
     writer.remove_leftovers()
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("override,words", [
+    ("callbacks.early_stopping_metric=val_acc", "did you mean 'val_accuracy'"),
+    ("checkpoint.best_metric=acc", "is not a metrics.jsonl field"),
+    ("checkpoint.every_steps=-1", "checkpoint.every_steps"),
+    ("elastic.commit_every_steps=0", "elastic.commit_every_steps"),
+    ("optim.param_groups=['head.*']", "is not PATTERN=MULTIPLIER"),
+    ("optim.param_groups=['head.*=fast']", "is not PATTERN=MULTIPLIER"),
+    ("model.name=vgg", "neither a built-in model"),
+    ("model.depth=10", r"is not 6n \+ 2"),
+    ("prune.method=magnitude", "prune.method"),
+    ("prune.target_sparsity=1", "prune.target_sparsity"),
+    ("distill.alpha=2", "distill.alpha"),
+    ("regularization.l1=-1", "regularization.l1"),
+    ("augment.kernel=gpu", "augment.kernel"),
+])
+def test_new_options_refuse_bad_values_in_one_line(override: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_pruning_epochs_must_leave_room() -> None:
+    from hvdtrain.pruning import Pruner
+
+    for overrides, words in ((["prune.method=unstructured", "prune.start_epoch=3", "prune.end_epoch=2"],
+                              "start_epoch < end_epoch"),
+                             (["prune.method=channels", "prune.schedule=oneshot", "prune.start_epoch=10"],
+                              "leaves no epoch to prune in")):
+        with pytest.raises(ConfigError, match=words):
+            Pruner(load_config(None, ["train.epochs=5", *overrides]), steps_per_epoch=10)
