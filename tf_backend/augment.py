@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
+from hvdtrain.augment import native
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
 from hvdtrain.config import AugmentConfig
 
@@ -36,7 +37,10 @@ TF_OPS = ArrayOps(
 
 
 def apply_transforms(images: Any, params: Sequence[dict[str, Any]], config: AugmentConfig) -> Any:
-    """Keras `apply_transform` semantics for a NHWC float batch; numpy in gives numpy out."""
+    """Keras `apply_transform` semantics for a NHWC float batch; numpy in gives numpy out. Numpy batches go
+    to the shared native kernel unless `augment.kernel=framework` (or it cannot be built, with `auto`)."""
+    if native.use_native(images, config):
+        return native.apply_transforms(images, params, config)
     as_numpy = isinstance(images, np.ndarray)
     tensor = tf.convert_to_tensor(images, dtype=tf.float32)
     out = apply_batch(TF_OPS, tensor, params, config.fill_mode, config.cval)

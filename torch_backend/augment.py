@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hvdtrain.augment import native
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
 from hvdtrain.config import AugmentConfig
 
@@ -57,7 +58,10 @@ TORCH_OPS = ArrayOps(
 
 
 def apply_transforms(images: Any, params: Sequence[dict[str, Any]], config: AugmentConfig) -> Any:
-    """Keras `apply_transform` semantics for a NHWC float batch; numpy in gives numpy out."""
+    """Keras `apply_transform` semantics for a NHWC float batch; numpy in gives numpy out. Numpy batches go
+    to the shared native kernel unless `augment.kernel=framework` (or it cannot be built, with `auto`)."""
+    if native.use_native(images, config):
+        return native.apply_transforms(images, params, config)
     as_numpy = isinstance(images, np.ndarray)
     tensor = torch.as_tensor(images, dtype=torch.float32)
     out = apply_batch(TORCH_OPS, tensor, params, config.fill_mode, config.cval)
