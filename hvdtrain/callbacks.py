@@ -48,6 +48,9 @@ class Callback:
     def on_train_end(self, ctx: CallbackContext, summary: dict[str, Any]) -> None:
         """After the last epoch, with the run summary."""
 
+    def __str__(self) -> str:
+        return type(self).__name__
+
 
 class EarlyStopping(Callback):
     """Stops when `metric` has not improved by more than `min_delta` for `patience` epochs.
@@ -66,6 +69,9 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> bool:
         self.history.append(record)
         return self.should_stop(self.history)
+
+    def __str__(self) -> str:
+        return f"early stopping ({self.metric} without improvement for {self.patience} epoch(s))"
 
     def should_stop(self, history: list[dict[str, Any]]) -> bool:
         """Whether the epochs so far (records in order) end in `patience` epochs without improvement."""
@@ -130,9 +136,10 @@ class CallbackList:
     def step_end(self, ctx: CallbackContext, step: int, loss: float) -> None:
         self._call("on_step_end", ctx, step, loss)
 
-    def epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> bool:
-        """Whether this rank's callbacks ask to stop (the loop agrees it with the other ranks)."""
-        return any(bool(answer) for answer in self._call("on_epoch_end", ctx, record))
+    def epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> list[str]:
+        """The callbacks of this rank that ask to stop, by name (the loop agrees it with the other ranks)."""
+        hook = "on_epoch_end"
+        return [str(cb) for cb in self.active if callable(getattr(cb, hook, None)) and getattr(cb, hook)(ctx, record)]
 
     def train_end(self, ctx: CallbackContext, summary: dict[str, Any]) -> None:
         self._call("on_train_end", ctx, summary)

@@ -93,6 +93,7 @@ class Session:
                            f"sample {p.position}, step {p.step}; {policy.describe()}")
         checkpointer.restore_best(p.history)
         timeline = _start_timeline(cfg, backend, outputs)
+        self.events.close()  # the writer of the previous entry, after an elastic reset
         self.events = EventWriter(outputs.dir / "tensorboard", enabled=world.rank == 0 and cfg.run.tensorboard)
         ctx = CallbackContext(cfg, world.rank, world.size, outputs.dir)
         self.callbacks.begin(ctx, p.history)
@@ -110,17 +111,16 @@ class Session:
                                        pruner)
             record.update(_evaluate(cfg, backend, world, x_val, self.dataset.y_val))
             record["world_size"] = world.size
-            stop = self.callbacks.epoch_end(ctx, record)
+            asked = self.callbacks.epoch_end(ctx, record)
             p.end_epoch(record)
-            p.stopped_early = bool(backend.allreduce_sum(np.array([float(stop)]))[0] > 0)  # any rank: all stop
+            p.stopped_early = bool(backend.allreduce_sum(np.array([float(bool(asked))]))[0] > 0)  # any rank: all
             outputs.write_metrics(p.history)
             self.events.scalars(p.step, {f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS})
             self.events.flush()
             progress.end_epoch(record)
             if p.stopped_early:
-                reason = cfg.callbacks.early_stopping_metric or "a callback"
-                progress.print(f"early stopping after epoch {p.epoch}: {reason} "
-                               f"has not improved for {cfg.callbacks.early_stopping_patience} epoch(s)")
+                who = ", ".join(asked) or "a callback on another rank"
+                progress.print(f"stopping after epoch {p.epoch}, asked by {who}")
             if checkpointer.due_at_epoch_end(p.epoch, last=p.epoch == cfg.train.epochs or p.stopped_early):
                 checkpointer.save(backend, p)
             state.commit()

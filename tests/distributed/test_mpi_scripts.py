@@ -58,7 +58,7 @@ def test_slurm_dry_run_uses_srun_with_the_allocation() -> None:
     proc = run(["mpi/slurm.sbatch", "--config", "my.yaml"], HVDTRAIN_DRY_RUN="1", SLURM_NTASKS="8",
                SLURM_CPUS_PER_TASK="4", SLURM_SUBMIT_DIR=str(REPO))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("srun --mpi=pmix --ntasks=8 --cpu-bind=cores")
+    assert proc.stdout.startswith("srun --mpi=pmix --ntasks=8 --cpus-per-task=4 --cpu-bind=cores")
     assert proc.stdout.rstrip().endswith("-m hvdtrain --config my.yaml train.threads_per_rank=4")
     own = run(["mpi/slurm.sbatch", "train.threads_per_rank=2"], HVDTRAIN_DRY_RUN="1", SLURM_CPUS_PER_TASK="4")
     assert own.stdout.count("threads_per_rank") == 1  # the user's setting wins
