@@ -41,9 +41,10 @@ def _conv_bn(x: keras.KerasTensor, cin: int, cout: int, kernel: int, stride: int
         x = keras.layers.ZeroPadding2D(kernel // 2)(x)
     padding = "valid" if stride > 1 else "same"
     if depthwise:
+        # torch's fan_in of a grouped conv is kernel x kernel; Keras would count kernel x kernel x channels.
+        bound = 1.0 / kernel
         conv = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
-                                            depthwise_initializer=keras.initializers.VarianceScaling(
-                                                1.0 / 3.0, "fan_in", "uniform"))
+                                            depthwise_initializer=keras.initializers.RandomUniform(-bound, bound))
     else:
         conv = keras.layers.Conv2D(cout, kernel, strides=stride, padding=padding,
                                    **_torch_like_init(kernel * kernel * cin, bias=False), use_bias=False)
