@@ -36,8 +36,8 @@ class DataConfig:
 
     name: str = option("digits", "Dataset source (docs/models.md: cifar10 and mnist read the standard files).",
                        choices=("digits", "synthetic", "npz", "image_folder", "cifar10", "mnist"))
-    path: str | None = option(None, "File (npz) or folder (image_folder; cifar10: cifar-10-batches-py; mnist: the "
-                                    "IDX files) to read; unused by digits/synthetic.")
+    path: str | None = option(None, "File (npz) or folder (image_folder; cifar10: cifar-10-batches-py or the folder "
+                                    "holding it; mnist: the IDX files) to read; unused by digits/synthetic.")
     val_fraction: float = option(0.2, "Fraction of samples held out for validation, split "
                                       "deterministically from `seed`.", min=0.0, below=1.0)
     synthetic_samples: int = option(2048, "Number of images the synthetic source generates.", min=1)
