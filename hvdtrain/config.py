@@ -36,8 +36,8 @@ class DataConfig:
 
     name: str = option("digits", "Dataset source (docs/models.md: cifar10 and mnist read the standard files).",
                        choices=("digits", "synthetic", "npz", "image_folder", "cifar10", "mnist"))
-    path: str | None = option(None, "File (npz) or folder (image_folder; cifar10: cifar-10-batches-py; mnist: the "
-                                    "IDX files) to read; unused by digits/synthetic.")
+    path: str | None = option(None, "File (npz) or folder (image_folder; cifar10: cifar-10-batches-py or the folder "
+                                    "holding it; mnist: the IDX files) to read; unused by digits/synthetic.")
     val_fraction: float = option(0.2, "Fraction of samples held out for validation, split "
                                       "deterministically from `seed`.", min=0.0, below=1.0)
     synthetic_samples: int = option(2048, "Number of images the synthetic source generates.", min=1)
@@ -82,8 +82,17 @@ class ModelConfig:
             raise ConfigError(f"config key model.name: {self.name!r} is neither a built-in model "
                               f"({', '.join(BUILTIN_MODELS)}) nor an import path: write e.g. "
                               "model.name=my_pkg.models:build")
+        if ":" in self.name and not self.is_import_path(self.name):
+            raise ConfigError(f"config key model.name: {self.name!r} is not an import path "
+                              "'package.module:function': write e.g. model.name=my_pkg.models:build")
         if self.depth % 6 != 2:
             raise ConfigError(f"config key model.depth: {self.depth} is not 6n + 2: use 8, 14, 20, 32, 44 or 56")
+
+    @staticmethod
+    def is_import_path(name: str) -> bool:
+        """Whether `name` is written 'package.module:function' (dotted identifiers, one colon)."""
+        module, _, attr = name.partition(":")
+        return attr.isidentifier() and all(part.isidentifier() for part in module.split("."))
 
     def scaled(self, width: int) -> int:
         """A width times width_multiplier, rounded, at least 1."""

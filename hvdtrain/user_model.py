@@ -1,30 +1,78 @@
-"""User models named by import path (`model.name=package.module:function`), for both backends.
+"""User models named by import path (`model.name=package.module:function`), shared by both backends.
 
 The function is called as `function(model_cfg, input_shape, num_classes)` with `input_shape` = (H, W, C)
-and returns a torch `nn.Module` (taking NCHW batches) or a Keras model (taking NHWC batches), matching the
-run's backend.
+and returns a torch `nn.Module` (taking NCHW float32 batches) or a Keras model (taking NHWC batches),
+matching the run's backend, that outputs logits of shape (batch, num_classes). Every broken contract is a
+one-line ConfigError naming the fix; an exception raised inside the user's own code keeps its traceback.
+This module imports no framework: each backend passes its model class and probes the model itself.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable
 
 from hvdtrain.config import ModelConfig
 from hvdtrain.errors import ConfigError
 
+_FRAMEWORKS = {"torch": ("PyTorch", "a torch.nn.Module"), "tensorflow": ("Keras", "a Keras 3 model (keras.Model)")}
+_OTHER = {"torch": ("tensorflow", ("keras", "tensorflow", "tf_keras")), "tensorflow": ("torch", ("torch",))}
 
-def build_user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
-                     expected: type, framework: str) -> Any:
-    """Imports and calls the builder; refuses what is not an `expected` (the backend's model class)."""
-    module_name, _, attr = cfg.name.partition(":")
+
+def load_user_model(path: str) -> Callable[..., Any]:
+    """`package.module:function` -> the function, imported and checked to take (model_cfg, input_shape,
+    num_classes)."""
+    if not ModelConfig.is_import_path(path):
+        raise ConfigError(f"model.name={path!r} is not an import path 'package.module:function': write e.g. "
+                          "model.name=my_pkg.models:build")
+    module_name, _, attr = path.partition(":")
     try:
-        builder: Callable[..., Any] = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"model.name={cfg.name!r} cannot be imported ({exc}): check the name and that its package "
+        builder = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"model.name={path!r} cannot be imported ({exc}): check the name and that its package "
                           "is on PYTHONPATH on every node") from None
-    model = builder(cfg, image_shape, num_classes)
+    if not callable(builder):
+        raise ConfigError(f"model.name={path!r} names a {type(builder).__name__} object, not a function: name a "
+                          "function build(model_cfg, input_shape, num_classes)")
+    try:
+        inspect.signature(builder).bind(None, None, None)
+    except TypeError:
+        raise ConfigError(f"model.name={path!r} does not take (model_cfg, input_shape, num_classes): define it as "
+                          f"def {attr}(model_cfg, input_shape, num_classes)") from None
+    except ValueError:  # no signature to inspect (some builtins and C extensions): just call it
+        pass
+    return builder
+
+
+def build_user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, expected: type,
+                     backend: str) -> Any:
+    """Calls the builder; refuses what is not an `expected` (the model class of `backend`)."""
+    model = load_user_model(cfg.name)(cfg, tuple(image_shape), num_classes)
     if not isinstance(model, expected):
-        raise ConfigError(f"model.name={cfg.name!r} returned {type(model).__name__}, not a {framework} model: return "
-                          f"a {expected.__module__}.{expected.__name__} for this backend")
+        kind = type(model)
+        other, roots = _OTHER[backend]
+        switch = f", or set backend={other}" if kind.__module__.split(".")[0] in roots else ""
+        raise ConfigError(f"model.name={cfg.name!r} returned a {kind.__qualname__} ({kind.__module__}), but "
+                          f"backend={backend} trains {_FRAMEWORKS[backend][0]} models: return "
+                          f"{_FRAMEWORKS[backend][1]}{switch}")
     return model
+
+
+def check_logits(name: str, output: Any, batch_shape: tuple[int, ...], num_classes: int) -> None:
+    """Refuses a probe output that is not one row of `num_classes` logits per image of the probe batch."""
+    shape = getattr(output, "shape", None)
+    if shape is None:
+        raise ConfigError(f"model.name={name!r} returned a {type(output).__name__} for a batch of shape "
+                          f"{list(batch_shape)}: return one tensor of logits, shape (batch, {num_classes})")
+    if tuple(shape) != (batch_shape[0], num_classes):
+        raise ConfigError(f"model.name={name!r} outputs shape {list(shape)} for a batch of shape {list(batch_shape)}, "
+                          f"expected [{batch_shape[0]}, {num_classes}]: end the model with {num_classes} logits "
+                          "(one per class, no softmax)")
+
+
+def probe_failed(exc: BaseException, name: str, batch_shape: tuple[int, ...], layout: str) -> None:
+    """Adds to an exception raised inside the user's model what hvdtrain was doing (the traceback stays)."""
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(f"hvdtrain: while running model.name={name!r} on a zero batch of shape {list(batch_shape)} "
+                     f"({layout}, float32) to check its output")

@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 
 from hvdtrain.config import ModelConfig
-from hvdtrain.user_model import build_user_model
+from hvdtrain.user_model import build_user_model, check_logits, probe_failed
 
 
 def _torch_like_init(fan_in: int, bias: bool = True) -> dict[str, keras.initializers.Initializer]:
@@ -41,9 +42,10 @@ def _conv_bn(x: keras.KerasTensor, cin: int, cout: int, kernel: int, stride: int
         x = keras.layers.ZeroPadding2D(kernel // 2)(x)
     padding = "valid" if stride > 1 else "same"
     if depthwise:
+        # torch's fan_in of a grouped conv is kernel x kernel; Keras would count kernel x kernel x channels.
+        bound = 1.0 / kernel
         conv = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
-                                            depthwise_initializer=keras.initializers.VarianceScaling(
-                                                1.0 / 3.0, "fan_in", "uniform"))
+                                            depthwise_initializer=keras.initializers.RandomUniform(-bound, bound))
     else:
         conv = keras.layers.Conv2D(cout, kernel, strides=stride, padding=padding,
                                    **_torch_like_init(kernel * kernel * cin, bias=False), use_bias=False)
@@ -107,10 +109,25 @@ def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: in
     return keras.Model(inputs, _head(x, channels, cfg, num_classes), name="resnet")
 
 
+def _user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The user's Keras model, called once on a zero batch (training=False): that builds a model given
+    without an Input (otherwise it would have no variables to train yet) and checks that it maps NHWC
+    images to `num_classes` logits."""
+    model = build_user_model(cfg, image_shape, num_classes, keras.Model, "tensorflow")
+    batch = np.zeros((2, *image_shape), dtype="float32")
+    try:
+        output = model(batch, training=False)
+    except Exception as exc:
+        probe_failed(exc, cfg.name, batch.shape, "NHWC")
+        raise
+    check_logits(cfg.name, output, batch.shape, num_classes)
+    return model
+
+
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """The model named by `cfg.name` for NHWC input of `image_shape` (H, W, C)."""
     if ":" in cfg.name:
-        return build_user_model(cfg, image_shape, num_classes, keras.Model, "Keras")
+        return _user_model(cfg, image_shape, num_classes)
     if cfg.name == "mobilenet":
         return _mobilenet(cfg, image_shape, num_classes)
     if cfg.name == "resnet":

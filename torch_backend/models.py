@@ -3,10 +3,11 @@ parameter counts, same padding, BatchNorm with eps 1e-5 and running-average mome
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from hvdtrain.config import ModelConfig
-from hvdtrain.user_model import build_user_model
+from hvdtrain.user_model import build_user_model, check_logits, probe_failed
 
 
 def _head(features: int, cfg: ModelConfig, num_classes: int) -> list[nn.Module]:
@@ -85,10 +86,30 @@ def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: in
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *_head(channels, cfg, num_classes))
 
 
+def _user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The user's nn.Module, run once on a zero batch in eval mode: that materialises lazy layers
+    (nn.LazyLinear...) and checks that it maps NCHW images to `num_classes` logits."""
+    model = build_user_model(cfg, image_shape, num_classes, nn.Module, "torch")
+    height, width, channels = image_shape
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batch = torch.zeros(2, channels, height, width, device=device)
+    training = model.training
+    try:
+        with torch.no_grad():
+            output = model.eval()(batch)
+    except Exception as exc:
+        probe_failed(exc, cfg.name, tuple(batch.shape), "NCHW")
+        raise
+    finally:
+        model.train(training)
+    check_logits(cfg.name, output, tuple(batch.shape), num_classes)
+    return model
+
+
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """The model named by `cfg.name` for NCHW input of `image_shape` given as (H, W, C)."""
     if ":" in cfg.name:
-        return build_user_model(cfg, image_shape, num_classes, nn.Module, "PyTorch")
+        return _user_model(cfg, image_shape, num_classes)
     if cfg.name == "mobilenet":
         return _mobilenet(cfg, image_shape, num_classes)
     if cfg.name == "resnet":

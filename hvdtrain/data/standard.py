@@ -1,6 +1,7 @@
 """Standard dataset files on disk: CIFAR-10's python batches and MNIST's IDX files.
 
-    data.name=cifar10  data.path=DIR   DIR holds data_batch_1..5 (any present) and optionally test_batch
+    data.name=cifar10  data.path=DIR   DIR holds data_batch_1..5 (any present) and optionally test_batch; or
+                                       DIR holds the extracted cifar-10-batches-py folder (torchvision's root)
     data.name=mnist    data.path=DIR   DIR holds train-images-idx3-ubyte, train-labels-idx1-ubyte and
                                        optionally t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may be .gz)
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,8 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
         raise DataError(f"{path}: data {data.dtype}{list(data.shape)} with {labels.size} labels, expected uint8 "
                         f"[N, 3072] and N labels: {fix}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels are {labels.dtype}, expected integers 0..9: {fix}")
     if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
         raise DataError(f"{path}: labels outside 0..9: {fix}")
     # Each row: the 32x32 red plane, then green, then blue, row-major.
@@ -55,9 +60,16 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar10(cfg: Any, directory: Path) -> tuple[Any, ...]:
-    parts = sorted(directory.glob("data_batch_*"))
+    """data_batch_N (in numeric order) for training; test_batch, when present, for validation."""
+    if not directory.is_dir():
+        raise DataError(f"data.path={cfg.path} is a file: extract cifar-10-python.tar.gz (tar xzf) and point "
+                        "data.path at the cifar-10-batches-py directory")
+    if (directory / "cifar-10-batches-py").is_dir():  # the folder it was extracted into
+        directory = directory / "cifar-10-batches-py"
+    numbered = (re.fullmatch(r"data_batch_(\d+)", p.name) for p in directory.iterdir())
+    parts = [directory / m.group(0) for m in sorted((m for m in numbered if m), key=lambda m: int(m.group(1)))]
     if not parts:
-        raise DataError(f"data.path={cfg.path} has no data_batch_* files: point it at the extracted "
+        raise DataError(f"data.path={cfg.path} has no data_batch_1..5 files: point it at the extracted "
                         "cifar-10-batches-py directory")
     batches = [_cifar_batch(p) for p in parts]
     x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
@@ -80,7 +92,7 @@ def _idx(path: Path, magic: int, ndim: int) -> np.ndarray:
         body = raw[4 + 4 * ndim:]
         if len(body) != int(np.prod(dims)):
             raise ValueError(f"{len(body)} data bytes for dimensions {list(dims)}")
-    except (OSError, EOFError, struct.error, ValueError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, struct.error, ValueError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataError(f"{path}: not a valid IDX file ({exc}): {fix}") from None
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
@@ -102,11 +114,18 @@ def _mnist_pair(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] |
 
 
 def load_mnist(cfg: Any, directory: Path) -> tuple[Any, ...]:
+    """train-* for training; t10k-*, when present, for validation."""
+    if not directory.is_dir():
+        raise DataError(f"data.path={cfg.path} is a file: point data.path at the folder holding "
+                        "train-images-idx3-ubyte[.gz] and the other MNIST IDX files")
     train = _mnist_pair(directory, "train")
     if train is None:
         raise DataError(f"data.path={cfg.path} has no train-images-idx3-ubyte[.gz]: point it at the folder with "
                         "the MNIST IDX files")
     test = _mnist_pair(directory, "t10k")
+    if test is not None and test[0].shape[1:] != train[0].shape[1:]:
+        raise DataError(f"data.path={cfg.path}: t10k images are {list(test[0].shape[1:3])} but train images "
+                        f"{list(train[0].shape[1:3])}: use the train and t10k files of one dataset")
     top = int(max(train[1].max(initial=0), test[1].max(initial=0) if test else 0))
     return (*train, *(test or (None, None)), [str(c) for c in range(max(top + 1, 10))])
 

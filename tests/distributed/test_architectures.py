@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,23 +11,6 @@ from conftest import REPO, read_summary, run_hvdtrain
 pytestmark = pytest.mark.distributed
 
 BACKENDS = ["torch", "tensorflow"]
-
-
-def sizes(backend: str) -> dict[str, list]:
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "model_sizes.py"), backend], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def test_every_architecture_has_the_same_parameters_on_both_backends() -> None:
-    torch_sizes, tf_sizes = sizes("torch"), sizes("tensorflow")
-    print(json.dumps(torch_sizes, indent=1))
-    assert torch_sizes == tf_sizes  # counts and output shapes, for 8x8x1 and 32x32x3 inputs
-    assert torch_sizes["model.name=mobilenet model.width_multiplier=0.5(32, 32, 3)"][0] < \
-        torch_sizes["model.name=mobilenet(32, 32, 3)"][0] / 1.8  # the multiplier thins every layer
-    deep = torch_sizes["model.name=resnet(32, 32, 3)"][0]
-    shallow = torch_sizes["model.name=resnet model.depth=8(32, 32, 3)"][0]
-    assert deep > 3 * shallow
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -51,10 +32,9 @@ def build_torch(cfg, input_shape, num_classes):
     return nn.Sequential(nn.Flatten(), nn.Linear(h * w * c, 40), nn.Tanh(), nn.Linear(40, num_classes))
 
 
-def build_keras(cfg, input_shape, num_classes):
+def build_keras(cfg, input_shape, num_classes):  # no keras.Input: hvdtrain builds it before training
     import keras
-    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
-                             keras.layers.Dense(40, activation="tanh"),
+    return keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(40, activation="tanh"),
                              keras.layers.Dense(num_classes)])
 '''
 
@@ -72,7 +52,8 @@ def test_a_user_model_by_import_path_trains(tmp_path: Path, backend: str, builde
     other = "build_keras" if builder == "build_torch" else "build_torch"
     wrong = run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", f"model.name=my_models:{other}",
                           f"run.dir={tmp_path / 'wrong'}"], env=env, check=False)
-    assert wrong.returncode == 2 and "not a" in wrong.stderr and "Traceback" not in wrong.stderr
+    switch = "tensorflow" if backend == "torch" else "torch"
+    assert wrong.returncode == 2 and f"or set backend={switch}" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
 def test_cifar10_files_train_a_mobilenet(tmp_path: Path) -> None:

@@ -33,3 +33,67 @@ def test_mlp_count_and_dropout() -> None:
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     assert count(model) == (64 * 64 + 64) + (64 * 32 + 32) + (32 * 10 + 10)
     assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 2
+
+
+def feature_map(model: torch.nn.Module, shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """(C, H, W) reaching the global average pooling for one (H, W, C) image."""
+    seen = []
+    pool = next(m for m in model.modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d))
+    pool.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[1:])))
+    assert model.eval()(torch.zeros(2, shape[2], shape[0], shape[1])).shape == (2, 10)
+    return seen[0]
+
+
+def resnet_count(depth: int, in_channels: int, widths: tuple[int, int, int] = (16, 32, 64)) -> int:
+    """He et al.'s CIFAR ResNet with 1x1 projection shortcuts (conv without bias + BatchNorm) and our head."""
+    bn = 2  # trainable per channel: gamma, beta
+    total, cin = 9 * in_channels * widths[0] + bn * widths[0], widths[0]
+    for cout in widths:
+        for _ in range((depth - 2) // 6):
+            total += 9 * cin * cout + bn * cout + 9 * cout * cout + bn * cout
+            total += cin * cout + bn * cout if cin != cout else 0
+            cin = cout
+    return total + (widths[2] * 128 + 128) + (128 * 10 + 10)
+
+
+def test_resnet_counts_by_formula() -> None:
+    for depth, shape in ((8, (32, 32, 3)), (14, (8, 8, 1)), (20, (32, 32, 3))):
+        assert count(build_model(ModelConfig(name="resnet", depth=depth), shape, 10)) == \
+            resnet_count(depth, shape[2])
+    assert resnet_count(20, 3) == 281434  # docs/models.md
+    half = build_model(ModelConfig(name="resnet", depth=8, width_multiplier=0.5), (32, 32, 3), 10)
+    assert count(half) == resnet_count(8, 3, (8, 16, 32))
+
+
+def test_mobilenet_count_by_formula_and_width_multiplier() -> None:
+    model = build_model(ModelConfig(name="mobilenet", channels=(32, 64)), (8, 8, 1), 10)
+    # stem 3x3 conv 1->32 + BN; per block a 3x3 depthwise conv + BN, a 1x1 conv + BN; head 64->128->10.
+    expected = (9 * 32 + 64) + (9 * 32 + 64 + 32 * 32 + 64) + (9 * 32 + 64 + 32 * 64 + 128) + 8320 + 1290
+    assert count(model) == expected == 13930
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert [m.groups for m in depthwise] == [32, 32]
+    thin = build_model(ModelConfig(name="mobilenet", channels=(32, 64), width_multiplier=0.25), (8, 8, 1), 10)
+    assert [m.out_channels for m in thin.modules() if isinstance(m, torch.nn.Conv2d)] == [8, 8, 8, 8, 16]
+    tiny = ModelConfig(name="mobilenet", width_multiplier=0.01)
+    assert tiny.scaled(32) == 1  # rounded, never below one channel
+
+
+def test_downsampling_stops_at_two_by_two() -> None:
+    # Stride 2 only while the map is at least 4x4: digits' 8x8 ends at 2x2 however deep the network.
+    deep = ModelConfig(name="mobilenet", channels=(8, 8, 8, 8, 8))
+    assert feature_map(build_model(deep, (8, 8, 1), 10), (8, 8, 1)) == (8, 2, 2)
+    assert feature_map(build_model(deep, (32, 32, 3), 10), (32, 32, 3)) == (8, 2, 2)
+    assert feature_map(build_model(deep, (3, 3, 1), 10), (3, 3, 1)) == (8, 3, 3)
+    resnet = ModelConfig(name="resnet", depth=8)
+    assert feature_map(build_model(resnet, (8, 8, 1), 10), (8, 8, 1)) == (64, 2, 2)
+    assert feature_map(build_model(resnet, (32, 32, 3), 10), (32, 32, 3)) == (64, 8, 8)
+    assert feature_map(build_model(resnet, (1, 1, 1), 10), (1, 1, 1)) == (64, 1, 1)
+
+
+def test_dropout_in_the_heads_of_the_compact_models() -> None:
+    for name in ("mobilenet", "resnet", "cnn"):
+        model = build_model(ModelConfig(name=name, depth=8, hidden_units=(32, 16), dropout=0.3), (8, 8, 1), 10)
+        rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert rates == [0.3, 0.3], name
+        plain = build_model(ModelConfig(name=name, depth=8, hidden_units=(32,)), (8, 8, 1), 10)
+        assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())

@@ -1,0 +1,117 @@
+"""Builds every built-in architecture under ONE framework and reports, as JSON on the last line, per variant:
+the output shape, each trainable variable's size and initial standard deviation (in creation order), and the
+output for a fixed input batch. With `torch DIR` the torch weights (in Keras layout) and outputs are also
+saved to DIR; with `tensorflow DIR` the Keras models load those weights and report how far their outputs
+are from torch's. Tests only (tests/unit/test_architecture_parity.py).
+
+Usage: python model_parity.py torch|tensorflow DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hvdtrain.config import load_config
+
+VARIANTS = (("mobilenet", ["model.name=mobilenet"]),
+            ("mobilenet-x0.5", ["model.name=mobilenet", "model.width_multiplier=0.5"]),
+            ("resnet-8", ["model.name=resnet", "model.depth=8"]),
+            ("resnet-20", ["model.name=resnet", "model.depth=20"]),
+            ("resnet-8-x0.5", ["model.name=resnet", "model.depth=8", "model.width_multiplier=0.5"]),
+            ("cnn", ["model.name=cnn"]),
+            ("mlp", ["model.name=mlp", "model.hidden_units=[64,32]", "model.dropout=0.5"]))
+SHAPES = ((8, 8, 1), (32, 32, 3), (15, 12, 3))  # digits, CIFAR, odd and non-square
+
+
+def inputs(shape: tuple[int, int, int]) -> np.ndarray:
+    return np.random.default_rng(0).random((3, *shape), dtype=np.float32)
+
+
+def torch_side(out_dir: Path) -> dict:
+    import torch
+
+    from torch_backend.models import build_model
+
+    torch.manual_seed(0)
+    report = {}
+    for tag, overrides in VARIANTS:
+        for shape in SHAPES:
+            model = build_model(load_config(None, overrides).model, shape, 10).eval()
+            flat_inputs: list[tuple] = []
+            for module in model.modules():  # the shape reaching each Flatten, to reorder the next Linear
+                if isinstance(module, torch.nn.Flatten):
+                    module.register_forward_hook(lambda m, i, o: flat_inputs.append(tuple(i[0].shape[1:])))
+            with torch.no_grad():
+                y = model(torch.from_numpy(inputs(shape)).permute(0, 3, 1, 2)).numpy()
+            weights, stats, pending_flatten = [], [], None
+            for module in model.modules():
+                if isinstance(module, torch.nn.Flatten):
+                    pending_flatten = flat_inputs.pop(0)
+                for p in module.parameters(recurse=False):
+                    w = p.detach().numpy()
+                    stats.append([int(w.size), float(w.std())])
+                    if w.ndim == 4:  # (out, in/groups, kh, kw) -> (kh, kw, in, out), depthwise (kh, kw, C, 1)
+                        w = w.transpose(2, 3, 0, 1) if module.groups > 1 else w.transpose(2, 3, 1, 0)
+                    elif w.ndim == 2:
+                        if pending_flatten is not None and len(pending_flatten) == 3:  # NCHW -> NHWC flatten
+                            c, h, wd = pending_flatten
+                            w = w.reshape(-1, c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+                        pending_flatten = None
+                        w = w.T
+                    weights.append(np.ascontiguousarray(w))
+            key = f"{tag}{list(shape)}"
+            np.savez(out_dir / f"{key}.npz", y=y, *weights)
+            report[key] = {"out": list(y.shape), "vars": stats}
+    return report
+
+
+def tf_side(in_dir: Path) -> dict:
+    import keras
+
+    from tf_backend.models import build_model
+
+    # Keras lists a functional model's variables by graph depth (a residual shortcut after the body's second
+    # conv); torch by registration. Layer creation order is what both builders write, so compare in that.
+    created: dict[int, int] = {}
+    original_init = keras.layers.Layer.__init__
+
+    def recording_init(self, *args, **kwargs) -> None:
+        original_init(self, *args, **kwargs)
+        created.setdefault(id(self), len(created))
+
+    keras.layers.Layer.__init__ = recording_init
+    keras.utils.set_random_seed(0)
+    report = {}
+    for tag, overrides in VARIANTS:
+        for shape in SHAPES:
+            model = build_model(load_config(None, overrides).model, shape, 10)
+            x = inputs(shape)
+            layers = sorted((la for la in model._flatten_layers(include_self=False) if la.trainable_weights),
+                            key=lambda la: created[id(la)])
+            variables = [v for la in layers for v in la.trainable_weights]
+            assert len(variables) == len(model.trainable_variables)
+            entry = {"out": list(model(x, training=False).shape),
+                     "vars": [[int(np.prod(v.shape)), float(np.std(keras.ops.convert_to_numpy(v)))] for v in variables]}
+            key = f"{tag}{list(shape)}"
+            with np.load(in_dir / f"{key}.npz") as saved:
+                torch_y = saved["y"]
+                weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+            if [tuple(w.shape) for w in weights] == [tuple(v.shape) for v in variables]:
+                for v, w in zip(variables, weights):
+                    v.assign(w)
+                y = np.array(model(x, training=False))
+                entry["max_rel_diff"] = float(np.abs(y - torch_y).max() / np.abs(torch_y).max())
+            else:
+                entry["max_rel_diff"] = None  # layouts differ: the test fails on the variable sizes anyway
+            report[key] = entry
+    return report
+
+
+if __name__ == "__main__":
+    framework, directory = sys.argv[1], Path(sys.argv[2])
+    result = torch_side(directory) if framework == "torch" else tf_side(directory)
+    print(json.dumps(result))

@@ -1,0 +1,61 @@
+"""Every built-in architecture is the same network on both backends: the same variables in the same order, the
+same initial distributions, and (with torch's weights copied into Keras) the same outputs, which also pins
+the padding of strided convs. One framework per process (tests/scripts/model_parity.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+# Trainable parameters, 10 classes, default head (docs/models.md quotes these).
+EXPECTED_COUNTS = {"mobilenet[8, 8, 1]": 13930, "mobilenet[32, 32, 3]": 14506, "mobilenet-x0.5[32, 32, 3]": 7194,
+                   "resnet-8[32, 32, 3]": 87002, "resnet-20[8, 8, 1]": 281146, "resnet-20[32, 32, 3]": 281434,
+                   "cnn[8, 8, 1]": 53002}
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    directory = tmp_path_factory.mktemp("parity")
+    # PYTHONPATH: a script's own folder comes first on sys.path, so without it an installed copy of hvdtrain
+    # (an editable install of another checkout) could be the one tested.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = {}
+    for framework in ("torch", "tensorflow"):  # torch first: it writes the weights Keras loads
+        proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "model_parity.py"), framework,
+                               str(directory)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[framework] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_same_variables_in_the_same_order(reports: dict[str, dict]) -> None:
+    torch_side, tf_side = reports["torch"], reports["tensorflow"]
+    assert torch_side.keys() == tf_side.keys() and len(torch_side) == 21
+    for key in torch_side:
+        assert [n for n, _ in torch_side[key]["vars"]] == [n for n, _ in tf_side[key]["vars"]], key
+        assert torch_side[key]["out"] == tf_side[key]["out"] == [3, 10], key
+    totals = {key: sum(n for n, _ in entry["vars"]) for key, entry in torch_side.items()}
+    assert {key: totals[key] for key in EXPECTED_COUNTS} == EXPECTED_COUNTS
+    assert totals["mobilenet-x0.5[32, 32, 3]"] < totals["mobilenet[32, 32, 3]"] / 1.8  # every layer thinner
+    assert totals["resnet-20[32, 32, 3]"] > 3 * totals["resnet-8[32, 32, 3]"]
+
+
+def test_same_initial_distributions(reports: dict[str, dict]) -> None:
+    # Uniform +-1/sqrt(fan_in) on both (torch's defaults); a fan-in counted differently (Keras counts a
+    # depthwise kernel's channels) shows up as a ratio of sqrt(channels).
+    for key, entry in reports["torch"].items():
+        for index, ((n, torch_std), (_, tf_std)) in enumerate(zip(entry["vars"], reports["tensorflow"][key]["vars"])):
+            if torch_std == 0:  # BatchNorm's gamma (ones) and beta (zeros)
+                assert tf_std == 0, (key, index)
+            elif n >= 100:
+                assert 0.75 < tf_std / torch_std < 1.33, (key, index, torch_std, tf_std)
+
+
+def test_same_outputs_with_the_same_weights(reports: dict[str, dict]) -> None:
+    for key, entry in reports["tensorflow"].items():
+        assert entry["max_rel_diff"] is not None and entry["max_rel_diff"] < 1e-5, (key, entry["max_rel_diff"])
