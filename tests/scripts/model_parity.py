@@ -9,6 +9,7 @@ Usage: python model_parity.py torch|tensorflow DIR
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -76,12 +77,14 @@ def tf_side(in_dir: Path) -> dict:
 
     # Keras lists a functional model's variables by graph depth (a residual shortcut after the body's second
     # conv); torch by registration. Layer creation order is what both builders write, so compare in that.
-    created: dict[int, int] = {}
+    # Recorded on the layer itself: an id() of a layer of an earlier, collected model can be reused.
+    created = itertools.count()
     original_init = keras.layers.Layer.__init__
 
     def recording_init(self, *args, **kwargs) -> None:
         original_init(self, *args, **kwargs)
-        created.setdefault(id(self), len(created))
+        if not hasattr(self, "_parity_creation_index"):
+            self._parity_creation_index = next(created)
 
     keras.layers.Layer.__init__ = recording_init
     keras.utils.set_random_seed(0)
@@ -91,7 +94,7 @@ def tf_side(in_dir: Path) -> dict:
             model = build_model(load_config(None, overrides).model, shape, 10)
             x = inputs(shape)
             layers = sorted((la for la in model._flatten_layers(include_self=False) if la.trainable_weights),
-                            key=lambda la: created[id(la)])
+                            key=lambda la: la._parity_creation_index)
             variables = [v for la in layers for v in la.trainable_weights]
             assert len(variables) == len(model.trainable_variables)
             entry = {"out": list(model(x, training=False).shape),
