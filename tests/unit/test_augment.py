@@ -92,6 +92,32 @@ def test_native_kernel_is_what_auto_picks_for_numpy_and_refuses_without_a_compil
     assert "augment.kernel=native: the native kernel cannot be built (/bin/false failed" in proc.stderr
 
 
+def test_native_kernel_builds_without_march_native_where_the_compiler_refuses_it(tmp_path: Path) -> None:
+    """A compiler that rejects -march=native (some clang/aarch64 versions): the portable build is used, and
+    computes the same pixels."""
+    wrapper = tmp_path / "cxx"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && { echo "unsupported -march" >&2; '
+                       'exit 1; }; done\nexec c++ "$@"\n')
+    wrapper.chmod(0o755)
+    images, params, cfg = parity_case("wrap", seed=4)
+    np.save(tmp_path / "images.npy", images)
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    code = ("import json, sys, numpy as np\n"
+            "from dataclasses import replace\n"
+            "from hvdtrain.augment import native\n"
+            "from hvdtrain.config import AugmentConfig\n"
+            f"d = {str(tmp_path)!r}\n"
+            "cfg = AugmentConfig(fill_mode='wrap', kernel='native')\n"
+            "out = native.apply_transforms(np.load(d + '/images.npy'), json.load(open(d + '/params.json')), cfg)\n"
+            "np.save(d + '/out.npy', out)\n")
+    env = {**os.environ, "CXX": str(wrapper), "HVDTRAIN_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "cache" / "native").glob("*/affine.so"))) == 1  # only the portable build exists
+    expected = native.apply_transforms(images, params, replace(cfg, kernel="native"))
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
 def test_whole_pixel_shifts_onto_period_boundaries_match_keras(tmp_path: Path) -> None:
     """Integer coordinates that land exactly on SciPy's wrap/reflect period boundaries."""
     h, w = 11, 14
