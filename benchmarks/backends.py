@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmarks.report import machine, update_section
 
 BACKENDS = ("torch", "tensorflow")
+QUICK = ("train.epochs=2", "train.max_steps_per_epoch=3")  # --quick: checks the runner, measures nothing
 
 
 def run_once(backend: str, config: str, np_: int, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
@@ -34,20 +35,24 @@ def run_once(backend: str, config: str, np_: int, run_dir: Path, overrides: tupl
             "val_acc": epochs[-1]["val_accuracy"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--config", default="configs/digits.yaml")
     parser.add_argument("--np", type=int, default=2, dest="np_")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="two short epochs, to check the runner works")
+    args = parser.parse_args(argv)
+    quick = QUICK if args.quick else ()
     results: dict[str, list[dict]] = {b: [] for b in BACKENDS}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             for backend in BACKENDS:  # interleaved, so drifts in machine load hit both alike
-                results[backend].append(run_once(backend, args.config, args.np_, Path(tmp) / f"{backend}{i}"))
+                results[backend].append(run_once(backend, args.config, args.np_, Path(tmp) / f"{backend}{i}",
+                                                    quick))
                 print(backend, i, results[backend][-1], file=sys.stderr)
     med = {b: {k: statistics.median(r[k] for r in results[b]) for k in results[b][0]} for b in BACKENDS}
-    command = f"python -m benchmarks.backends --repeats {args.repeats} --config {args.config} --np {args.np_}"
+    command = (f"python -m benchmarks.backends --repeats {args.repeats} --config {args.config} --np {args.np_}"
+               + (" --quick" if args.quick else ""))
     rows = "\n".join(f"| {b} | {med[b]['epoch_s'] * 1000:.0f} | {med[b]['samples_s']:,.0f} | "
                      f"{med[b]['val_acc']:.4f} |" for b in BACKENDS)
     ratio = med["tensorflow"]["epoch_s"] / med["torch"]["epoch_s"]

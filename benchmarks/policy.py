@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.backends import BACKENDS, run_once
+from benchmarks.backends import BACKENDS, QUICK, run_once
 from benchmarks.report import machine, update_section
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -28,19 +28,21 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--config", default="configs/digits.yaml")
     parser.add_argument("--np", type=int, default=2, dest="np_")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="two short epochs, to check the runner works")
+    args = parser.parse_args(argv)
+    quick = QUICK if args.quick else ()
     runs = [(b, v) for b in BACKENDS for v in VARIANTS]
     results: dict[tuple[str, str], list[dict]] = {run: [] for run in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             for backend, variant in runs:  # interleaved, so drifts in machine load hit every variant alike
                 run_dir = Path(tmp) / f"{backend}-{len(results[(backend, variant)])}-{abs(hash(variant))}"
-                result = run_once(backend, args.config, args.np_, run_dir, VARIANTS[variant])
+                result = run_once(backend, args.config, args.np_, run_dir, VARIANTS[variant] + quick)
                 results[(backend, variant)].append(result)
                 print(backend, variant, i, result, file=sys.stderr)
     med = {run: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for run, rs in results.items()}
@@ -50,7 +52,8 @@ def main() -> None:
         overrides = " ".join(VARIANTS[variant]) or "(none)"
         rows.append(f"| {backend} | {variant} | `{overrides}` | {m['epoch_s'] * 1000:.0f} | "
                     f"{m['epoch_s'] / base['epoch_s']:.2f} | {m['val_acc']:.4f} |")
-    command = f"python -m benchmarks.policy --repeats {args.repeats} --config {args.config} --np {args.np_}"
+    command = (f"python -m benchmarks.policy --repeats {args.repeats} --config {args.config} --np {args.np_}"
+               + (" --quick" if args.quick else ""))
     update_section("policy", f"""## Policy levers
 
 `{command}`: `horovodrun -np {args.np_}`, {args.config} plus the overrides in the table, {args.repeats}

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+REPORT_ENV = "HVDTRAIN_BENCH_REPORT"  # another file to write (the suite's --report; tests)
 HEADER = ("# Benchmarks\n\nEach section is written by the script named in it; rerun that command to reproduce "
           "it. Numbers come from one run on the machine stated in the section, with the variants "
           "interleaved; compare ratios within a section, not across machines.\n")
@@ -33,11 +34,12 @@ def machine() -> str:
 
 def update_section(name: str, body: str) -> None:
     """Replaces (or appends) the section delimited by `<!-- bench:NAME -->` markers."""
-    text = REPORT.read_text() if REPORT.exists() else HEADER
+    report = Path(os.environ.get(REPORT_ENV) or REPORT)
+    text = report.read_text() if report.exists() else HEADER
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    REPORT.write_text(text)
-    shown = REPORT.relative_to(Path.cwd()) if REPORT.is_relative_to(Path.cwd()) else REPORT
+    report.write_text(text)
+    shown = report.relative_to(Path.cwd()) if report.is_relative_to(Path.cwd()) else report
     print(f"wrote section '{name}' of {shown}", file=sys.stderr)

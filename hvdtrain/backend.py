@@ -52,6 +52,9 @@ class Backend(Protocol):
 
     name: str
     hvd: Any  # the framework's Horovod module (horovod.torch / horovod.tensorflow: shared basics API)
+    # Seconds the last train_step spent on the gradient allreduce (hvdtrain/profile.py): torch, blocked in
+    # synchronize() after the backward pass; TensorFlow, between timestamps around the allreduce op.
+    last_comm_seconds: float
 
     def init(self, threads_per_rank: int) -> World:
         """Initialises Horovod, picks the device and sets CPU threads (0 = cores // local ranks)."""

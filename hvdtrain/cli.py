@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
                                 metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    train.add_argument("--profile", action="store_true",
+                       help="record where step time goes (data wait, compute, communication) and Horovod's "
+                            "timeline under run.dir/profile/ (same as run.profile=true)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides, e.g. optim.lr=0.05 train.epochs=3 (see docs/config.md)")
     bench = sub.add_parser("bench", help="synthetic training benchmark (img/s per rank and total), like Horovod's")
@@ -68,7 +71,8 @@ def _train(args: argparse.Namespace) -> int:
     from hvdtrain.backend import get_backend
     from hvdtrain.config import load_config
 
-    cfg = load_config(args.config, args.overrides)  # before Horovod starts: bad input fails fast
+    overrides = [*args.overrides, *(["run.profile=true"] if getattr(args, "profile", False) else [])]
+    cfg = load_config(args.config, overrides)  # before Horovod starts: bad input fails fast
     backend = get_backend(cfg.backend)
     try:
         if args.command == "bench":
@@ -95,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
         args_list.insert(0, "train")
     parser = _parser()
-    args = parser.parse_args(args_list)
+    # Overrides may come on either side of an option (`--config c.yaml --profile a=b`), which argparse's
+    # positional lists do not allow: the ones it leaves over join the others.
+    args, extra = parser.parse_known_args(args_list)
+    if extra:
+        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "doctor":
             from hvdtrain.doctor import run_doctor

@@ -396,6 +396,9 @@ class RunConfig:
                                      "loss scale to steps.jsonl and TensorBoard (0: off).", min=0)
     tensorboard: bool = option(True, "Rank 0 writes TensorBoard event files to run.dir/tensorboard (epoch metrics, "
                                      "LR, throughput, loss scale; per-step values with log_every_steps).")
+    profile: bool = option(False, "Record where each step's time goes (data wait, compute, communication) to "
+                                  "run.dir/profile/steps.csv and the summary, and Horovod's timeline to "
+                                  "run.dir/profile/timeline.json unless horovod.timeline is set (also: --profile).")
 
 
 @dataclass(frozen=True)

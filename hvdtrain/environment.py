@@ -36,16 +36,16 @@ def threads_for_rank(requested: int, local_size: int) -> int:
     return max(1, total // max(1, local_size))
 
 
-def horovod_settings(cfg: HorovodConfig) -> dict[str, str]:
+def horovod_settings(cfg: HorovodConfig, profile: bool = False) -> dict[str, str]:
     """The HOROVOD_* variables a `horovod` config section sets (read by hvd.init()); unset keys leave the
-    environment, and so Horovod's defaults or the user's own variables, alone. The timeline is started
-    after init instead, once the run directory exists."""
+    environment, and so Horovod's defaults or the user's own variables, alone. The timeline (horovod.timeline,
+    or run.profile's) is started after init instead, once the run directory exists."""
     settings: dict[str, str] = {}
     if cfg.fusion_threshold_mb is not None:
         settings["HOROVOD_FUSION_THRESHOLD"] = str(int(cfg.fusion_threshold_mb * 1024 * 1024))
     if cfg.cycle_time_ms is not None:
         settings["HOROVOD_CYCLE_TIME"] = f"{cfg.cycle_time_ms:g}"
-    if cfg.timeline is not None:
+    if cfg.timeline is not None or profile:
         settings["HOROVOD_TIMELINE"] = "DYNAMIC"  # the file is named later, by hvd.start_timeline
     if cfg.autotune:
         settings["HOROVOD_AUTOTUNE"] = "1"
@@ -56,8 +56,9 @@ def horovod_settings(cfg: HorovodConfig) -> dict[str, str]:
     return settings
 
 
-def apply_horovod_settings(cfg: HorovodConfig) -> dict[str, str]:
-    """Exports `horovod_settings(cfg)` into this process's environment (before hvd.init()); returns them."""
-    settings = horovod_settings(cfg)
+def apply_horovod_settings(cfg: HorovodConfig, profile: bool = False) -> dict[str, str]:
+    """Exports `horovod_settings(cfg, profile)` into this process's environment (before hvd.init()); returns
+    them."""
+    settings = horovod_settings(cfg, profile)
     os.environ.update(settings)
     return settings

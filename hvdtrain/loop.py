@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from hvdtrain import __version__
+from hvdtrain.augment import native
 from hvdtrain.augment.pipeline import AugmentPipeline
 from hvdtrain.augment.standardize import featurewise_stats
 from hvdtrain.backend import Backend, World, get_augment_kernel
@@ -22,6 +23,8 @@ from hvdtrain.errors import ConfigError, UserError
 from hvdtrain.finetune import init_source
 from hvdtrain.outputs import RunOutputs
 from hvdtrain.policy import ResolvedPolicy, resolve_policy
+from hvdtrain.profile import TIMELINE as PROFILE_TIMELINE
+from hvdtrain.profile import StepProfiler, describe
 from hvdtrain.progress import Progress
 from hvdtrain.pruning import Pruner, mask_digest, masks_from_zeros, sparsity_report
 from hvdtrain.schedule import LRSchedule
@@ -40,7 +43,7 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     elastic function: what comes before `Session.run` is then local to each worker.
     """
     wall_start = time.perf_counter()
-    horovod_env = apply_horovod_settings(cfg.horovod)
+    horovod_env = apply_horovod_settings(cfg.horovod, cfg.run.profile)
     world = backend.init(cfg.train.threads_per_rank)
     elastic = elastic_launch()
     if not elastic:
@@ -73,6 +76,7 @@ class Session:
         self.outputs = RunOutputs(cfg.run_dir(), enabled=False)
         self.progress = Progress(cfg.run.progress, enabled=False)
         self.events = EventWriter(Path(), enabled=False)
+        self.profiler: StepProfiler | None = None  # one per run, kept over elastic resets
 
     def run(self, state: Any) -> dict[str, Any]:
         cfg, backend, p = self.cfg, self.backend, state.progress
@@ -93,6 +97,11 @@ class Session:
                            f"sample {p.position}, step {p.step}; {policy.describe()}")
         checkpointer.restore_best(p.history)
         timeline = _start_timeline(cfg, backend, outputs)
+        if self.profiler is None:
+            self.profiler = StepProfiler(outputs.dir, enabled=cfg.run.profile, writes=world.rank == 0)
+        # run.profile's own timeline covers the first epoch of the run only: recording it slows the steps.
+        self.profiler.timeline_on = timeline is not None
+        timeline_ends_after_epoch = p.epoch + 1 if cfg.horovod.timeline is None else None
         self.events.close()  # the writer of the previous entry, after an elastic reset
         self.events = EventWriter(outputs.dir / "tensorboard", enabled=world.rank == 0 and cfg.run.tensorboard)
         ctx = CallbackContext(cfg, world.rank, world.size, outputs.dir)
@@ -109,6 +118,9 @@ class Session:
         while p.epoch < cfg.train.epochs and not p.stopped_early:
             record = self._train_epoch(state, world, policy, schedule, steps_per_epoch, augment, checkpointer, ctx,
                                        pruner)
+            if timeline is not None and p.epoch + 1 == timeline_ends_after_epoch:
+                backend.hvd.stop_timeline()
+                self.profiler.timeline_on = False
             record.update(_evaluate(cfg, backend, world, x_val, self.dataset.y_val))
             record["world_size"] = world.size
             asked = self.callbacks.epoch_end(ctx, record)
@@ -124,7 +136,7 @@ class Session:
             if checkpointer.due_at_epoch_end(p.epoch, last=p.epoch == cfg.train.epochs or p.stopped_early):
                 checkpointer.save(backend, p)
             state.commit()
-        if timeline is not None:
+        if self.profiler.timeline_on:
             backend.hvd.stop_timeline()
         self.events.close()
 
@@ -145,6 +157,11 @@ class Session:
         summary["elastic"] = self.elastic
         if timeline is not None:
             summary["timeline"] = str(timeline)
+        if cfg.run.profile and self.profiler is not None:
+            gathered = backend.allgather_object((self.profiler.totals.tolist(), self.profiler.steps))
+            summary["profile"] = self.profiler.summary([g[0] for g in gathered], [g[1] for g in gathered])
+            outputs.write_json("profile/summary.json", summary["profile"])
+            progress.print(describe(summary["profile"], outputs.dir, timeline))
         if augment.stats is not None:
             summary["featurewise_mean"] = augment.stats.mean.tolist()
             summary["featurewise_std"] = augment.stats.std.tolist()
@@ -199,6 +216,7 @@ class Session:
         if aug.featurewise_center or aug.featurewise_std_normalization:
             stats = featurewise_stats(self.dataset.x_train, world.rank, world.size, aug.rescale,
                                       backend.allreduce_sum)
+        native.prepare(aug)
         return AugmentPipeline(aug, get_augment_kernel(self.cfg.backend) if aug.random else None, stats)
 
     def _train_epoch(self, state: Any, world: World, policy: ResolvedPolicy, schedule: LRSchedule,
@@ -226,6 +244,8 @@ class Session:
         lr = schedule.at(p.epoch * steps_per_epoch + p.position // policy.global_batch)
         window: list[tuple[np.ndarray, np.ndarray]] = []
         taken = 0
+        profiler, step_end, wait_seen = self.profiler, time.perf_counter(), 0.0
+        assert profiler is not None
         with BatchLoader(dataset.x_train, dataset.y_train, plan.indices, batch,
                          prefetch=cfg.data.prefetch_batches, transform=transform) as loader:
             for item in loader:
@@ -233,7 +253,9 @@ class Session:
                 if len(window) < window_size:
                     continue
                 lr = schedule.at(p.epoch * steps_per_epoch + p.position // policy.global_batch)
+                step_start = time.perf_counter()
                 stats = backend.train_step(window, lr)
+                backend_seconds = time.perf_counter() - step_start
                 window = []
                 taken += 1
                 p.step += 1
@@ -259,6 +281,11 @@ class Session:
                 if self.elastic and not last and p.step % cfg.elastic.commit_every_steps == 0:
                     fold()
                     state.commit()
+                now = time.perf_counter()
+                profiler.record(p.epoch + 1, p.step, loader.wait_seconds - wait_seen, backend_seconds,
+                                backend.last_comm_seconds, now - step_end)
+                step_end, wait_seen = now, loader.wait_seconds
+        profiler.flush()
         fold()
         loss_sum, correct, count = p.sums
         return {
@@ -297,10 +324,14 @@ def _find_resume(cfg: Config, backend: Backend, world: World) -> Checkpoint | No
 
 
 def _start_timeline(cfg: Config, backend: Backend, outputs: RunOutputs) -> Path | None:
-    """Starts Horovod's timeline (horovod.timeline) once the run directory exists; rank 0 writes it."""
-    if cfg.horovod.timeline is None:
+    """Starts Horovod's timeline (horovod.timeline, or profile/timeline.json with run.profile) once the run
+    directory exists; rank 0 writes it."""
+    name = cfg.horovod.timeline or (PROFILE_TIMELINE if cfg.run.profile else None)
+    if name is None:
         return None
-    path = outputs.dir / cfg.horovod.timeline
+    path = outputs.dir / name
+    if outputs.enabled:
+        path.parent.mkdir(parents=True, exist_ok=True)
     backend.hvd.start_timeline(str(path.resolve()), mark_cycles=cfg.horovod.timeline_mark_cycles)
     return path
 

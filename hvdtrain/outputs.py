@@ -74,7 +74,8 @@ class RunOutputs:
             raise UserError(f"run.dir '{self.dir}' cannot be created ({exc.strerror}): "
                             "set run.dir to a writable folder") from None
         if history is None and overwrite:
-            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
+            for folder in ("checkpoints", "profile", "tensorboard"):
+                shutil.rmtree(self.dir / folder, ignore_errors=True)
         write_atomic(self.dir / "config.yaml", config_yaml)
         if history is None:
             self.steps_path.unlink(missing_ok=True)

@@ -72,6 +72,7 @@ class TensorFlowBackend:
         self._trainable: list[Any] = []
         self._masks: list[tuple[Any, tf.Tensor]] = []
         self.threads, self.device = 1, "cpu"
+        self.last_comm_seconds = 0.0
 
     def init(self, threads_per_rank: int) -> World:
         hvd.init()
@@ -292,16 +293,24 @@ class TensorFlowBackend:
             return loss, correct
 
         @tf.function(input_signature=signature, reduce_retracing=True)
-        def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             loss, correct, grads = local_gradients(x, y)
             if sums:
                 grads = [g + total for g, total in zip(grads, sums)]
+            # The allreduce's wall time (last_comm_seconds), between timestamps ordered by control
+            # dependencies: after every gradient exists, and after every reduced one does.
+            with tf.control_dependencies(grads):
+                reduce_start = tf.timestamp()
+            with tf.control_dependencies([reduce_start]):
+                grads = [tf.identity(g) for g in grads]
             grads = reduce_gradients(grads)
+            with tf.control_dependencies(grads):
+                communication = tf.timestamp() - reduce_start
             # Identical reduced gradients on every rank: a loss-scale overflow skips the step on all alike.
             optimizer.apply(grads, variables)
             for total in sums:
                 total.assign(tf.zeros_like(total))
-            return loss, correct
+            return loss, correct, communication
 
         @tf.function(input_signature=signature, reduce_retracing=True)
         def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -317,8 +326,11 @@ class TensorFlowBackend:
             self._lr = lr
         loss_sum, correct, count = 0.0, 0.0, 0
         for i, (x, y) in enumerate(batches):
-            fn = self._step_fn if i == len(batches) - 1 else self._accumulate_fn
-            loss, right = fn(x, y)
+            if i < len(batches) - 1:
+                loss, right = self._accumulate_fn(x, y)
+            else:
+                loss, right, communication = self._step_fn(x, y)
+                self.last_comm_seconds = float(communication)
             loss_sum += float(loss) * len(y)
             correct += float(right)
             count += len(y)

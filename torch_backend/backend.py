@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class TorchBackend:
         self.scaler: torch.amp.GradScaler | None = None
         self.threads = 1
         self._masks: dict[str, torch.Tensor] = {}
+        self.last_comm_seconds = 0.0
 
     def init(self, threads_per_rank: int) -> World:
         hvd.init()  # Horovod: start the controller (Gloo under horovodrun, MPI under mpirun).
@@ -263,13 +265,25 @@ class TorchBackend:
             loss_sum += loss.item() * len(labels)
             correct += int((logits.detach().argmax(1) == labels).sum())
             count += len(labels)
-        if scaler is None and clip is None:
-            optimizer.step()  # Horovod: waits for the allreduce the last backward pass started
-        else:
-            # Horovod's order for loss scaling and clipping: wait for the averaged gradients, unscale,
-            # clip, then step without a second synchronisation. The scaler skips the step if any gradient
-            # is inf/NaN; after the allreduce every rank sees the same values, so all ranks skip alike.
+        wait_start = time.perf_counter()
+        if self.policy.reduce_op == "adasum":
+            # Horovod's Adasum optimizer reduces inside step() and cannot skip synchronisation (the policy
+            # refuses loss scaling and clipping with it): the whole step counts as communication.
+            optimizer.step()
+            self.last_comm_seconds = time.perf_counter() - wait_start
+        elif scaler is None and clip is None:
+            # Horovod: wait for the allreduces the backward passes started (timed: the exposed
+            # communication), then step without a second synchronisation: what optimizer.step() does.
             optimizer.synchronize()
+            self.last_comm_seconds = time.perf_counter() - wait_start
+            with optimizer.skip_synchronize():
+                optimizer.step()
+        else:
+            # Horovod's order for loss scaling and clipping: wait for the averaged gradients, unscale, clip,
+            # step. The scaler skips the step if any gradient is inf/NaN; after the allreduce every rank sees
+            # the same values, so all ranks skip alike.
+            optimizer.synchronize()
+            self.last_comm_seconds = time.perf_counter() - wait_start
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if clip is not None:
