@@ -74,12 +74,11 @@ def worker(impl: str, size: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks.launch import section_parser
     from benchmarks.report import machine, update_section
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = section_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
-    parser.add_argument("--quick", action="store_true", help="one 16x16 batch per measurement (checks the runner)")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

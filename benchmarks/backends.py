@@ -8,7 +8,6 @@ TensorFlow's tracing), samples/s, final validation accuracy, and the torch/TF ra
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -16,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.launch import section_parser
 from benchmarks.report import machine, update_section
 
 BACKENDS = ("torch", "tensorflow")
@@ -36,11 +36,9 @@ def run_once(backend: str, config: str, np_: int, run_dir: Path, overrides: tupl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = section_parser(__doc__)
     parser.add_argument("--config", default="configs/digits.yaml")
     parser.add_argument("--np", type=int, default=2, dest="np_")
-    parser.add_argument("--quick", action="store_true", help="two short epochs, to check the runner works")
     args = parser.parse_args(argv)
     quick = QUICK if args.quick else ()
     results: dict[str, list[dict]] = {b: [] for b in BACKENDS}

@@ -8,14 +8,13 @@ over ranks and steps of each part's share of step time, medians over repeats.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.launch import horovodrun, run
+from benchmarks.launch import horovodrun, run, section_parser
 from benchmarks.report import machine, update_section
 
 RUNS = {
@@ -34,10 +33,8 @@ def profiled(args: tuple[str, ...], backend: str, np_: int, run_dir: Path) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1)
+    parser = section_parser(__doc__, repeats=1)
     parser.add_argument("--np", type=int, default=2, dest="np_")
-    parser.add_argument("--quick", action="store_true", help="two 3-step epochs (checks the runner)")
     args = parser.parse_args(argv)
     results: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,19 +11,18 @@ side's time per step is the median over epochs after the first (warm-up, tracing
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.launch import horovodrun, run, torchrun
+from benchmarks.launch import horovodrun, run, section_parser, torchrun
 from benchmarks.report import machine, update_section
 
 WORKLOAD = ("data.name=synthetic", "data.synthetic_samples=4096", "data.synthetic_shape=[32,32,3]",
             "data.val_fraction=0.0625", "model.name=cnn", "model.channels=[32,64]", "model.hidden_units=[128]",
-            "train.batch_size=64", "train.epochs=4", "optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.9")
+            "train.batch_size=64", "train.epochs=6", "optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.9")
 QUICK = ("data.synthetic_samples=512", "data.synthetic_shape=[8,8,3]", "model.channels=[4]",
          "model.hidden_units=[8]", "train.batch_size=16", "train.epochs=2")
 TRAINER = ("run.progress=off", "run.tensorboard=false")
@@ -110,14 +109,14 @@ repeats. Ratio = hvdtrain / baseline (below 1: hvdtrain is faster). {machine()}.
 |---|---|---|---|---|---|
 {chr(10).join(rows + ddp_rows)}
 
-{verdict}"""
+{verdict} A ratio below 1 is possible: hvdtrain's loader thread gathers the next batch while the step
+runs, which the hand-written loops do inline. On a shared virtual machine the same run varies by 20% or
+more from one launch to the next (time lost to neighbours); the medians of interleaved repeats are what
+can be compared, and differences of a few percent are within that noise."""
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the runner works")
-    args = parser.parse_args(argv)
+    args = section_parser(__doc__).parse_args(argv)
     overrides = WORKLOAD + (QUICK if args.quick else ())
     sizes = (1, 2)
     times = measure(args.repeats, overrides, sizes)

@@ -10,13 +10,13 @@ optimizer steps and allreduces (and, with linear LR scaling, a 4x larger LR).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks.backends import BACKENDS, QUICK, run_once
+from benchmarks.launch import section_parser
 from benchmarks.report import machine, update_section
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -29,11 +29,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = section_parser(__doc__)
     parser.add_argument("--config", default="configs/digits.yaml")
     parser.add_argument("--np", type=int, default=2, dest="np_")
-    parser.add_argument("--quick", action="store_true", help="two short epochs, to check the runner works")
     args = parser.parse_args(argv)
     quick = QUICK if args.quick else ()
     runs = [(b, v) for b in BACKENDS for v in VARIANTS]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 REPORT_ENV = "HVDTRAIN_BENCH_REPORT"  # another file to write (the suite's --report; tests)
-HEADER = ("# Benchmarks\n\nEach section is written by the script named in it; rerun that command to reproduce "
-          "it. Numbers come from one run on the machine stated in the section, with the variants "
+HEADER = ("# Benchmarks\n\n`python -m benchmarks` runs every section below (`--only NAME,...` some of them; see "
+          "[performance.md](performance.md)). Each section is written by the script named in it; rerun that command "
+          "to reproduce it. Numbers come from one run on the machine stated in the section, with the variants "
           "interleaved; compare ratios within a section, not across machines.\n")
 
 

@@ -51,8 +51,10 @@ def test_quick_suite_writes_every_section(tmp_path: Path) -> None:
     scaling = _table(sections["scaling"])
     assert [r[0] for r in scaling] == ["torch", "tensorflow"]
     for row in scaling:
-        one, two, efficiency = (float(v.replace(",", "")) for v in row[2:5])
+        one, two, efficiency, pair, bound, kept = (float(v.replace(",", "")) for v in row[2:8])
         assert efficiency == pytest.approx(two / (2 * one), rel=0.01, abs=0.002)
+        assert bound == pytest.approx(pair / (2 * one), rel=0.01, abs=0.002)
+        assert kept == pytest.approx(two / pair, rel=0.01, abs=0.002)
 
     allreduce = _table(sections["allreduce"])
     assert [r[0] for r in allreduce] == ["4 KiB", "16 KiB", "64 KiB"]
