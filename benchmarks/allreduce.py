@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         args.max_mib, args.seconds = 1 / 16, 0.02
     max_bytes = int(args.max_mib * 2**20)
     data = measure(args.repeats, max_bytes, args.seconds)
-    command = (f"python -m benchmarks.allreduce --repeats {args.repeats} --max-mib {args.max_mib:g} "
-               f"--seconds {args.seconds:g}")
+    command = f"python -m benchmarks.allreduce --repeats {args.repeats} " + (
+        "--quick" if args.quick else f"--max-mib {args.max_mib:g} --seconds {args.seconds:g}")
     update_section("allreduce", report(data, command, args.repeats))
 
 

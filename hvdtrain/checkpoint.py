@@ -131,10 +131,14 @@ class Checkpointer:
         return every > 0 and step % every == 0
 
     def remove_leftovers(self) -> None:
-        """Deletes what writers killed half-way left behind (hidden temporary directories)."""
+        """Deletes what writers or pruning killed half-way left behind: hidden temporary directories, and
+        checkpoint directories without a manifest (a complete one only ever appears by an atomic rename)."""
         if self.enabled and self.root.is_dir():
             for tmp in self.root.glob(".*"):
                 shutil.rmtree(tmp, ignore_errors=True)
+            for partial in self.root.glob("epoch-*"):
+                if not (partial / MANIFEST).is_file():
+                    shutil.rmtree(partial, ignore_errors=True)
 
     def save(self, backend: SavesState, state: TrainingState) -> Path | None:
         """Writes a checkpoint of `state` atomically, prunes old ones, refreshes `best` at epoch ends."""
@@ -166,7 +170,12 @@ class Checkpointer:
         keep = self.cfg.checkpoint.keep_last
         kept = _complete(self.root)
         for old in kept[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            # Renamed first (atomic), so a kill during the deletion leaves a hidden leftover, not a
+            # half-deleted checkpoint under its own name.
+            retired = self.root / f".pruned.{old.name}"
+            shutil.rmtree(retired, ignore_errors=True)  # an earlier run's, killed while deleting it
+            old.rename(retired)
+            shutil.rmtree(retired, ignore_errors=True)
 
     def _update_best(self, source: Path, record: dict[str, Any]) -> None:
         metric = self.cfg.checkpoint.best_metric

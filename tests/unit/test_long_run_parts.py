@@ -110,8 +110,16 @@ def test_checkpoint_names_sort_in_training_order_and_leftovers_are_removed(tmp_p
     assert newest(tmp_path).state.step == 7
     stale = tmp_path / "checkpoints" / ".epoch-0003.abc"
     stale.mkdir()
+    # A kill while pruning: before, a half-deleted checkpoint kept its name (no manifest, never pruned
+    # again); now pruning renames first, and both kinds of remains go at the next start.
+    half_deleted = tmp_path / "checkpoints" / "epoch-0001"
+    half_deleted.mkdir()
+    (half_deleted / "model.pt").write_bytes(b"partial")
+    retired = tmp_path / "checkpoints" / ".pruned.epoch-0001-step-00000002"
+    retired.mkdir()
     writer.remove_leftovers()
-    assert not stale.exists()
+    assert not stale.exists() and not half_deleted.exists() and not retired.exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == names  # complete ones stay
 
 
 @pytest.mark.parametrize("override,words", [
