@@ -6,7 +6,7 @@ CONFIG ?= configs/digits.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-unit test-distributed doctor docs lint
+.PHONY: setup train test test-unit test-distributed doctor docs lint check-plain-pypi
 
 setup:
 	@bash scripts/setup_env.sh
@@ -30,3 +30,8 @@ doctor: setup
 
 docs: setup
 	$(PY) -m hvdtrain config-docs > docs/config.md
+
+# The setup and a 2-rank training run as on plain PyPI (this machine's extra pip sources off), in a venv kept
+# in the cache: the newcomer's path, checked by CI so that it cannot silently break again.
+check-plain-pypi:
+	@bash scripts/check_plain_pypi.sh

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds Horovod 0.28.1 from PyPI's source distribution with PyTorch, TensorFlow, Gloo and MPI, patched
-# for today's toolchains (scripts/horovod-0.28.1.patch: C++17, no XLA ops; CMake 4 via
-# CMAKE_POLICY_VERSION_MINIMUM), and installs it into $VENV. The wheel is cached under $HVDTRAIN_CACHE
-# keyed by everything that changes the binary, so a second setup installs it in seconds.
+# for today's toolchains (scripts/horovod-0.28.1.patch: C++17, no XLA ops, CUDA-enabled torch built as a
+# CPU one; CMake 4 via CMAKE_POLICY_VERSION_MINIMUM), and installs it into $VENV. The wheel is cached under
+# $HVDTRAIN_CACHE keyed by everything that changes the binary, so a second setup installs it in seconds.
+# A failed build keeps its whole log at $HVDTRAIN_CACHE/last-horovod-build.log and names its first error.
+#
+# Knobs (environment): HVDTRAIN_HOROVOD_PATCH (another patch file, e.g. to test the failure path).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,20 +16,30 @@ HOROVOD_VERSION=0.28.1
 VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 CACHE="${HVDTRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdtrain}"
-PATCH="$ROOT/scripts/horovod-$HOROVOD_VERSION.patch"
+PATCH="${HVDTRAIN_HOROVOD_PATCH:-$ROOT/scripts/horovod-$HOROVOD_VERSION.patch}"
+LOG="$CACHE/last-horovod-build.log"
 
 [ -x "$PY" ] || die "no venv at $VENV: run scripts/setup_env.sh"
 command -v mpicxx >/dev/null 2>&1 || die "mpicxx not found: install OpenMPI (apt-get install libopenmpi-dev openmpi-bin) or load an MPI module"
 
 versions="$("$PY" - <<'EOF'
 import importlib.metadata as md, sys
-print("py%d.%d" % sys.version_info[:2], "torch" + md.version("torch"), "tf" + md.version("tensorflow-cpu"))
+import torch  # its CUDA version too: a CUDA and a CPU wheel of one release may share a version string
+print("py%d.%d" % sys.version_info[:2], "torch" + md.version("torch"), "cuda" + str(torch.version.cuda),
+      "tf" + md.version("tensorflow-cpu"))
 EOF
 )"
 mpi_version="$(mpirun --version 2>/dev/null | head -1)"
 key="$(printf '%s|%s|%s|%s' "$HOROVOD_VERSION" "$versions" "$mpi_version" "$(sha256sum "$PATCH" | cut -c1-16)" | sha256sum | cut -c1-16)"
 wheel_dir="$CACHE/horovod-$HOROVOD_VERSION-$key"
 stamp="$VENV/.hvdtrain-horovod"
+
+build_failed() {
+  # The log lives in the cache, not in the build folder that the EXIT trap removes.
+  local first
+  first="$(first_build_error "$LOG")"
+  die "$1: ${first:-no error line recognised, see the log} (full log: $LOG)"
+}
 
 verify() {
   export TF_CPP_MIN_LOG_LEVEL=2
@@ -44,21 +57,20 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
   say "building horovod $HOROVOD_VERSION for $versions, $mpi_version (first time: about 8-10 minutes on 2 cores)"
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
-  "$PY" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work"
+  mkdir -p "$CACHE"
+  : > "$LOG"
+  "$PY" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work" 2>&1 | quiet_pip >>"$LOG" \
+    || build_failed "could not download the horovod $HOROVOD_VERSION source"
   tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
   src="$work/horovod-$HOROVOD_VERSION"
-  patch -d "$src" -p1 --quiet < "$PATCH" || die "could not apply $PATCH to the horovod sdist"
-  log="$work/build.log"
-  # The venv's bin comes first so its cmake (4.x, pinned) and python are the ones used.
-  if ! PATH="$VENV/bin:$PATH" \
-      HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
-      HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
-      "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" "$src" >"$log" 2>&1; then
-    tail -40 "$log" >&2
-    die "horovod build failed (last lines above; full log kept at $CACHE/last-horovod-build.log)"
-  fi
-  mkdir -p "$CACHE"
-  cp "$log" "$CACHE/last-horovod-build.log"
+  patch -d "$src" -p1 < "$PATCH" >>"$LOG" 2>&1 || build_failed "could not apply $PATCH to the horovod source"
+  # The venv's bin comes first so its cmake (4.x, pinned) and python are the ones used. This is the CPU
+  # build: no GPU operations, and a CUDA-enabled torch (plain PyPI's) is built against as a CPU one.
+  PATH="$VENV/bin:$PATH" \
+    HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
+    HOROVOD_WITHOUT_MXNET=1 HOROVOD_TORCH_WITHOUT_CUDA=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
+    "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" "$src" >>"$LOG" 2>&1 \
+    || build_failed "horovod build failed"
   # Publish the wheel atomically: a half-copied wheel must never look like a cache hit.
   mkdir -p "$wheel_dir.tmp.$$"
   cp "$work"/dist/horovod-*.whl "$wheel_dir.tmp.$$/"

@@ -82,7 +82,10 @@ make_venv() {
 }
 
 install_project() {
-  if "$VENV/bin/python" -c 'import hvdtrain, torch_backend, tf_backend' >/dev/null 2>&1 \
+  # Installed, and from this checkout (a venv kept in a cache may hold another clone's editable install).
+  # Checked from / so that the checkout itself is not on sys.path.
+  if (cd / && "$VENV/bin/python" -c 'import sys, hvdtrain, torch_backend, tf_backend
+sys.exit(not hvdtrain.__file__.startswith(sys.argv[1] + "/"))' "$ROOT") >/dev/null 2>&1 \
      && [ -x "$VENV/bin/hvdtrain" ]; then
     return
   fi
