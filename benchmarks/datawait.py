@@ -2,7 +2,7 @@
 
     python -m benchmarks.datawait [--repeats 1] [--quick]
 
-Each run is `horovodrun -np 2 python -m hvdtrain --profile` (hvdtrain/profile.py); the table gives the mean
+Each run is `horovodrun -np 2 python -m hvdtrain --profile` (hvdtrain/reporting/profile.py); the table gives the mean
 over ranks and steps of each part's share of step time, medians over repeats.
 """
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     update_section("datawait", f"""## Where step time goes (`--profile`)
 
 `{command}`: `horovodrun -np {args.np_} python -m hvdtrain --profile` on each run's config; shares of step
-time, mean over ranks and steps (hvdtrain/profile.py: communication is the time blocked on the gradient
+time, mean over ranks and steps (hvdtrain/reporting/profile.py: communication is the time blocked on the gradient
 allreduce; torch overlaps it with the backward pass), medians over {args.repeats} repeat(s). {machine()}.
 
 | run | backend | mean step (ms) | data wait | compute | communication | other |

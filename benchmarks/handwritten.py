@@ -28,7 +28,7 @@ import numpy as np
 
 from hvdtrain.config import Config, load_config
 from hvdtrain.data import load_dataset
-from hvdtrain.environment import threads_for_rank
+from hvdtrain.distributed.environment import threads_for_rank
 
 LOOPS = ("torch-horovod", "torch-ddp", "tensorflow-horovod")
 

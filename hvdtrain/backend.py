@@ -52,7 +52,7 @@ class Backend(Protocol):
 
     name: str
     hvd: Any  # the framework's Horovod module (horovod.torch / horovod.tensorflow: shared basics API)
-    # Seconds the last train_step spent on the gradient allreduce (hvdtrain/profile.py): torch, blocked in
+    # Seconds the last train_step spent on the gradient allreduce (hvdtrain/reporting/profile.py): torch, blocked in
     # synchronize() after the backward pass; TensorFlow, between timestamps around the allreduce op.
     last_comm_seconds: float
 
@@ -100,7 +100,7 @@ class Backend(Protocol):
         """The current value of the regularization.l1/l2 penalty."""
 
     def prunable(self) -> dict[str, Any]:
-        """Conv and dense kernels in model order as `hvdtrain.pruning.Kernel`s (copies)."""
+        """Conv and dense kernels in model order as `hvdtrain.features.pruning.Kernel`s (copies)."""
 
     def set_masks(self, masks: dict[str, np.ndarray]) -> None:
         """Multiplies those kernels by their masks now and after every optimizer step."""

@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from hvdtrain.environment import under_launcher
+from hvdtrain.distributed.environment import under_launcher
 from hvdtrain.errors import JobAborted, UserError
 
 COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep")
@@ -76,11 +76,11 @@ def _train(args: argparse.Namespace) -> int:
     backend = get_backend(cfg.backend)
     try:
         if args.command == "bench":
-            from hvdtrain.bench import run_bench
+            from hvdtrain.commands.bench import run_bench
             run_bench(cfg, backend, args.warmup_batches, args.batches_per_iter, args.iters,
                       Path(args.json) if args.json else None)
         else:
-            from hvdtrain.loop import train
+            from hvdtrain.training.loop import train
             train(cfg, backend)
     except Exception as exc:
         if not backend.is_collective_failure(exc):
@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "doctor":
-            from hvdtrain.doctor import run_doctor
+            from hvdtrain.commands.doctor import run_doctor
             return run_doctor()
         if args.command == "augment-preview":
             from pathlib import Path
 
             from hvdtrain.config import load_config
-            from hvdtrain.preview import write_preview
+            from hvdtrain.commands.preview import write_preview
 
             path = write_preview(load_config(args.config, args.overrides), Path(args.out), args.rows,
                                  args.variants)
@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plot":
             from pathlib import Path
 
-            from hvdtrain.plot import write_plot
+            from hvdtrain.commands.plot import write_plot
 
             print(f"wrote {write_plot([Path(d) for d in args.run_dirs], Path(args.out))}")
             return 0
         if args.command == "sweep":
             from pathlib import Path
 
-            from hvdtrain.sweep import run_sweep
+            from hvdtrain.commands.sweep import run_sweep
 
             return run_sweep(args.config, args.overrides, args.grid, metric=args.metric, launcher=args.launcher,
                              out=Path(args.out) if args.out else None, dry_run=args.dry_run, timeout=args.timeout)

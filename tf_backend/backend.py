@@ -22,10 +22,10 @@ import tensorflow as tf  # noqa: E402
 
 from hvdtrain.backend import StepStats, World  # noqa: E402
 from hvdtrain.config import Config  # noqa: E402
-from hvdtrain.environment import threads_for_rank  # noqa: E402
+from hvdtrain.distributed.environment import threads_for_rank  # noqa: E402
 from hvdtrain.errors import ConfigError  # noqa: E402
-from hvdtrain.finetune import frozen, lr_multipliers, teacher_model_config  # noqa: E402
-from hvdtrain.pruning import Kernel  # noqa: E402
+from hvdtrain.features.finetune import frozen, lr_multipliers, teacher_model_config  # noqa: E402
+from hvdtrain.features.pruning import Kernel  # noqa: E402
 from tf_backend.losses import cross_entropy, distillation_loss  # noqa: E402
 from tf_backend.models import build_model  # noqa: E402
 from tf_backend.optimizers import TorchAdam, TorchSGD  # noqa: E402
@@ -208,7 +208,7 @@ class TensorFlowBackend:
         self._load_weights(self.teacher, source, False, "distill.teacher")
 
     def load_checkpoint(self, directory: Path) -> None:
-        from hvdtrain.checkpoint import CheckpointError
+        from hvdtrain.training.checkpoint import CheckpointError
 
         assert self.model is not None and self.optimizer is not None, "build() first"
         self.model.load_weights(directory / WEIGHTS_FILE)

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from hvdtrain.config import ModelConfig
-from hvdtrain.user_model import build_user_model, check_logits, probe_failed
+from hvdtrain.features.user_model import build_user_model, check_logits, probe_failed
 
 
 def _torch_like_init(fan_in: int, bias: bool = True) -> dict[str, keras.initializers.Initializer]:

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from hvdtrain.backend import StepStats, World
 from hvdtrain.config import Config, DistillConfig, OptimConfig, PolicyConfig, RegularizationConfig
-from hvdtrain.environment import threads_for_rank
+from hvdtrain.distributed.environment import threads_for_rank
 from hvdtrain.errors import ConfigError
-from hvdtrain.finetune import frozen, lr_multipliers, teacher_model_config
-from hvdtrain.outputs import write_atomic
-from hvdtrain.pruning import Kernel
+from hvdtrain.features.finetune import frozen, lr_multipliers, teacher_model_config
+from hvdtrain.files import write_atomic
+from hvdtrain.features.pruning import Kernel
 from torch_backend.losses import distillation_loss
 from torch_backend.models import build_model
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hvdtrain.config import ModelConfig
-from hvdtrain.user_model import build_user_model, check_logits, probe_failed
+from hvdtrain.features.user_model import build_user_model, check_logits, probe_failed
 
 
 def _head(features: int, cfg: ModelConfig, num_classes: int) -> list[nn.Module]:

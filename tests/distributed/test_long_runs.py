@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, REPO, launcher_prefix, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain
 
-from hvdtrain.checkpoint import newest
+from hvdtrain.training.checkpoint import newest
 
 pytestmark = pytest.mark.distributed
 

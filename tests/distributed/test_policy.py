@@ -140,7 +140,7 @@ def test_clipping_bounds_the_averaged_gradient(tmp_path: Path, small_config: Pat
 
 
 def expected_lr(step: int, base: float, peak: float, warmup: int, per_epoch: int, total: int, schedule: str) -> float:
-    """docs/policy.md's formula, written out independently of hvdtrain/schedule.py."""
+    """docs/policy.md's formula, written out independently of hvdtrain/training/schedule.py."""
     ramp = peak if step >= warmup else base + (peak - base) * step / warmup
     if schedule == "step":  # milestones [2.5] epochs, gamma 0.5
         return ramp * (0.5 if step / per_epoch >= 2.5 else 1.0)

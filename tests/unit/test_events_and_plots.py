@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from hvdtrain.tensorboard import EventWriter, crc32c
+from hvdtrain.reporting.tensorboard import EventWriter, crc32c
 
 
 def read_events(directory: Path) -> list[dict]:

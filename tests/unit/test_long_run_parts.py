@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from hvdtrain.callbacks import CallbackList, EarlyStopping, load_user_callback
-from hvdtrain.checkpoint import Checkpointer, newest
+from hvdtrain.training.checkpoint import Checkpointer, newest
 from hvdtrain.config import load_config
 from hvdtrain.data.sharding import plan_epoch
 from hvdtrain.errors import ConfigError
-from hvdtrain.state import TrainingState
+from hvdtrain.training.state import TrainingState
 
 
 def test_an_epoch_resumed_mid_way_covers_exactly_the_remaining_samples() -> None:
@@ -144,7 +144,7 @@ def test_new_options_refuse_bad_values_in_one_line(override: str, words: str) ->
 
 
 def test_pruning_epochs_must_leave_room() -> None:
-    from hvdtrain.pruning import Pruner
+    from hvdtrain.features.pruning import Pruner
 
     for overrides, words in ((["prune.method=unstructured", "prune.start_epoch=3", "prune.end_epoch=2"],
                               "start_epoch < end_epoch"),

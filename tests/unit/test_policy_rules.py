@@ -11,10 +11,10 @@ import pytest
 from hvdtrain.backend import World
 from hvdtrain.config import HorovodConfig, load_config
 from hvdtrain.data import plan_epoch
-from hvdtrain.environment import horovod_settings
+from hvdtrain.distributed.environment import horovod_settings
 from hvdtrain.errors import ConfigError
-from hvdtrain.policy import lr_multiplier, resolve_policy
-from hvdtrain.schedule import LRSchedule
+from hvdtrain.training.policy import lr_multiplier, resolve_policy
+from hvdtrain.training.schedule import LRSchedule
 
 
 def world(size: int, controller: str = "mpi", local_size: int | None = None) -> World:

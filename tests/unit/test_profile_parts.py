@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.allreduce import SharedArena, busbw, sizes_up_to
 from hvdtrain.cli import main
-from hvdtrain.profile import PARTS, StepProfiler
+from hvdtrain.reporting.profile import PARTS, StepProfiler
 
 
 def test_profiler_counts_neither_the_first_step_nor_timeline_steps_in_its_totals(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hvdtrain import sweep
+from hvdtrain.commands import sweep
 from hvdtrain.config import load_config
 from hvdtrain.errors import UserError
 

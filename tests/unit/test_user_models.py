@@ -17,7 +17,7 @@ from conftest import REPO
 
 from hvdtrain.config import ModelConfig, load_config
 from hvdtrain.errors import ConfigError
-from hvdtrain.user_model import load_user_model
+from hvdtrain.features.user_model import load_user_model
 from torch_backend.models import build_model
 
 BUILDERS = '''

@@ -11,7 +11,7 @@ from hvdtrain.backend import get_augment_kernel
 from hvdtrain.config import Config
 from hvdtrain.data import load_dataset
 from hvdtrain.errors import ConfigError
-from hvdtrain.outputs import write_atomic
+from hvdtrain.files import write_atomic
 
 CELL = 96  # pixels per image in the grid
 

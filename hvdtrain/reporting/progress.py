@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from hvdtrain.environment import under_launcher
+from hvdtrain.distributed.environment import under_launcher
 
 
 class Progress:

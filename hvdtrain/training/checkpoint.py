@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from hvdtrain.config import Config, config_hash, flatten, to_dict
 from hvdtrain.errors import UserError
-from hvdtrain.outputs import write_atomic
-from hvdtrain.state import TrainingState
+from hvdtrain.files import write_atomic
+from hvdtrain.training.state import TrainingState
 
 FORMAT = 2
 MANIFEST = "manifest.json"

@@ -14,22 +14,22 @@ from hvdtrain.augment.pipeline import AugmentPipeline
 from hvdtrain.augment.standardize import featurewise_stats
 from hvdtrain.backend import Backend, World, get_augment_kernel
 from hvdtrain.callbacks import CallbackContext, CallbackList
-from hvdtrain.checkpoint import Checkpoint, Checkpointer, CheckpointError, check_compatible, newest, read_checkpoint
+from hvdtrain.training.checkpoint import Checkpoint, Checkpointer, CheckpointError, check_compatible, newest, read_checkpoint
 from hvdtrain.config import Config, config_hash, flatten, to_dict, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, load_dataset, plan_epoch, shard_for_eval
-from hvdtrain.elastic import LocalState, elastic_launch, run_elastic
-from hvdtrain.environment import apply_horovod_settings
+from hvdtrain.training.elastic import LocalState, elastic_launch, run_elastic
+from hvdtrain.distributed.environment import apply_horovod_settings
 from hvdtrain.errors import ConfigError, UserError
-from hvdtrain.finetune import init_source
-from hvdtrain.outputs import RunOutputs
-from hvdtrain.policy import ResolvedPolicy, resolve_policy
-from hvdtrain.profile import TIMELINE as PROFILE_TIMELINE
-from hvdtrain.profile import StepProfiler, describe
-from hvdtrain.progress import Progress
-from hvdtrain.pruning import Pruner, mask_digest, masks_from_zeros, sparsity_report
-from hvdtrain.schedule import LRSchedule
-from hvdtrain.state import TrainingState
-from hvdtrain.tensorboard import EventWriter
+from hvdtrain.features.finetune import init_source
+from hvdtrain.reporting.outputs import RunOutputs
+from hvdtrain.training.policy import ResolvedPolicy, resolve_policy
+from hvdtrain.reporting.profile import TIMELINE as PROFILE_TIMELINE
+from hvdtrain.reporting.profile import StepProfiler, describe
+from hvdtrain.reporting.progress import Progress
+from hvdtrain.features.pruning import Pruner, mask_digest, masks_from_zeros, sparsity_report
+from hvdtrain.training.schedule import LRSchedule
+from hvdtrain.training.state import TrainingState
+from hvdtrain.reporting.tensorboard import EventWriter
 
 # metrics.jsonl fields that also go to TensorBoard, as epoch/<name> at the step the epoch ended.
 EPOCH_SCALARS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "loss_scale", "samples_per_s",

@@ -21,8 +21,8 @@ import numpy as np
 from hvdtrain.backend import Backend
 from hvdtrain.config import Config, to_dict
 from hvdtrain.errors import UserError
-from hvdtrain.outputs import write_atomic
-from hvdtrain.policy import resolve_policy
+from hvdtrain.files import write_atomic
+from hvdtrain.training.policy import resolve_policy
 
 
 def run_bench(cfg: Config, backend: Backend, warmup_batches: int, batches_per_iter: int, iters: int,

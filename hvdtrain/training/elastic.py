@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Protocol
 
-from hvdtrain.state import TrainingState
+from hvdtrain.training.state import TrainingState
 
 
 def elastic_launch() -> bool:
@@ -52,7 +52,7 @@ def run_elastic(body: Callable[[Any], Any], progress: TrainingState, backend: El
 
         def __init__(self) -> None:
             super().__init__(bcast_object=lambda obj: hvd.broadcast_object(obj, root_rank=0,
-                                                                          name="hvdtrain.elastic"),
+                                                                          name="hvdtrain.training.elastic"),
                              get_rank=hvd.rank)
             self.progress = progress
             self._saved: tuple[Any, TrainingState] | None = None

@@ -26,7 +26,7 @@ from typing import Any
 
 from hvdtrain.config import load_config
 from hvdtrain.errors import UserError
-from hvdtrain.outputs import write_atomic
+from hvdtrain.files import write_atomic
 
 RESERVED_KEYS = ("run.dir",)  # set per trial from --out
 KILL_GRACE_S = 10.0

@@ -53,7 +53,7 @@ def init_source(cfg: Config, path: str | None = None, key: str = "train.init_fro
     native_files = MODEL_FILES
     path = Path(str(path or cfg.train.init_from))
     if (path / "manifest.json").is_file():
-        from hvdtrain.checkpoint import read_checkpoint
+        from hvdtrain.training.checkpoint import read_checkpoint
         backend = read_checkpoint(path).manifest["identity"].get("backend")
         source = path
     elif (path / "config.yaml").is_file():

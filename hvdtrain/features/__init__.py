@@ -1,0 +1,1 @@
+"""Optional training features: pruning, fine-tuning, user models by import path."""

@@ -1,0 +1,1 @@
+"""What a run reports: the run directory's files, progress lines, TensorBoard events, the step profile."""
