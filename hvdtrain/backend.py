@@ -1,4 +1,11 @@
-"""The small interface every framework backend implements, and a registry that imports one lazily."""
+"""The boundary between the loop and the frameworks: what a backend receives, what it implements, and a
+registry that imports one lazily.
+
+A backend gets a `BuildSpec` (model, optimizer, regularisation, distillation and one resolved
+`StepPolicy`), never the whole config, and never imports the loop (hvdtrain.training). Horovod's
+process-level API reaches the loop only through the backend's `comm` (hvdtrain.distributed.communicator).
+Batches cross the boundary as NHWC float32 numpy arrays with int64 labels.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +13,57 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from hvdtrain.errors import UserError
-
-if TYPE_CHECKING:
-    from hvdtrain.config import Config
+from hvdtrain.config import DistillConfig, ModelConfig, OptimConfig, PolicyConfig, RegularizationConfig
+from hvdtrain.distributed.communicator import Communicator
+from hvdtrain.errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
-class World:
-    """Where this process sits in the Horovod job."""
+class Placement:
+    """Where a rank computes: its device and CPU threads."""
 
-    rank: int
-    size: int
-    local_rank: int
-    local_size: int
-    controller: str  # "gloo" or "mpi"
-    device: str      # e.g. "cpu" or "cuda:0"
-    threads: int     # CPU threads this rank uses
+    device: str   # e.g. "cpu" or "cuda:0"
+    threads: int  # CPU threads this rank uses
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """How every optimizer step is made, identical on both backends (docs/policy.md)."""
+
+    precision: str = "fp32"                 # fp32 | bf16 | fp16
+    accumulation_steps: int = 1             # micro-batches averaged locally before one allreduce
+    grad_clip_norm: float | None = None     # after the allreduce and after unscaling
+    compression: str = "none"               # none | fp16: what the gradient allreduce sends
+    reduce_op: str = "average"              # average | adasum
+    loss_scale_init: float = 65536.0        # fp16 only
+    loss_scale_growth_interval: int = 2000  # fp16 only
 
     @classmethod
-    def from_horovod(cls, hvd: Any, device: str, threads: int) -> World:
-        """Reads rank and sizes from an initialised Horovod module (torch's and TF's share this API)."""
-        return cls(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), local_size=hvd.local_size(),
-                   controller="mpi" if hvd.mpi_enabled() else "gloo", device=device, threads=threads)
+    def from_config(cls, policy: PolicyConfig) -> StepPolicy:
+        return cls(precision=policy.precision, accumulation_steps=policy.accumulation_steps,
+                   grad_clip_norm=policy.grad_clip_norm, compression=policy.compression,
+                   reduce_op=policy.reduce_op, loss_scale_init=policy.loss_scale_init,
+                   loss_scale_growth_interval=policy.loss_scale_growth_interval)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything a backend needs to build the model, its optimizer and its step."""
+
+    model: ModelConfig
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    seed: int
+    optim: OptimConfig
+    step: StepPolicy
+    regularization: RegularizationConfig = RegularizationConfig()
+    freeze: tuple[str, ...] = ()            # parameter-name patterns kept fixed (train.freeze)
+    teacher: ModelConfig | None = None      # distillation: the teacher's architecture
+    distill: DistillConfig = DistillConfig()
 
 
 @dataclass(frozen=True)
@@ -47,98 +78,109 @@ class StepStats:
         return np.array([self.loss_sum, self.correct, self.count], dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class StepInfo:
+    """What the optimizer holds after the last step."""
+
+    lr: float                  # read back from the optimizer
+    loss_scale: float | None   # fp16's dynamic loss scale, else None
+    comm_seconds: float        # the last step's exposed gradient-allreduce time (hvdtrain/reporting/profile.py)
+
+
+SaveKind = Literal["checkpoint", "model"]
+LoadKind = Literal["checkpoint", "init", "teacher"]
+
+
+@runtime_checkable
 class Backend(Protocol):
-    """What the training loop needs from a framework. Batches are NHWC float32 numpy arrays."""
+    """What the training loop needs from a framework."""
 
     name: str
-    hvd: Any  # the framework's Horovod module (horovod.torch / horovod.tensorflow: shared basics API)
-    # Seconds the last train_step spent on the gradient allreduce (hvdtrain/reporting/profile.py): torch, blocked in
-    # synchronize() after the backward pass; TensorFlow, between timestamps around the allreduce op.
-    last_comm_seconds: float
+    comm: Communicator
 
-    def init(self, threads_per_rank: int) -> World:
-        """Initialises Horovod, picks the device and sets CPU threads (0 = cores // local ranks)."""
-
-    def world(self) -> World:
-        """Where this process sits now (after an elastic reset, in the new world)."""
-
-    def reset(self) -> None:
-        """Elastic reset: re-initialises Horovod over the new world; anything bound to the old one is rebuilt."""
-
-    def is_collective_failure(self, exc: BaseException) -> bool:
-        """Whether `exc` is a failed collective (a peer died): elastic training then rolls back."""
+    def setup(self, threads_per_rank: int) -> Placement:
+        """Starts Horovod (`comm.init()`), picks the device and sets CPU threads (0 = cores // local ranks)."""
 
     def framework_version(self) -> str: ...
 
-    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
-        """Element-wise sum of a small float64 vector over all ranks."""
+    def build(self, spec: BuildSpec) -> int:
+        """Builds model, optimizer and precision from `spec.seed`, with no collective; returns the number of
+        trainable parameters. `sync` then makes the state identical on all ranks."""
 
-    def allgather_object(self, obj: Any) -> list[Any]:
-        """Every rank's picklable `obj`, in rank order, on every rank."""
-
-    def build(self, cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> int:
-        """Builds model and optimizer (and loss scaler) from the seed, with no collective; returns
-        #parameters. `sync_state` then makes the state identical on all ranks."""
-
-    def sync_state(self) -> None:
-        """Every rank takes rank 0's model, optimizer and loss-scaler state (broadcasts)."""
-
-    def snapshot(self) -> Any:
-        """An in-memory copy of model, optimizer and loss-scaler state (an elastic commit)."""
-
-    def restore_snapshot(self, snapshot: Any) -> None:
-        """Returns to a `snapshot` (an elastic rollback)."""
-
-    def init_weights(self, source: Path, skip_mismatched: bool) -> list[str]:
-        """Loads model weights only (train.init_from) from a checkpoint directory or a final model file;
-        returns the parameters left freshly initialised because their shapes differ (`skip_mismatched`)."""
-
-    def load_teacher(self, source: Path) -> None:
-        """Loads the distillation teacher's weights (built by `build` from distill.teacher's config)."""
-
-    def regularization_penalty(self) -> float:
-        """The current value of the regularization.l1/l2 penalty."""
-
-    def prunable(self) -> dict[str, Any]:
-        """Conv and dense kernels in model order as `hvdtrain.features.pruning.Kernel`s (copies)."""
-
-    def set_masks(self, masks: dict[str, np.ndarray]) -> None:
-        """Multiplies those kernels by their masks now and after every optimizer step."""
-
-    def load_checkpoint(self, directory: Path) -> None:
-        """Loads the state `save_checkpoint` wrote into `directory` (rank 0 calls it, then `sync_state`)."""
-
-    def save_checkpoint(self, directory: Path) -> list[str]:
-        """Writes model, optimizer and loss-scaler state in the framework's format; returns the file names."""
+    def sync(self) -> None:
+        """Every rank takes rank 0's model, optimizer and loss-scale state (broadcasts)."""
 
     def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
         """One optimizer step at learning rate `lr` over a window of micro-batches (x, y), following
-        `cfg.policy`: gradients averaged over the window locally, then over all ranks in one reduction;
-        precision, loss scaling, clipping and compression as configured. Returns the window's sums."""
-
-    def current_lr(self) -> float:
-        """The learning rate the optimizer holds now (read back from it)."""
-
-    def loss_scale(self) -> float | None:
-        """The current dynamic loss scale (fp16), else None."""
+        `spec.step`: gradients averaged over the window locally, then over all ranks in one reduction;
+        precision, loss scaling, clipping and compression as given. Returns the window's sums."""
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats: ...
+
+    def state(self) -> Any:
+        """An in-memory copy of model, optimizer and loss-scale state (an elastic commit)."""
+
+    def load_state(self, state: Any) -> None:
+        """Returns to a `state` copy (an elastic rollback)."""
+
+    def save(self, directory: Path, kind: SaveKind) -> list[str]:
+        """Writes into `directory` (rank 0 calls it): "checkpoint", the whole training state in the framework's
+        format; "model", the final model (model.pt / model.keras). Returns the file names written."""
+
+    def load(self, source: Path, kind: LoadKind, skip_mismatched: bool = False) -> list[str]:
+        """Reads what `save` wrote (rank 0 calls it, then `sync`): "checkpoint", a checkpoint directory's whole
+        state; "init" (train.init_from) or "teacher" (distill.teacher), model weights only, from a checkpoint
+        directory or a final model file. Returns the parameters left freshly initialised because their shapes
+        differ (only with `skip_mismatched`)."""
 
     def weights(self) -> dict[str, np.ndarray]:
         """A copy of the model's parameters and buffers by name, as numpy arrays."""
 
-    def save_model(self, directory: Path) -> Path:
-        """Writes the model in the framework's native format (rank 0 calls this); returns the file."""
+    def step_info(self) -> StepInfo: ...
 
-    def shutdown(self) -> None: ...
+    def reset(self) -> None:
+        """After an elastic reset (`comm.reset()`): rebuilds whatever is bound to the old world."""
+
+
+# --- optional capabilities ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrunableWeight:
+    """A conv or dense kernel (a copy) and the axis that indexes its output channels or units."""
+
+    values: np.ndarray
+    out_axis: int
+
+
+@runtime_checkable
+class Prunable(Protocol):
+    """Magnitude pruning (hvdtrain/features/pruning.py)."""
+
+    def prunable(self) -> dict[str, PrunableWeight]:
+        """Conv and dense kernels in model order, by name."""
+
+    def set_masks(self, masks: dict[str, np.ndarray]) -> None:
+        """Multiplies those kernels by their masks now and after every optimizer step."""
+
+
+@runtime_checkable
+class Penalized(Protocol):
+    """regularization.l1/l2 penalties."""
+
+    def regularization_penalty(self) -> float:
+        """The current value of the penalty added to the training loss."""
+
+
+def require_prunable(backend: Backend, key: str = "prune.method") -> Prunable:
+    """`backend` as a `Prunable`, or a one-line error naming the option that needs it."""
+    if not isinstance(backend, Prunable):
+        raise ConfigError(f"{key}: backend {backend.name} cannot prune: set {key}=none")
+    return backend
 
 
 _REGISTRY = {
     "torch": "torch_backend.backend:TorchBackend",
     "tensorflow": "tf_backend.backend:TensorFlowBackend",
 }
-
-
 _AUGMENT_KERNELS = {"torch": "torch_backend.augment", "tensorflow": "tf_backend.augment"}
 
 
@@ -157,4 +199,5 @@ def get_backend(name: str) -> Backend:
     except ModuleNotFoundError as exc:
         raise UserError(f"backend '{name}' cannot be loaded ({exc}): run `make setup` (scripts/setup_env.sh) "
                         "or `python -m hvdtrain doctor` to see what is missing") from None
-    return getattr(module, cls_name)()
+    backend: Backend = getattr(module, cls_name)()
+    return backend

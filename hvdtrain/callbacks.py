@@ -6,17 +6,39 @@ their results: `on_epoch_end` gets the epoch's record with the validation metric
 
 A callback asks to stop by returning True from `on_epoch_end`. The loop combines the answers of all ranks
 with one allreduce, so when any rank asks, every rank stops after the same epoch.
+
+The run's own reporting (metrics files, TensorBoard, progress, profile, sparsity: hvdtrain/reporting/)
+is made of callbacks too; besides the hooks below they use `on_step_report`, which any callback may define.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hvdtrain.config import CallbacksConfig, Config
+from hvdtrain.config import CallbacksConfig, Config, lower_is_better
 from hvdtrain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One optimizer step as the loop saw it (this rank's view)."""
+
+    epoch: int             # 1-based
+    step: int              # optimizer steps since the run began (1-based)
+    step_in_epoch: int     # 1-based, of steps_in_epoch taken in this (re)entry of the epoch
+    steps_in_epoch: int
+    loss: float            # this rank's mean loss over the step's window
+    samples_per_s: float   # global samples per second in the epoch so far
+    lr: float
+    loss_scale: float | None
+    data_wait_s: float     # blocked on the input pipeline for this step's micro-batches
+    backend_s: float       # in the backend's train_step, of which comm_s blocked on the gradient allreduce
+    comm_s: float
+    total_s: float         # since the end of the previous step
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,9 @@ class Callback:
     def on_step_end(self, ctx: CallbackContext, step: int, loss: float) -> None:
         """After optimizer step `step` (1-based, counted over the run) with this rank's window loss."""
 
+    def on_step_report(self, ctx: CallbackContext, report: StepReport) -> None:
+        """After every optimizer step, with its numbers (after `on_step_end`)."""
+
     def on_epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> bool | None:
         """After evaluation, with the epoch's metrics record; return True to stop training."""
         return None
@@ -63,7 +88,7 @@ class EarlyStopping(Callback):
     def __init__(self, metric: str, patience: int, min_delta: float = 0.0,
                  history: list[dict[str, Any]] | None = None) -> None:
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
-        self.minimise = "loss" in metric
+        self.minimise = lower_is_better(metric)
         self.history = list(history or [])
 
     def on_epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> bool:
@@ -100,7 +125,7 @@ def load_user_callback(path: str, cfg: Config) -> Callback:
         raise ConfigError(f"callbacks.user entry {path!r} cannot be imported ({exc}): check the name and "
                           "that its package is on PYTHONPATH on every node") from None
     callback = factory(cfg)
-    hooks = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_epoch_end", "on_train_end")
+    hooks = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_step_report", "on_epoch_end", "on_train_end")
     if not any(callable(getattr(callback, h, None)) for h in hooks):
         raise ConfigError(f"callbacks.user entry {path!r} returned {type(callback).__name__}, which has none of "
                           f"the hooks {', '.join(hooks)}: return an hvdtrain.callbacks.Callback")
@@ -108,7 +133,7 @@ def load_user_callback(path: str, cfg: Config) -> Callback:
 
 
 class CallbackList:
-    """The run's callbacks in order: early stopping (if configured), then the user's."""
+    """The run's callbacks in order: early stopping (if configured), the user's, then the run's reporters."""
 
     def __init__(self, cfg: Config, user: list[Callback]) -> None:
         self.cfg: CallbacksConfig = cfg.callbacks
@@ -119,9 +144,10 @@ class CallbackList:
     def from_config(cls, cfg: Config) -> CallbackList:
         return cls(cfg, [load_user_callback(path, cfg) for path in cfg.callbacks.user])
 
-    def begin(self, ctx: CallbackContext, history: list[dict[str, Any]]) -> None:
-        """Starts (or restarts) the callbacks for a run whose completed epochs are `history`."""
-        self.active = list(self.user)
+    def begin(self, ctx: CallbackContext, history: list[dict[str, Any]], reporters: Sequence[Callback] = ()) -> None:
+        """Starts (or restarts) the callbacks for a run whose completed epochs are `history`; `reporters` (the
+        run's own reporting) follow the user's callbacks."""
+        self.active = [*self.user, *reporters]
         if self.cfg.early_stopping_metric:
             self.active.insert(0, EarlyStopping(self.cfg.early_stopping_metric, self.cfg.early_stopping_patience,
                                                 self.cfg.early_stopping_min_delta, history))
@@ -133,8 +159,9 @@ class CallbackList:
     def epoch_begin(self, ctx: CallbackContext, epoch: int) -> None:
         self._call("on_epoch_begin", ctx, epoch)
 
-    def step_end(self, ctx: CallbackContext, step: int, loss: float) -> None:
-        self._call("on_step_end", ctx, step, loss)
+    def step_end(self, ctx: CallbackContext, report: StepReport) -> None:
+        self._call("on_step_end", ctx, report.step, report.loss)
+        self._call("on_step_report", ctx, report)
 
     def epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> list[str]:
         """The callbacks of this rank that ask to stop, by name (the loop agrees it with the other ranks)."""

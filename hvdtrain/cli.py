@@ -83,13 +83,13 @@ def _train(args: argparse.Namespace) -> int:
             from hvdtrain.training.loop import train
             train(cfg, backend)
     except Exception as exc:
-        if not backend.is_collective_failure(exc):
+        if not backend.comm.is_collective_failure(exc):
             raise
         raise JobAborted("Horovod shut the job down: a collective could not complete because another rank "
                          "stalled (longer than horovod.stall_shutdown_time_s; Horovod's stall report above names "
                          "it) or failed: read that rank's log") from None
     finally:
-        backend.shutdown()
+        backend.comm.shutdown()
     return 0
 
 

@@ -54,6 +54,12 @@ METRIC_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr
                  "samples_per_s", "data_wait_fraction", "eval_time_s")
 
 
+def lower_is_better(metric: str) -> bool:
+    """The one rule for every metric-driven choice (early stopping, checkpoint.best, sweep ranking): a metric
+    whose name contains "loss" is minimised, any other maximised."""
+    return "loss" in metric
+
+
 def _check_metric(key: str, value: str | None) -> None:
     if value is not None and value not in METRIC_FIELDS:
         close = difflib.get_close_matches(value, METRIC_FIELDS, n=1)

@@ -19,3 +19,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset path, file or its contents cannot be used."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used for this run."""

@@ -23,6 +23,7 @@ from hvdtrain.config import Config, to_dict
 from hvdtrain.errors import UserError
 from hvdtrain.files import write_atomic
 from hvdtrain.training.policy import resolve_policy
+from hvdtrain.training.setup import build_spec
 
 
 def run_bench(cfg: Config, backend: Backend, warmup_batches: int, batches_per_iter: int, iters: int,
@@ -34,12 +35,13 @@ def run_bench(cfg: Config, backend: Backend, warmup_batches: int, batches_per_it
             raise UserError(f"{name} must be {'>= 0' if name == '--warmup-batches' else '>= 1'}, got {value}")
     if json_path is not None and not json_path.parent.is_dir():
         raise UserError(f"--json directory '{json_path.parent}' does not exist: create it or write elsewhere")
-    world = backend.init(cfg.train.threads_per_rank)
-    policy = resolve_policy(cfg, world, nccl_built=bool(backend.hvd.nccl_built()))
-    shape = tuple(cfg.data.synthetic_shape)
+    placement = backend.setup(cfg.train.threads_per_rank)
+    world = backend.comm.world()
+    policy = resolve_policy(cfg, world, nccl_built=backend.comm.nccl_built())
+    shape = cfg.data.synthetic_shape
     classes = cfg.data.num_classes
-    num_params = backend.build(cfg, shape, classes)  # type: ignore[arg-type]
-    backend.sync_state()
+    num_params = backend.build(build_spec(cfg, shape, classes))
+    backend.sync()
     rng = np.random.default_rng(cfg.seed + world.rank)
     batch = cfg.train.batch_size
     x = rng.random((batch, *shape), dtype=np.float32)
@@ -53,8 +55,8 @@ def run_bench(cfg: Config, backend: Backend, warmup_batches: int, batches_per_it
 
     say(f"bench: backend {backend.name}, model {cfg.model.name} ({num_params:,} parameters), input {list(shape)}, "
         f"batch {batch} per rank x accumulation {policy.accumulation_steps}, {world.size} rank(s) via "
-        f"{world.controller}, device {world.device}, precision {policy.precision}, compression "
-        f"{policy.compression}")
+        f"{world.controller}, device {placement.device}, precision {policy.step.precision}, compression "
+        f"{policy.step.compression}")
     for _ in range(warmup_batches):
         backend.train_step(window, lr)
     images_per_iter = batch * policy.accumulation_steps * batches_per_iter
@@ -68,13 +70,13 @@ def run_bench(cfg: Config, backend: Backend, warmup_batches: int, batches_per_it
         say(f"iter #{i}: {rate:.1f} img/s per rank")
     per_rank = np.array(rates)
     mean, interval = float(per_rank.mean()), float(1.96 * per_rank.std())
-    everyone = backend.allgather_object(mean)
+    everyone = backend.comm.allgather_object(mean)
     result = {
         "backend": backend.name, "framework_version": backend.framework_version(), "model": cfg.model.name,
         "num_parameters": num_params, "input_shape": list(shape), "batch_size": batch,
-        "accumulation_steps": policy.accumulation_steps, "precision": policy.precision,
-        "compression": policy.compression, "reduce_op": policy.reduce_op, "world_size": world.size,
-        "controller": world.controller, "device": world.device, "threads_per_rank": world.threads,
+        "accumulation_steps": policy.accumulation_steps, "precision": policy.step.precision,
+        "compression": policy.step.compression, "reduce_op": policy.step.reduce_op, "world_size": world.size,
+        "controller": world.controller, "device": placement.device, "threads_per_rank": placement.threads,
         "warmup_batches": warmup_batches, "batches_per_iter": batches_per_iter, "iters": iters,
         "img_per_s_per_rank": mean, "img_per_s_per_rank_ci95": interval,
         "img_per_s_per_rank_all": everyone, "img_per_s_total": float(sum(everyone)),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hvdtrain.config import load_config
+from hvdtrain.config import load_config, lower_is_better
 from hvdtrain.errors import UserError
 from hvdtrain.files import write_atomic
 
@@ -172,11 +172,6 @@ def prepare_out(out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- running
 
-def minimises(metric: str) -> bool:
-    """Losses are minimised, everything else maximised."""
-    return "loss" in metric
-
-
 def run_trial(trial: Trial, metric: str, timeout: float | None) -> None:
     """Runs the trial's command, output to OUT/trial-NNN.log, and stores its results in `trial.result`."""
     log_path = trial.run_dir.parent / f"{trial.name}.log"
@@ -262,7 +257,7 @@ def read_metric(run_dir: Path, summary: dict[str, Any], metric: str) -> dict[str
         names = ", ".join(k for k, v in records[-1].items() if isinstance(v, (int, float)) and k != "epoch")
         raise UserError(f"--metric {metric} is not in {path} (it has {names}): pass one of them to --metric")
     scored = [r for r in records if isinstance(r.get(metric), (int, float))]
-    best = (min if minimises(metric) else max)(scored, key=lambda r: r[metric]) if scored else {}
+    best = (min if lower_is_better(metric) else max)(scored, key=lambda r: r[metric]) if scored else {}
     final = summary.get("final", {})
     return {metric: best.get(metric, ""), "best_epoch": best.get("epoch", ""),
             f"final_{metric}": "" if final.get(metric) is None else final[metric],
@@ -280,7 +275,7 @@ def columns(axes: list[Axis], metric: str) -> list[str]:
 
 def ranked(trials: list[Trial], metric: str) -> list[Trial]:
     """Trials best first: successful ones by the metric, then those without a value, failed ones last."""
-    sign = 1 if minimises(metric) else -1
+    sign = 1 if lower_is_better(metric) else -1
 
     def key(t: Trial) -> tuple:
         value = t.result.get(metric)
@@ -349,7 +344,7 @@ def run_sweep(config: str | None, overrides: list[str], grid: list[str], *, metr
 
 def _run_all(trials: list[Trial], axes: list[Axis], metric: str, out: Path, timeout: float | None) -> int:
     csv_path = out / "sweep.csv"
-    goal = "min" if minimises(metric) else "max"
+    goal = "min" if lower_is_better(metric) else "max"
     print(f"sweep: {len(trials)} trials in {out}, ranked by {metric} ({goal})", flush=True)
     for t in trials:
         shown = " ".join(f"{k}={v}" for k, v in t.values.items())

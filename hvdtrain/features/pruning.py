@@ -1,27 +1,19 @@
 """Magnitude pruning, framework-neutral: when to prune, which weights, and the sparsity report.
 
-Backends hand over their kernels as numpy arrays with the axis of their output channels (`Kernel`) and
+Backends hand over their kernels as numpy arrays with the axis of their output channels (`PrunableWeight`) and
 multiply by the masks after every optimizer step, so pruned weights stay exactly zero. Rank 0 computes
 the masks from its weights and broadcasts them: every rank holds the same masks by construction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hvdtrain.backend import PrunableWeight
 from hvdtrain.config import Config, PruneConfig
 from hvdtrain.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """A prunable weight (conv or dense kernel) and the axis that indexes its output channels or units."""
-
-    values: np.ndarray
-    out_axis: int
 
 
 def zhu_gupta(progress: float, target: float) -> float:
@@ -63,7 +55,7 @@ class Pruner:
             return None
         return zhu_gupta((step - self.start) / (self.end - self.start), self.cfg.target_sparsity)
 
-    def masks(self, kernels: dict[str, Kernel], sparsity: float) -> dict[str, np.ndarray]:
+    def masks(self, kernels: dict[str, PrunableWeight], sparsity: float) -> dict[str, np.ndarray]:
         """Keep-masks (float32, 1 = kept) reaching `sparsity` by magnitude; the last kernel (the output layer)
         is left whole. Already-pruned weights have magnitude 0, so masks only grow."""
         names = list(kernels)[:-1]
@@ -90,7 +82,7 @@ def _magnitude_mask(magnitudes: np.ndarray, sparsity: float) -> np.ndarray:
     return mask.reshape(magnitudes.shape)
 
 
-def _channel_mask(kernel: Kernel, sparsity: float) -> np.ndarray:
+def _channel_mask(kernel: PrunableWeight, sparsity: float) -> np.ndarray:
     values = np.moveaxis(kernel.values, kernel.out_axis, 0)
     norms = np.sqrt(np.square(values.reshape(len(values), -1)).sum(axis=1))
     keep = _magnitude_mask(norms, sparsity)
@@ -99,7 +91,7 @@ def _channel_mask(kernel: Kernel, sparsity: float) -> np.ndarray:
     return np.broadcast_to(keep.reshape(shape), kernel.values.shape).astype(np.float32)
 
 
-def masks_from_zeros(kernels: dict[str, Kernel]) -> dict[str, np.ndarray]:
+def masks_from_zeros(kernels: dict[str, PrunableWeight]) -> dict[str, np.ndarray]:
     """The masks in force, read back from the weights (after a resume or an elastic rollback)."""
     return {n: (k.values != 0).astype(np.float32) for n, k in list(kernels.items())[:-1]}
 
@@ -115,7 +107,7 @@ def mask_digest(masks: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()[:16]
 
 
-def sparsity_report(kernels: dict[str, Kernel], prune: PruneConfig) -> dict[str, Any]:
+def sparsity_report(kernels: dict[str, PrunableWeight], prune: PruneConfig) -> dict[str, Any]:
     """Per-kernel and overall zero fractions of the final weights (sparsity.json)."""
     layers = []
     for name, k in kernels.items():

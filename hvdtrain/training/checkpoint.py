@@ -19,10 +19,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from hvdtrain.config import Config, config_hash, flatten, to_dict
-from hvdtrain.errors import UserError
+from hvdtrain.config import Config, config_hash, flatten, lower_is_better, to_dict
+from hvdtrain.errors import CheckpointError
 from hvdtrain.files import write_atomic
 from hvdtrain.training.state import TrainingState
 
@@ -33,12 +33,8 @@ _IDENTITY_PREFIXES = ("backend", "model.", "data.name", "data.synthetic_shape", 
                       "data.image_size", "optim.name", "policy.precision")
 
 
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used for this run."""
-
-
 class SavesState(Protocol):
-    def save_checkpoint(self, directory: Path) -> list[str]: ...
+    def save(self, directory: Path, kind: Literal["checkpoint"]) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,7 @@ class Checkpointer:
         metric = self.cfg.checkpoint.best_metric
         values = [r[metric] for r in history if metric and r.get(metric) is not None]
         if values:
-            self.best_value = min(values) if "loss" in metric else max(values)
+            self.best_value = min(values) if lower_is_better(metric) else max(values)
 
     def due_at_epoch_end(self, epoch: int, last: bool) -> bool:
         """Whether the end of (1-based) `epoch` gets a checkpoint (`last`: the run ends there)."""
@@ -149,7 +145,7 @@ class Checkpointer:
         final = self.root / name
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{final.name}."))
         try:
-            files = backend.save_checkpoint(tmp)
+            files = backend.save(tmp, "checkpoint")
             manifest = {"format": FORMAT, "epoch": state.epoch, "step": state.step, "files": files,
                         "state": state.to_dict(), "config_hash": config_hash(self.cfg),
                         "identity": identity(self.cfg)}
@@ -182,8 +178,7 @@ class Checkpointer:
         value = record.get(metric) if metric else None
         if value is None:
             return
-        lower_is_better = "loss" in metric
-        if self.best_value is not None and (value >= self.best_value if lower_is_better else
+        if self.best_value is not None and (value >= self.best_value if lower_is_better(metric) else
                                             value <= self.best_value):
             return
         self.best_value = value

@@ -1,15 +1,17 @@
-"""The training policy's derived numbers: effective batch, LR scaling and the start-up line.
+"""The training policy resolved for one world: the step policy every backend follows, the effective batch,
+LR scaling and the start-up line (docs/policy.md).
 
-Backends read the decisions themselves from `cfg.policy` (a frozen dataclass); this module computes what
-depends on the world as well (see docs/policy.md).
+The policy has one source: `StepPolicy.from_config(cfg.policy)` is what backends receive (in their
+BuildSpec) and what `ResolvedPolicy.step` holds; this module adds what depends on the world.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hvdtrain.backend import World
+from hvdtrain.backend import StepPolicy
 from hvdtrain.config import Config
+from hvdtrain.distributed.communicator import World
 from hvdtrain.errors import ConfigError
 
 
@@ -19,17 +21,18 @@ class ResolvedPolicy:
 
     world_size: int
     micro_batch: int
-    accumulation_steps: int
+    step: StepPolicy
     base_lr: float
     lr_multiplier: float
-    precision: str
-    compression: str
-    reduce_op: str
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.step.accumulation_steps
 
     @property
     def global_batch(self) -> int:
         """Samples per optimizer step over all ranks."""
-        return self.world_size * self.micro_batch * self.accumulation_steps
+        return self.world_size * self.micro_batch * self.step.accumulation_steps
 
     @property
     def scaled_lr(self) -> float:
@@ -39,8 +42,8 @@ class ResolvedPolicy:
         """The one line rank 0 prints at start."""
         return (f"policy: {self.world_size} rank(s) x micro-batch {self.micro_batch} x accumulation "
                 f"{self.accumulation_steps} = global batch {self.global_batch}; LR {self.base_lr:g} -> "
-                f"{self.scaled_lr:g} (x{self.lr_multiplier:g}); precision {self.precision}; compression "
-                f"{self.compression}; reduce {self.reduce_op}")
+                f"{self.scaled_lr:g} (x{self.lr_multiplier:g}); precision {self.step.precision}; compression "
+                f"{self.step.compression}; reduce {self.step.reduce_op}")
 
 
 def lr_multiplier(cfg: Config, world: World, nccl_built: bool = False) -> float:
@@ -73,8 +76,6 @@ def check_world(cfg: Config, world: World) -> None:
 def resolve_policy(cfg: Config, world: World, nccl_built: bool = False) -> ResolvedPolicy:
     """Checks the policy against the world and derives its numbers."""
     check_world(cfg, world)
-    p = cfg.policy
     return ResolvedPolicy(world_size=world.size, micro_batch=cfg.train.batch_size,
-                          accumulation_steps=p.accumulation_steps, base_lr=cfg.optim.lr,
-                          lr_multiplier=lr_multiplier(cfg, world, nccl_built), precision=p.precision,
-                          compression=p.compression, reduce_op=p.reduce_op)
+                          step=StepPolicy.from_config(cfg.policy), base_lr=cfg.optim.lr,
+                          lr_multiplier=lr_multiplier(cfg, world, nccl_built))

@@ -11,12 +11,13 @@ import numpy as np
 
 from hvdtrain.backend import get_backend
 from hvdtrain.config import load_config
+from hvdtrain.training.setup import build_spec
 
 name = sys.argv[1]
 cfg = load_config(None, [f"backend={name}", "regularization.l1=0.003", "regularization.l2=0.02"])
 backend = get_backend(name)
-backend.init(1)
-backend.build(cfg, (8, 8, 1), 10)
+backend.setup(1)
+backend.build(build_spec(cfg, (8, 8, 1), 10))
 kernels = [w for w in backend.weights().values() if w.ndim > 1]
 expected_penalty = sum(0.003 * np.abs(w).sum() + 0.02 * np.square(w).sum() for w in kernels)
 
@@ -56,4 +57,4 @@ else:
 print(json.dumps({"penalty": backend.regularization_penalty(), "expected_penalty": float(expected_penalty),
                   "distill": distill, "expected_distill": expected_distill, "smoothed": smoothed,
                   "expected_smoothed": smoothed_ce, "plain": plain_ce}))
-backend.shutdown()
+backend.comm.shutdown()

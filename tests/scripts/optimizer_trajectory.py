@@ -107,8 +107,7 @@ def run_torch(case: str) -> dict[str, Any]:
 
 
 def run_tensorflow(case: str) -> dict[str, Any]:
-    import inspect
-
+    
     import keras
     import tensorflow as tf
 
@@ -117,11 +116,7 @@ def run_tensorflow(case: str) -> dict[str, Any]:
     cfg = config(case)
     variables = [keras.Variable(w, name=name) for name, w in initial_weights().items()]
     assert [v.path for v in variables] == list(SHAPES)
-    # make_optimizer(cfg) or, after the backend's restructuring, make_optimizer(cfg.optim, clip_norm).
-    if next(iter(inspect.signature(make_optimizer).parameters)) == "cfg":
-        optimizer = make_optimizer(cfg)
-    else:
-        optimizer = make_optimizer(cfg.optim, cfg.policy.grad_clip_norm)
+    optimizer = make_optimizer(cfg.optim, cfg.policy.grad_clip_norm)
     optimizer.lr_multipliers = multipliers(cfg)  # as TensorFlowBackend.build: before build
     optimizer.build(variables)
 

@@ -17,15 +17,17 @@ import numpy as np
 
 from hvdtrain.backend import get_backend
 from hvdtrain.config import load_config
+from hvdtrain.training.setup import build_spec
 
 
 def main() -> None:
     name, out_dir = sys.argv[1], Path(sys.argv[2])
     backend = get_backend(name)
-    world = backend.init(1)
+    backend.setup(1)
+    world = backend.comm.world()
     cfg = load_config(None, [f"backend={name}", "model.name=mlp", "model.hidden_units=[16]",
                              "policy.precision=fp16", "policy.loss_scale_init=1024", "optim.momentum=0.9"])
-    backend.build(cfg, (8, 8, 1), 10)
+    backend.build(build_spec(cfg, (8, 8, 1), 10))
     rng = np.random.default_rng(world.rank)
     batches = [(rng.random((8, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 8)) for _ in range(5)]
 
@@ -33,13 +35,13 @@ def main() -> None:
         return all(bool(np.isfinite(w).all()) for w in weights.values())
 
     backend.train_step([batches[0]], 0.1)
-    before, scale_before = backend.weights(), backend.loss_scale()
+    before, scale_before = backend.weights(), backend.step_info().loss_scale
     x, y = batches[1]
     stats = backend.train_step([(x * 1e6 if world.rank == 0 else x, y)], 0.1)
-    after, scale_after = backend.weights(), backend.loss_scale()
+    after, scale_after = backend.weights(), backend.step_info().loss_scale
     for batch in batches[2:]:
         backend.train_step([batch], 0.1)
-    later, scale_later = backend.weights(), backend.loss_scale()
+    later, scale_later = backend.weights(), backend.step_info().loss_scale
     report = {
         "rank": world.rank,
         "overflow_loss_finite": bool(np.isfinite(stats.loss_sum)),
@@ -51,7 +53,7 @@ def main() -> None:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{world.rank}.json").write_text(json.dumps(report))
-    backend.shutdown()
+    backend.comm.shutdown()
 
 
 if __name__ == "__main__":

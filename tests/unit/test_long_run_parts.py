@@ -91,7 +91,7 @@ def test_training_state_round_trips_and_assigns_in_place() -> None:
 
 
 class _Files:
-    def save_checkpoint(self, directory: Path) -> list[str]:
+    def save(self, directory: Path, kind: str) -> list[str]:
         (directory / "state.bin").write_bytes(b"x")
         return ["state.bin"]
 

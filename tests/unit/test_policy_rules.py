@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from hvdtrain.backend import World
+from hvdtrain.distributed.communicator import World
 from hvdtrain.config import HorovodConfig, load_config
 from hvdtrain.data import plan_epoch
 from hvdtrain.distributed.environment import horovod_settings
@@ -18,8 +18,7 @@ from hvdtrain.training.schedule import LRSchedule
 
 
 def world(size: int, controller: str = "mpi", local_size: int | None = None) -> World:
-    return World(rank=0, size=size, local_rank=0, local_size=local_size or size, controller=controller,
-                 device="cpu", threads=1)
+    return World(rank=0, size=size, local_rank=0, local_size=local_size or size, controller=controller)
 
 
 def test_linear_scaling_follows_the_global_batch() -> None:

@@ -23,7 +23,6 @@ import hvdtrain.training.loop as loop
 from hvdtrain.callbacks import Callback, CallbackContext, CallbackList
 from hvdtrain.config import Config, load_config
 from hvdtrain.data import load_dataset
-from hvdtrain.errors import UserError
 
 SEED = 42
 TRAIN_SAMPLES = 80
@@ -160,9 +159,6 @@ def test_a_smaller_world_after_the_reset_reshards_the_epoch_and_rescales_the_lr(
     assert [r["world_size"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 1, 1]
 
 
-@pytest.mark.xfail(strict=True, raises=UserError,
-                   reason="a failure before the first commit rolls back to TrainingState(started=False): the loop "
-                          "starts the run's outputs again and refuses its own run.dir ('already holds a run')")
 def test_a_failure_before_the_first_commit_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A peer fails during step 3, before the first commit (step 4). The only commit is the one made before
     the loop started, so the loop re-enters as a fresh start, in a run.dir it has already created."""

@@ -1,0 +1,96 @@
+"""Every collective the training loop makes, in one place.
+
+Each function here must be called by every rank at the same point of the run: a rank that skips one, or
+calls them in another order, leaves the others waiting forever. The loop (hvdtrain/training/loop.py and
+engine.py) calls them in this order:
+
+    every entry (again after an elastic reset)  check_same_config
+    first entry                                  comm.agree(...) around dataset, callbacks, build spec, resume
+                                                 (find_resume), fine-tuning weights and the run directory;
+                                                 backend.sync() (rank 0's state to everyone)
+    every entry                                  featurewise statistics (hvdtrain/augment/standardize.py)
+    every step                                   the backend's gradient allreduce (inside train_step);
+                                                 masks_from_rank0 at pruning steps
+    checkpoints, elastic commits, epoch ends     fold_sums
+    every epoch end                              evaluate, any_rank
+    run end                                      gather (steps per rank, mask digests, profile totals)
+
+Framework-neutral: they go through the backend's `Communicator` (hvdtrain/distributed/communicator.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hvdtrain.backend import Backend
+from hvdtrain.config import Config, flatten, to_dict
+from hvdtrain.data import shard_for_eval
+from hvdtrain.distributed.communicator import Communicator
+from hvdtrain.errors import CheckpointError
+from hvdtrain.reporting.outputs import RunOutputs
+from hvdtrain.training.checkpoint import Checkpoint, check_compatible, newest, read_checkpoint
+
+
+def check_same_config(comm: Communicator, cfg: Config, world_size: int) -> None:
+    """Stops every rank, naming the differing keys, if any rank resolved a different config."""
+    if world_size > 1:
+        comm.check_same(flatten(to_dict(cfg)))
+
+
+def find_resume(comm: Communicator, cfg: Config, rank: int) -> Checkpoint | None:
+    """The checkpoint to continue from (train.resume), as rank 0 finds it; every rank gets its manifest, so
+    all ranks start from the same epoch and step (rank 0 alone reads the state files)."""
+    if cfg.train.resume is None:
+        return None
+
+    def locate() -> Checkpoint | None:
+        if rank != 0:
+            return None
+        run_dir = cfg.run_dir()
+        found = newest(run_dir) if cfg.train.resume == "auto" else read_checkpoint(Path(cfg.train.resume))
+        if found is not None:
+            check_compatible(found, cfg)
+        elif RunOutputs(run_dir, enabled=True).holds_a_run() and not cfg.run.overwrite:
+            raise CheckpointError(f"run.dir '{run_dir}' holds a run but no complete checkpoint to resume from: "
+                                  "set run.overwrite=true to start it over, or another run.dir")
+        return found
+
+    found = comm.agree(locate)
+    shared = comm.broadcast_object(None if found is None else (str(found.path), found.manifest), "hvdtrain.resume")
+    return None if shared is None else Checkpoint(Path(shared[0]), shared[1])
+
+
+def fold_sums(comm: Communicator, local: np.ndarray) -> np.ndarray:
+    """The sum over ranks of each rank's (loss_sum, correct, count) since the last fold."""
+    return comm.allreduce_sum(local)
+
+
+def evaluate(comm: Communicator, backend: Backend, x: np.ndarray, y: np.ndarray, batch_size: int, rank: int,
+             world_size: int) -> tuple[float, float, float]:
+    """Every validation sample exactly once across ranks; one allreduce of the sums: (loss_sum, correct, count)."""
+    idx = shard_for_eval(len(y), rank, world_size)
+    sums = np.zeros(3)
+    for lo in range(0, len(idx), batch_size):
+        batch = idx[lo:lo + batch_size]
+        sums += backend.eval_step(x[batch], y[batch]).as_array()
+    loss_sum, correct, count = comm.allreduce_sum(sums)
+    return float(loss_sum), float(correct), float(count)
+
+
+def any_rank(comm: Communicator, flag: bool) -> bool:
+    """Whether `flag` holds on any rank (a stop asked on one rank stops every rank after the same epoch)."""
+    return bool(comm.allreduce_sum(np.array([float(flag)]))[0] > 0)
+
+
+def masks_from_rank0(comm: Communicator, masks: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Rank 0's pruning masks on every rank (the other ranks pass None)."""
+    result: dict[str, np.ndarray] = comm.broadcast_object(masks, "hvdtrain.masks")
+    return result
+
+
+def gather(comm: Communicator, value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order (steps taken, mask digests, profile totals)."""
+    return comm.allgather_object(value)

@@ -1,0 +1,322 @@
+"""The epoch and step engine: optimizer steps over windows of micro-batches, evaluation, checkpoints, the
+stop vote, and the run's summary. Reporting happens in callbacks (hvdtrain/reporting/reporters.py); the
+collectives every rank makes together are in hvdtrain/training/collectives.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hvdtrain import __version__
+from hvdtrain.augment import native
+from hvdtrain.augment.pipeline import AugmentPipeline
+from hvdtrain.augment.standardize import FeatureStats, featurewise_stats
+from hvdtrain.backend import Backend, Placement, require_prunable
+from hvdtrain.callbacks import Callback, CallbackContext, CallbackList, StepReport
+from hvdtrain.config import Config, config_hash, lower_is_better, to_yaml
+from hvdtrain.data import BatchLoader, Dataset, plan_epoch
+from hvdtrain.distributed.communicator import World
+from hvdtrain.features.pruning import mask_digest, masks_from_zeros
+from hvdtrain.reporting.outputs import RunOutputs
+from hvdtrain.reporting.profile import TIMELINE as PROFILE_TIMELINE
+from hvdtrain.reporting.profile import StepProfiler
+from hvdtrain.reporting.progress import Progress
+from hvdtrain.reporting.reporters import MetricsLog, ProfileReport, ProgressReport, SparsityReport, TensorBoardLog
+from hvdtrain.reporting.tensorboard import EventWriter
+from hvdtrain.training import collectives
+from hvdtrain.training.checkpoint import Checkpointer
+from hvdtrain.training.setup import RunPlan, plan_run
+from hvdtrain.training.sources import init_source
+from hvdtrain.training.state import TrainingState
+
+
+class Engine:
+    """One run's loop. `run` is entered once, or under elastic training again after every reset (with the
+    state rolled back to the last commit and synced from rank 0), so it rebuilds whatever depends on the
+    world: rank, policy (scaled LR), LR schedule, shards, reporters."""
+
+    def __init__(self, cfg: Config, backend: Backend, dataset: Dataset, callbacks: CallbackList, num_params: int,
+                 placement: Placement, elastic: bool) -> None:
+        self.cfg, self.backend, self.dataset, self.callbacks = cfg, backend, dataset, callbacks
+        self.num_params, self.placement, self.elastic = num_params, placement, elastic
+        self.comm = backend.comm
+        self.outputs = RunOutputs(cfg.run_dir(), enabled=False)
+        self.progress = ProgressReport(Progress(cfg.run.progress, enabled=False))
+        self.profiler: StepProfiler | None = None  # one per run, kept over elastic resets
+        self.events: EventWriter | None = None
+        self._stats: FeatureStats | None = None  # featurewise statistics over all ranks
+
+    def run(self, state: Any) -> dict[str, Any]:
+        """Trains from `state.training` to the end; `state.commit()` marks elastic commit points."""
+        cfg, backend, comm, run_state = self.cfg, self.backend, self.comm, state.training
+        world = comm.world()
+        if self.elastic:
+            collectives.check_same_config(comm, cfg, world.size)
+        plan = plan_run(cfg, world, len(self.dataset.y_train), comm.nccl_built())
+        self.progress = ProgressReport(Progress(cfg.run.progress, enabled=world.rank == 0))
+        outputs = self.outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
+        checkpointer = Checkpointer(cfg, outputs.dir, enabled=world.rank == 0)
+        augment = self._augment_pipeline(world)
+        x_val = augment.eval_images(self.dataset.x_val)
+        if not run_state.started:
+            self._start(run_state, plan, outputs, checkpointer)
+            # The first commit: a rollback before the next one must not undo the start (a second start would
+            # find its own run directory and refuse it). Every rank of an elastic job is here together.
+            state.commit()
+        else:
+            outputs.rewind(run_state.history, run_state.step)  # an elastic rollback: drop what was logged after the commit
+            self.progress.print(f"elastic reset: {world.size} rank(s) now; continuing epoch {run_state.epoch + 1} at "
+                                f"sample {run_state.position}, step {run_state.step}; {plan.policy.describe()}")
+        checkpointer.restore_best(run_state.history)
+        timeline = self._start_timeline(outputs)
+        if self.profiler is None:
+            self.profiler = StepProfiler(outputs.dir, enabled=cfg.run.profile, writes=world.rank == 0)
+        # run.profile's own timeline covers the first epoch of the run only: recording it slows the steps.
+        self.profiler.timeline_on = timeline is not None
+        timeline_ends_after_epoch = run_state.epoch + 1 if cfg.horovod.timeline is None else None
+        ctx = CallbackContext(cfg, world.rank, world.size, outputs.dir)
+        self.callbacks.begin(ctx, run_state.history, self._reporters(run_state, world, plan))
+        if plan.pruner.active(run_state.step):  # resumed or rolled back: the masks in force are the weights' zeros
+            prunable = require_prunable(backend)
+            prunable.set_masks(masks_from_zeros(prunable.prunable()))
+        while run_state.epoch < cfg.train.epochs and not run_state.stopped_early:
+            record = self._train_epoch(state, plan, augment, checkpointer, ctx)
+            if timeline is not None and run_state.epoch + 1 == timeline_ends_after_epoch:
+                comm.stop_timeline()
+                self.profiler.timeline_on = False
+            start = time.perf_counter()
+            loss_sum, correct, count = collectives.evaluate(comm, backend, x_val, self.dataset.y_val,
+                                                            cfg.train.eval_batch_size, world.rank, world.size)
+            record.update({"val_loss": loss_sum / count if count else None,
+                           "val_accuracy": correct / count if count else None,
+                           "eval_time_s": time.perf_counter() - start, "world_size": world.size})
+            run_state.end_epoch(record)
+            asked = self.callbacks.epoch_end(ctx, record)
+            run_state.stopped_early = collectives.any_rank(comm, bool(asked))  # any rank asks: all stop
+            if run_state.stopped_early:
+                self.progress.print(f"stopping after epoch {run_state.epoch}, asked by "
+                                    f"{', '.join(asked) or 'a callback on another rank'}")
+            if checkpointer.due_at_epoch_end(run_state.epoch, last=run_state.epoch == cfg.train.epochs or run_state.stopped_early):
+                checkpointer.save(backend, run_state)
+            state.commit()
+        if self.profiler.timeline_on:
+            comm.stop_timeline()
+        return self._finish_run(run_state, plan, timeline, ctx)
+
+    def _finish_run(self, run_state: TrainingState, plan: RunPlan, timeline: Path | None,
+                    ctx: CallbackContext) -> dict[str, Any]:
+        """The run's last collectives, final weights and summary."""
+        cfg, backend, comm, outputs, world = self.cfg, self.backend, self.comm, self.outputs, plan.world
+        # Every rank reports how many steps it really took: equal counts are what keeps collectives paired.
+        steps_per_rank = collectives.gather(comm, run_state.step)
+        outputs.save_weights(backend.weights())
+        if world.rank == 0:
+            backend.save(outputs.dir, "model")
+        summary = self._summary(world, plan, run_state.history, steps_per_rank)
+        if plan.pruner.enabled:
+            # Each rank's zero pattern, hashed: identical masks on every rank is what the tests check.
+            kernels = require_prunable(backend).prunable()
+            summary["mask_digest_per_rank"] = collectives.gather(comm, mask_digest(masks_from_zeros(kernels)))
+        summary["stopped_early"] = run_state.stopped_early
+        summary["elastic"] = self.elastic
+        if timeline is not None:
+            summary["timeline"] = str(timeline)
+        if cfg.run.profile and self.profiler is not None:
+            gathered = collectives.gather(comm, (self.profiler.totals.tolist(), self.profiler.steps))
+            summary["profile"] = self.profiler.summary([g[0] for g in gathered], [g[1] for g in gathered])
+        stats = self._stats
+        if stats is not None:
+            summary["featurewise_mean"] = stats.mean.tolist()
+            summary["featurewise_std"] = stats.std.tolist()
+        self.callbacks.train_end(ctx, summary)
+        return summary
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Writes summary.json and the closing line (rank 0)."""
+        self.outputs.finish(summary)
+        best = summary["best"]
+        self.progress.print(f"finished in {summary['wall_time_s']:.1f}s; best {best['metric']} "
+                            f"{best[best['metric']]:.4f} at epoch {best['epoch']}; outputs in {self.outputs.dir}")
+
+    def _reporters(self, run_state: TrainingState, world: World, plan: RunPlan) -> list[Callback]:
+        """The run's reporting for this entry (rank 0 writes; the TensorBoard file of a previous entry is closed)."""
+        cfg, outputs = self.cfg, self.outputs
+        if self.events is not None:
+            self.events.close()
+        self.events = EventWriter(outputs.dir / "tensorboard", enabled=world.rank == 0 and cfg.run.tensorboard)
+        reporters: list[Callback] = [self.progress, MetricsLog(outputs, run_state, cfg.run.log_every_steps),
+                                     TensorBoardLog(self.events, run_state, cfg.run.log_every_steps)]
+        if self.profiler is not None and cfg.run.profile:
+            reporters.append(ProfileReport(self.profiler, outputs, self.progress))
+        if plan.pruner.enabled:
+            reporters.append(SparsityReport(require_prunable(self.backend), cfg.prune, outputs))
+        return reporters
+
+    def _start(self, run_state: TrainingState, plan: RunPlan, outputs: RunOutputs, checkpointer: Checkpointer) -> None:
+        """First entry: resume (train.resume), give every rank rank 0's state, create the run's outputs."""
+        cfg, backend, comm, dataset, world = self.cfg, self.backend, self.comm, self.dataset, plan.world
+        resume = collectives.find_resume(comm, cfg, world.rank)
+        skipped: list[str] = []
+        if resume is not None:
+            if world.rank == 0:
+                backend.load(resume.path, "checkpoint")
+            run_state.assign(resume.state)
+        elif cfg.train.init_from:  # fine-tuning: weights only, read by rank 0
+            skipped = comm.agree(lambda: backend.load(init_source(cfg), "init", cfg.train.init_skip_mismatched)
+                                 if world.rank == 0 else [])
+        if cfg.distill.teacher:
+            comm.agree(lambda: backend.load(init_source(cfg, cfg.distill.teacher, "distill.teacher"), "teacher")
+                       if world.rank == 0 else [])
+        backend.sync()
+        comm.agree(lambda: outputs.start(to_yaml(cfg), history=run_state.history if resume else None, resume_step=run_state.step,
+                                         overwrite=cfg.run.overwrite))
+        checkpointer.remove_leftovers()
+        run_state.started = True
+        say, placement = self.progress.print, self.placement
+        say(f"hvdtrain {__version__}: backend {backend.name} ({backend.framework_version()}), {world.size} rank(s) "
+            f"via {world.controller}{' (elastic)' if self.elastic else ''}, device {placement.device}, "
+            f"{placement.threads} thread(s)/rank; {cfg.model.name} with {self.num_params:,} parameters; "
+            f"{cfg.data.name}: {len(dataset.y_train)} train / {len(dataset.y_val)} val samples")
+        say("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
+        say(plan.policy.describe())
+        if resume is not None:
+            say(f"resuming from {resume.path} (epoch {run_state.epoch}, sample {run_state.position}, step {run_state.step})")
+        elif cfg.train.init_from:
+            say(f"weights from {cfg.train.init_from}" + (f"; freshly initialised: {', '.join(skipped)}"
+                                                         if skipped else ""))
+
+    def _augment_pipeline(self, world: World) -> AugmentPipeline:
+        from hvdtrain.backend import get_augment_kernel
+
+        aug = self.cfg.augment
+        self._stats = None
+        if aug.featurewise_center or aug.featurewise_std_normalization:
+            self._stats = featurewise_stats(self.dataset.x_train, world.rank, world.size, aug.rescale,
+                                            self.comm.allreduce_sum)
+        native.prepare(aug)
+        return AugmentPipeline(aug, get_augment_kernel(self.cfg.backend) if aug.random else None, self._stats)
+
+    def _start_timeline(self, outputs: RunOutputs) -> Path | None:
+        """Starts Horovod's timeline (horovod.timeline, or profile/timeline.json with run.profile) once the run
+        directory exists; rank 0 writes it."""
+        cfg = self.cfg
+        name = cfg.horovod.timeline or (PROFILE_TIMELINE if cfg.run.profile else None)
+        if name is None:
+            return None
+        path = outputs.dir / name
+        if outputs.enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.comm.start_timeline(path, mark_cycles=cfg.horovod.timeline_mark_cycles)
+        return path
+
+    def _train_epoch(self, state: Any, plan: RunPlan, augment: AugmentPipeline, checkpointer: Checkpointer,
+                     ctx: CallbackContext) -> dict[str, Any]:
+        """The rest of the current epoch from `position`: optimizer steps, each over a window of
+        `accumulation_steps` micro-batches; checkpoints and elastic commits on their steps."""
+        cfg, backend, comm, dataset, run_state = self.cfg, self.backend, self.comm, self.dataset, state.training
+        world, policy, schedule = plan.world, plan.policy, plan.schedule
+        batch, window_size = cfg.train.batch_size, policy.accumulation_steps
+        epoch_plan = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size, batch_size=batch,
+                                seed=cfg.seed, epoch=run_state.epoch, max_steps=cfg.train.max_steps_per_epoch,
+                                accumulation_steps=window_size, start=run_state.position)
+        transform = augment.train_transform(cfg.seed, world.rank, run_state.epoch, run_state.position // (world.size * batch))
+        local = np.zeros(3)  # this rank's sums since they were last folded into run_state.sums (a global total)
+
+        def fold() -> None:  # a collective: called at the same step on every rank
+            nonlocal local
+            run_state.sums = [float(v) for v in np.add(run_state.sums, collectives.fold_sums(comm, local))]
+            local = np.zeros(3)
+
+        self.callbacks.epoch_begin(ctx, run_state.epoch + 1)
+        start, time_before, wait_before = time.perf_counter(), run_state.epoch_time, run_state.data_wait
+        lr = schedule.at(run_state.epoch * plan.steps_per_epoch + run_state.position // policy.global_batch)
+        window: list[tuple[np.ndarray, np.ndarray]] = []
+        taken = 0
+        step_end, wait_seen = time.perf_counter(), 0.0
+        with BatchLoader(dataset.x_train, dataset.y_train, epoch_plan.indices, batch,
+                         prefetch=cfg.data.prefetch_batches, transform=transform) as loader:
+            for item in loader:
+                window.append(item)
+                if len(window) < window_size:
+                    continue
+                lr = schedule.at(run_state.epoch * plan.steps_per_epoch + run_state.position // policy.global_batch)
+                step_start = time.perf_counter()
+                stats = backend.train_step(window, lr)
+                backend_seconds = time.perf_counter() - step_start
+                window = []
+                taken += 1
+                run_state.step += 1
+                run_state.position += policy.global_batch
+                local += stats.as_array()
+                sparsity = plan.pruner.sparsity_due(run_state.step)
+                if sparsity is not None:  # rank 0's masks for everyone
+                    prunable = require_prunable(backend)
+                    masks = plan.pruner.masks(prunable.prunable(), sparsity) if world.rank == 0 else None
+                    prunable.set_masks(collectives.masks_from_rank0(comm, masks))
+                run_state.epoch_time = time_before + time.perf_counter() - start
+                run_state.data_wait = wait_before + loader.wait_seconds
+                info = backend.step_info()
+                now = time.perf_counter()
+                # A checkpoint or commit below counts as the next step's "other" time in the profile.
+                self.callbacks.step_end(ctx, StepReport(
+                    epoch=run_state.epoch + 1, step=run_state.step, step_in_epoch=taken, steps_in_epoch=epoch_plan.steps,
+                    loss=stats.loss_sum / stats.count, samples_per_s=taken * policy.global_batch / (now - start),
+                    lr=info.lr, loss_scale=info.loss_scale, data_wait_s=loader.wait_seconds - wait_seen,
+                    backend_s=backend_seconds, comm_s=info.comm_seconds, total_s=now - step_end))
+                step_end, wait_seen = now, loader.wait_seconds
+                last = taken == epoch_plan.steps  # the epoch end follows: its own checkpoint and commit
+                if not last and checkpointer.due_at_step(run_state.step):
+                    fold()
+                    checkpointer.save(backend, run_state)
+                if self.elastic and not last and run_state.step % cfg.elastic.commit_every_steps == 0:
+                    fold()
+                    state.commit()
+        fold()
+        loss_sum, correct, count = run_state.sums
+        return {
+            "epoch": run_state.epoch + 1,
+            "train_loss": loss_sum / count,
+            "train_accuracy": correct / count,
+            "lr": lr,
+            "loss_scale": backend.step_info().loss_scale,
+            "epoch_time_s": run_state.epoch_time,
+            "samples_per_s": count / run_state.epoch_time,
+            "data_wait_fraction": run_state.data_wait / run_state.epoch_time,
+        }
+
+    def _summary(self, world: World, plan: RunPlan, history: list[dict[str, Any]],
+                 steps_per_rank: list[int]) -> dict[str, Any]:
+        cfg, backend, policy = self.cfg, self.backend, plan.policy
+        metric = "val_accuracy" if history[-1]["val_accuracy"] is not None else "train_accuracy"
+        pick = min if lower_is_better(metric) else max
+        best = pick(history, key=lambda r: r[metric])
+        return {
+            "backend": backend.name,
+            "framework_version": backend.framework_version(),
+            "hvdtrain_version": __version__,
+            "world_size": world.size,
+            "controller": world.controller,
+            "device": self.placement.device,
+            "threads_per_rank": self.placement.threads,
+            "model": cfg.model.name,
+            "num_parameters": self.num_params,
+            "dataset": cfg.data.name,
+            "epochs": len(history),
+            "steps": steps_per_rank[0],
+            "steps_per_rank": steps_per_rank,
+            "global_batch_size": policy.global_batch,
+            "accumulation_steps": policy.accumulation_steps,
+            "base_lr": policy.base_lr,
+            "scaled_lr": policy.scaled_lr,
+            "precision": policy.step.precision,
+            "compression": policy.step.compression,
+            "reduce_op": policy.step.reduce_op,
+            "final": history[-1],
+            "best": {"metric": metric, **best},
+            "mean_samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
+            "config_hash": config_hash(cfg),
+        }

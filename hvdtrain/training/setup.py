@@ -1,0 +1,48 @@
+"""What the loop derives from the config before it steps: the backend's build spec (once per run), and the
+plan for the current world (again after every elastic reset): policy, steps per epoch, LR schedule, pruning
+schedule. Pure functions: no collective, no file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hvdtrain.backend import BuildSpec, StepPolicy
+from hvdtrain.config import Config
+from hvdtrain.data import plan_epoch
+from hvdtrain.distributed.communicator import World
+from hvdtrain.features.pruning import Pruner
+from hvdtrain.training.policy import ResolvedPolicy, resolve_policy
+from hvdtrain.training.schedule import LRSchedule
+from hvdtrain.training.sources import teacher_model_config
+
+
+def build_spec(cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> BuildSpec:
+    """The part of the config a backend needs to build model, optimizer and step."""
+    return BuildSpec(model=cfg.model, image_shape=image_shape, num_classes=num_classes, seed=cfg.seed,
+                     optim=cfg.optim, step=StepPolicy.from_config(cfg.policy), regularization=cfg.regularization,
+                     freeze=cfg.train.freeze, distill=cfg.distill,
+                     teacher=teacher_model_config(cfg) if cfg.distill.teacher else None)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The run on the current world."""
+
+    world: World
+    policy: ResolvedPolicy
+    steps_per_epoch: int
+    schedule: LRSchedule
+    pruner: Pruner
+
+
+def plan_run(cfg: Config, world: World, train_samples: int, nccl_built: bool) -> RunPlan:
+    """Checks the policy against `world` and derives the run's numbers on it."""
+    policy = resolve_policy(cfg, world, nccl_built=nccl_built)
+    steps_per_epoch = plan_epoch(train_samples, rank=world.rank, world_size=world.size,
+                                 batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=0,
+                                 max_steps=cfg.train.max_steps_per_epoch,
+                                 accumulation_steps=cfg.policy.accumulation_steps).steps
+    schedule = LRSchedule.from_config(cfg.optim, policy.scaled_lr, cfg.policy.warmup_epochs, steps_per_epoch,
+                                      cfg.train.epochs)
+    return RunPlan(world=world, policy=policy, steps_per_epoch=steps_per_epoch, schedule=schedule,
+                   pruner=Pruner(cfg, steps_per_epoch))
