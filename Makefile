@@ -15,8 +15,8 @@ setup:
 train: setup
 	$(VENV)/bin/horovodrun -np $(NP) $(PY) -m hvdtrain --config $(CONFIG) run.overwrite=true $(ARGS)
 
-# The whole test suite: unit tests, then real horovodrun/mpirun multi-process tests.
-test: setup
+# The whole test suite: lint and types first, then unit tests, then real horovodrun/mpirun multi-process tests.
+test: setup lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 test-unit: setup
@@ -30,6 +30,12 @@ doctor: setup
 
 docs: setup
 	$(PY) -m hvdtrain config-docs > docs/config.md
+
+# ruff (rules in pyproject.toml) over every Python file, then mypy, strict, over hvdtrain/, torch_backend/ and
+# tf_backend/ (files and settings in pyproject.toml). Neither imports a framework: seconds, cached in .mypy_cache/.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # The setup and a 2-rank training run as on plain PyPI (this machine's extra pip sources off), in a venv kept
 # in the cache: the newcomer's path, checked by CI so that it cannot silently break again.

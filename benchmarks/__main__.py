@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         section_args = ["--quick", "--repeats", "1"] if args.quick else SECTIONS[name]
         if args.repeats is not None and not args.quick:
             section_args = [a if prev != "--repeats" else str(args.repeats)
-                            for prev, a in zip([None, *section_args], section_args)]
+                            for prev, a in zip([None, *section_args], section_args, strict=False)]
         start = time.perf_counter()
         print(f"benchmarks: {name} {' '.join(section_args)}", file=sys.stderr, flush=True)
         importlib.import_module(f"benchmarks.{name}").main(section_args)

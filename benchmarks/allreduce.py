@@ -19,6 +19,7 @@ Medians over iterations and repeats; each (size, method) runs for about --second
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import mmap
 import shutil
@@ -26,8 +27,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -113,17 +115,17 @@ def worker(max_bytes: int, seconds: float, arena_dir: str, out: str) -> None:
         count = size // 4
         tensor = torch.ones(count, dtype=torch.float32)
         x, y = np.ones(count, dtype=np.float32), np.empty(count, dtype=np.float32)
-        horovod = lambda: hvd.allreduce_(tensor, op=hvd.Average, name=f"bench.{size}")  # noqa: E731
+        horovod = functools.partial(hvd.allreduce_, tensor, op=hvd.Average, name=f"bench.{size}")
         # Every rank must run the same number of collectives: rank 0's count, broadcast.
         iters = int(hvd.broadcast_object(_iterations(horovod, seconds), root_rank=0))
         results["horovod"][size] = statistics.median(_timed_once(horovod) for _ in range(iters))
         hvd.barrier()
         arena.allreduce(x, y)  # warm-up
-        times = [_timed_once(lambda: arena.allreduce(x, y)) for _ in range(iters)]
+        times = [_timed_once(functools.partial(arena.allreduce, x, y)) for _ in range(iters)]
         results["shm"][size] = statistics.median(times)
         assert np.all(y == ranks), "the shared-memory allreduce summed wrongly"
         hvd.barrier()
-        times = [_timed_once(lambda: np.copyto(y, x)) for _ in range(iters)]
+        times = [_timed_once(functools.partial(np.copyto, y, x)) for _ in range(iters)]
         results["memcpy"][size] = statistics.median(times)
         hvd.barrier()
     arena.close()

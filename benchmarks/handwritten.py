@@ -21,8 +21,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -118,7 +119,7 @@ def _tensorflow_loop(cfg: Config) -> tuple[int, list[float]]:
         # the tape itself fails on Keras 3 variables in Horovod 0.28.1 (it calls Variable.ref()).
         grads = [hvd.allreduce(g, op=hvd.Average, name=f"grad.{i}")
                  for i, g in enumerate(tape.gradient(loss, model.trainable_variables))]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
 
     def epoch(e: int) -> None:
         for idx in shard_batches(len(y), hvd.rank(), hvd.size(), cfg.train.batch_size, cfg.seed, e,

@@ -11,6 +11,7 @@ side's time per step is the median over epochs after the first (warm-up, tracing
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -65,9 +66,10 @@ def measure(repeats: int, overrides: tuple[str, ...], sizes: tuple[int, ...] = (
         for rep in range(repeats):
             for np_ in sizes:
                 for backend in ("torch", "tensorflow"):
-                    for name, fn in ((f"hvdtrain {backend} np={np_}", lambda: trainer(backend, np_, overrides, tmp)),
+                    for name, fn in ((f"hvdtrain {backend} np={np_}",
+                                      functools.partial(trainer, backend, np_, overrides, tmp)),
                                      (f"{backend}-horovod np={np_}",
-                                      lambda: handwritten(f"{backend}-horovod", np_, overrides, tmp))):
+                                      functools.partial(handwritten, f"{backend}-horovod", np_, overrides, tmp))):
                         times.setdefault(name, []).append(fn())
                         print(f"overhead: repeat {rep} {name}: {times[name][-1]:.3f} s/epoch", file=sys.stderr)
                 if np_ > 1:

@@ -113,8 +113,9 @@ class EarlyStopping(Callback):
         return since >= self.patience
 
 
-def load_user_callback(path: str, cfg: Config) -> Callback:
-    """`package.module:name` -> name(cfg), checked to be a callback-like object."""
+def load_user_callback(path: str, cfg: Config) -> object:
+    """`package.module:name` -> name(cfg), checked to be a callback-like object: a Callback, or any object with
+    some of its hooks (the list calls only the hooks an object has)."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"callbacks.user entry {path!r} is not 'package.module:name': write it like "
@@ -135,10 +136,10 @@ def load_user_callback(path: str, cfg: Config) -> Callback:
 class CallbackList:
     """The run's callbacks in order: early stopping (if configured), the user's, then the run's reporters."""
 
-    def __init__(self, cfg: Config, user: list[Callback]) -> None:
+    def __init__(self, cfg: Config, user: list[object]) -> None:
         self.cfg: CallbacksConfig = cfg.callbacks
-        self.user = user
-        self.active: list[Callback] = []
+        self.user = user  # callback-like objects (see load_user_callback)
+        self.active: list[object] = []
 
     @classmethod
     def from_config(cls, cfg: Config) -> CallbackList:

@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "augment-preview":
             from pathlib import Path
 
-            from hvdtrain.config import load_config
             from hvdtrain.commands.preview import write_preview
+            from hvdtrain.config import load_config
 
             path = write_preview(load_config(args.config, args.overrides), Path(args.out), args.rows,
                                  args.variants)

@@ -14,11 +14,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from hvdtrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Section = TypeVar("_Section", bound="DataclassInstance")
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, min: float | None = None,
@@ -485,7 +490,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, tree: Any, prefix: str) -> Any:
+def _build(cls: type[_Section], tree: Any, prefix: str) -> _Section:
     if not isinstance(tree, dict):
         raise ConfigError(f"'{prefix.rstrip('.')}' is a section: set its keys, e.g. "
                           f"{prefix}{dataclasses.fields(cls)[0].name}=...")
@@ -496,32 +501,37 @@ def _build(cls: type, tree: Any, prefix: str) -> Any:
             # Name the full dotted key the user wrote (trian.epochs, not just trian) to suggest the fix.
             leaf = next(iter(flatten(value, f"{key}."))) if isinstance(value, dict) and value else str(key)
             raise ConfigError(_unknown_key_message(prefix + leaf, cls, prefix))
-    values = {}
+    values: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in tree:
             continue
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if _is_section(tp):
             values[name] = _build(tp, tree[name], prefix=f"{prefix}{name}.")
         else:
             values[name] = _coerce(tree[name], tp, f, prefix + name)
     return cls(**values)
 
 
-def _unknown_key_message(key: str, cls: type, prefix: str) -> str:
+def _is_section(tp: Any) -> typing.TypeGuard[type[DataclassInstance]]:
+    """Whether a field's type is a nested config class (a dataclass), not a value."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _unknown_key_message(key: str, cls: type[DataclassInstance], prefix: str) -> str:
     known = [prefix + k for k in all_keys(cls)] + [prefix + f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(sorted(known))}"
     return f"unknown config key '{key}': {hint} (all keys: docs/config.md)"
 
 
-def all_keys(cls: type = Config) -> list[str]:
+def all_keys(cls: type[DataclassInstance] = Config) -> list[str]:
     """Every leaf key of a config class, dotted."""
     hints = typing.get_type_hints(cls)
     keys = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if _is_section(tp):
             keys += [f"{f.name}.{k}" for k in all_keys(tp)]
         else:
             keys.append(f.name)
@@ -548,7 +558,7 @@ def _describe(tp: Any) -> str:
     return _NAMES[tp][0]
 
 
-def _coerce(value: Any, tp: Any, f: dataclasses.Field, key: str) -> Any:
+def _coerce(value: Any, tp: Any, f: dataclasses.Field[Any], key: str) -> Any:
     meta = f.metadata
     if isinstance(value, dict):
         raise ConfigError(f"config key {key} is a value, not a section: set {key}=<{_describe(tp)}>")
@@ -571,7 +581,8 @@ def _coerce(value: Any, tp: Any, f: dataclasses.Field, key: str) -> Any:
         variadic = len(args) == 2 and args[1] is Ellipsis
         if not isinstance(value, (list, tuple)) or (not variadic and len(value) != len(args)) \
                 or (variadic and len(value) < meta["min_items"]):
-            example = "[" + ", ".join(str(v) for v in (f.default or (1, 1))) + "]"
+            default = f.default if isinstance(f.default, tuple) and f.default else (1, 1)
+            example = "[" + ", ".join(str(v) for v in default) + "]"
             raise ConfigError(f"config key {key}: expected {_describe(tp)}, got {value!r} "
                               f"(write it like {key}={example.replace(' ', '')})")
         return tuple(_coerce(v, args[0], f, key) for v in value)
@@ -628,15 +639,18 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- output
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: Config) -> dict[str, Any]:
     """The config as plain YAML/JSON-friendly data (tuples become lists)."""
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        return v
-    return plain(cfg)
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _plain(v: Any) -> Any:
+    """A config value as plain data: sections become dicts, tuples lists."""
+    if dataclasses.is_dataclass(v):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
 
 
 def to_yaml(cfg: Config) -> str:
@@ -670,13 +684,13 @@ def reference_markdown() -> str:
              "`run.dir=runs/a`, `model.hidden_units=[64]`). Unknown keys, wrong types and out-of-range "
              "values stop the run with a one-line error and exit code 2.", ""]
 
-    def section(cls: type, prefix: str) -> None:
+    def section(cls: type[DataclassInstance], prefix: str) -> None:
         hints = typing.get_type_hints(cls)
         rows = []
         subs = []
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
-            if dataclasses.is_dataclass(tp):
+            if _is_section(tp):
                 subs.append((tp, f"{prefix}{f.name}."))
                 continue
             meta = f.metadata
@@ -692,7 +706,7 @@ def reference_markdown() -> str:
                 bounds.append(f"<= {meta['max']}")
             if bounds:
                 allowed += " (" + ", ".join(bounds) + ")"
-            default = json.dumps(to_dict(f.default) if isinstance(f.default, tuple) else f.default)
+            default = json.dumps(_plain(f.default))
             rows.append(f"| `{prefix}{f.name}` | `{default}` | {allowed} | {meta['help']} |")
         title = prefix.rstrip(".") or "top level"
         lines.extend([f"## {title}", "", (cls.__doc__ or "").strip(), "",

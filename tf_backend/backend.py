@@ -20,8 +20,18 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hvdtrain.backend import (Backend, BuildSpec, LoadKind, Penalized, Placement, Prunable,  # noqa: E402
-                              PrunableWeight, SaveKind, StepInfo, StepStats)
+from hvdtrain.backend import (  # noqa: E402
+    Backend,
+    BuildSpec,
+    LoadKind,
+    Penalized,
+    Placement,
+    Prunable,
+    PrunableWeight,
+    SaveKind,
+    StepInfo,
+    StepStats,
+)
 from hvdtrain.config import OptimConfig  # noqa: E402
 from hvdtrain.distributed.communicator import Communicator  # noqa: E402
 from hvdtrain.distributed.environment import threads_for_rank  # noqa: E402
@@ -36,11 +46,11 @@ from tf_backend.precision import Precision, make_precision  # noqa: E402
 def make_optimizer(optim: OptimConfig, clip_norm: float | None = None) -> keras.optimizers.Optimizer:
     """The optimizer named by `optim.name` with PyTorch's update rules (tf_backend/optimizers.py) and global-norm
     clipping at `clip_norm` (policy.grad_clip_norm). fp16's loss scaling wraps it (tf_backend/precision.py)."""
-    common = {"learning_rate": optim.lr, "global_clipnorm": clip_norm}
     if optim.name == "sgd":
-        return TorchSGD(momentum=optim.momentum, nesterov=optim.nesterov, l2=optim.weight_decay, **common)
+        return TorchSGD(momentum=optim.momentum, nesterov=optim.nesterov, l2=optim.weight_decay,
+                        learning_rate=optim.lr, global_clipnorm=clip_norm)
     return TorchAdam(beta_1=optim.beta1, beta_2=optim.beta2, epsilon=optim.eps, decay=optim.weight_decay,
-                     decoupled=optim.name == "adamw", **common)
+                     decoupled=optim.name == "adamw", learning_rate=optim.lr, global_clipnorm=clip_norm)
 
 
 WEIGHTS_FILE, OPTIMIZER_FILE, MODEL_FILE = "model.weights.h5", "optimizer.npz", "model.keras"
@@ -109,8 +119,10 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
     def _parts(self) -> tuple[BuildSpec, keras.Model, keras.optimizers.Optimizer, Precision]:
-        assert None not in (self.spec, self.model, self.optimizer, self.precision), "build() first"
-        return self.spec, self.model, self.optimizer, self.precision  # type: ignore[return-value]
+        spec, model, optimizer, precision = self.spec, self.model, self.optimizer, self.precision
+        assert spec is not None and model is not None and optimizer is not None and precision is not None, \
+            "build() first"
+        return spec, model, optimizer, precision
 
     # --- state -------------------------------------------------------------------------------------------
     def _variables(self) -> list[Any]:
@@ -122,7 +134,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         return [np.array(v) for v in self._variables()]
 
     def load_state(self, state: list[np.ndarray]) -> None:
-        for var, value in zip(self._variables(), state):
+        for var, value in zip(self._variables(), state, strict=False):
             var.assign(value)
 
     def sync(self) -> None:
@@ -146,7 +158,9 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         model.save_weights(directory / WEIGHTS_FILE)
         # Keras' optimizer variables (slots, iterations, loss scale) in build order, which is the same for
         # the same model and optimizer config.
-        np.savez(directory / OPTIMIZER_FILE, **{f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+        slots = {f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
+        # numpy's stub types **kwds as if a key could be its allow_pickle flag (these are v0, v1, ...).
+        np.savez(directory / OPTIMIZER_FILE, **slots)  # type: ignore[arg-type]
         return [WEIGHTS_FILE, OPTIMIZER_FILE]
 
     def load(self, source: Path, kind: LoadKind, skip_mismatched: bool = False) -> list[str]:
@@ -181,7 +195,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{key}: '{source}' does not fit this model (layers or shapes differ: {first}): use the "
                               "same model.name, or set train.init_skip_mismatched=true for a different head") from None
-        return [v.path for v, old in zip(model.variables, before) if np.array_equal(np.array(v), old)] \
+        return [v.path for v, old in zip(model.variables, before, strict=True) if np.array_equal(np.array(v), old)] \
             if skip_mismatched else []
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -236,7 +250,9 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         def reduce_gradients(grads: list[tf.Tensor]) -> list[tf.Tensor]:
             if reduce_op == hvd.Average:
                 # Horovod: one grouped collective per optimizer step for every gradient of the window.
-                return hvd.grouped_allreduce(grads, op=reduce_op, compression=compression, name="hvdtrain.grads")
+                reduced: list[tf.Tensor] = hvd.grouped_allreduce(grads, op=reduce_op, compression=compression,
+                                                                  name="hvdtrain.grads")
+                return reduced
             # Horovod 0.28.1's grouped_allreduce fails for Adasum (it reads a comprehension's variable);
             # per-tensor allreduces are fused by Horovod all the same.
             return [hvd.allreduce(g, op=reduce_op, compression=compression, name=f"hvdtrain.grads.{i}")
@@ -245,7 +261,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         @tf.function(input_signature=signature, reduce_retracing=True)
         def accumulate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             loss, correct, grads = local_gradients(x, y)
-            for total, g in zip(sums, grads):
+            for total, g in zip(sums, grads, strict=True):
                 total.assign_add(g)
             return loss, correct
 
@@ -253,7 +269,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             loss, correct, grads = local_gradients(x, y)
             if sums:
-                grads = [g + total for g, total in zip(grads, sums)]
+                grads = [g + total for g, total in zip(grads, sums, strict=True)]
             # The allreduce's wall time (StepInfo.comm_seconds), between timestamps ordered by control
             # dependencies: after every gradient exists, and after every reduced one does.
             with tf.control_dependencies(grads):

@@ -14,8 +14,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hvdtrain.backend import (Backend, BuildSpec, LoadKind, Penalized, Placement, Prunable, PrunableWeight, SaveKind,
-                              StepInfo, StepPolicy, StepStats)
+from hvdtrain.backend import (
+    Backend,
+    BuildSpec,
+    LoadKind,
+    Penalized,
+    Placement,
+    Prunable,
+    PrunableWeight,
+    SaveKind,
+    StepInfo,
+    StepPolicy,
+    StepStats,
+)
 from hvdtrain.config import OptimConfig
 from hvdtrain.distributed.communicator import Communicator
 from hvdtrain.distributed.environment import threads_for_rank
@@ -40,7 +51,7 @@ def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def distributed_optimizer(optimizer: torch.optim.Optimizer, named_parameters: list[tuple[str, torch.Tensor]],
+def distributed_optimizer(optimizer: torch.optim.Optimizer, named_parameters: Sequence[tuple[str, torch.Tensor]],
                           policy: StepPolicy) -> Any:
     """Horovod: gradients are allreduced once per window of `backward_passes_per_step` backward passes (Horovod
     sums them locally; train_step divides the loss by the window to average instead). The wrapper is a new
@@ -105,8 +116,10 @@ class TorchBackend(Backend, Prunable, Penalized):
         return sum(p.numel() for p in model.parameters())
 
     def _parts(self) -> tuple[BuildSpec, torch.nn.Module, Any, Precision]:
-        assert None not in (self.spec, self.model, self.optimizer, self.precision), "build() first"
-        return self.spec, self.model, self.optimizer, self.precision  # type: ignore[return-value]
+        spec, model, optimizer, precision = self.spec, self.model, self.optimizer, self.precision
+        assert spec is not None and model is not None and optimizer is not None and precision is not None, \
+            "build() first"
+        return spec, model, optimizer, precision
 
     # --- state -------------------------------------------------------------------------------------------
     def _live_state(self) -> dict[str, Any]:
@@ -187,7 +200,8 @@ class TorchBackend(Backend, Prunable, Penalized):
     def _forward(self, images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
         _, _, _, precision = self._parts()
         with precision.forward_context():
-            return model(images).float()  # the loss in fp32 whatever the compute precision
+            logits: torch.Tensor = model(images)
+            return logits.float()  # the loss in fp32 whatever the compute precision
 
     def _penalty(self) -> torch.Tensor | None:
         """regularization.l1/l2 over the kernels (parameters with ndim > 1), or None."""

@@ -65,8 +65,9 @@ class BasicBlock(nn.Module):
             else nn.Identity()
         self.relu = nn.ReLU()
 
-    def forward(self, x):  # noqa: ANN001, ANN201 (torch's forward signature)
-        return self.relu(self.body(x) + self.shortcut(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.relu(self.body(x) + self.shortcut(x))
+        return out
 
 
 def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:

@@ -154,7 +154,9 @@ def use_native(images: Any, config: AugmentConfig) -> bool:
 
 def apply_transforms(images: np.ndarray, params: Sequence[dict[str, Any]], config: AugmentConfig) -> np.ndarray:
     """Keras `apply_transform` semantics for a NHWC float numpy batch, on the native kernel."""
-    return apply_batch(NATIVE_OPS, np.asarray(images, dtype=np.float32), params, config.fill_mode, config.cval)
+    out: np.ndarray = apply_batch(NATIVE_OPS, np.asarray(images, dtype=np.float32), params, config.fill_mode,
+                                  config.cval)
+    return out
 
 
 def prepare(config: AugmentConfig) -> None:

@@ -3,8 +3,8 @@ worker thread), standardisation on training and validation images."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -19,6 +19,7 @@ def epoch_rng(seed: int, rank: int, epoch: int, batch: int = 0) -> np.random.Gen
 def _shift(spec: int | float | tuple[float, ...], n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Keras' shift rule: a list picks one of its values with a random sign, an int n picks a whole pixel
     count from 0..n-1 with a random sign, a float draws U(-r, r); a largest value < 1 means a fraction."""
+    values: np.ndarray
     if isinstance(spec, tuple):
         values = rng.choice(np.asarray(spec, dtype=np.float64), n) * rng.choice([-1.0, 1.0], n)
     elif isinstance(spec, int):

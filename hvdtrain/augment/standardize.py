@@ -3,8 +3,8 @@ featurewise statistics over the whole training set across all ranks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -75,7 +75,7 @@ def write_plot(run_dirs: list[Path], out: Path) -> Path:
             per_epoch = max(max(s["step"] for s in steps) / max(len(epochs), 1), 1)
             xs, ys = _series(steps, "step", "loss")
             loss_ax.plot([x / per_epoch for x in xs], ys, color=color, alpha=0.25, linewidth=0.8)
-        for ax, key, name in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
             ax.plot(*_series(epochs, "epoch", f"train_{key}"), color=color, marker="o", markersize=3,
                     label=f"{label} train")
             ax.plot(*_series(epochs, "epoch", f"val_{key}"), color=color, linestyle="--", marker="s", markersize=3,

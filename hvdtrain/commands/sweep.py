@@ -117,7 +117,8 @@ def parse_grid(specs: list[str]) -> list[Axis]:
 
 def combinations(axes: list[Axis]) -> list[dict[str, str]]:
     """Every combination of axis values, the last axis varying fastest."""
-    return [dict(zip([a.key for a in axes], combo)) for combo in itertools.product(*(a.values for a in axes))]
+    return [dict(zip([a.key for a in axes], combo, strict=True))
+            for combo in itertools.product(*(a.values for a in axes))]
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -206,7 +207,7 @@ def run_trial(trial: Trial, metric: str, timeout: float | None) -> None:
         trial.result.update(status="failed", error=error or last_error(log_path, code))
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Ends a trial's whole process group (launcher, mpirun, ranks): SIGTERM, then SIGKILL to what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -221,7 +222,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _group_alive(proc: subprocess.Popen) -> bool:
+def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
     """Whether any process of the trial's group is left (the launcher itself is reaped here)."""
     proc.poll()
     try:
@@ -233,9 +234,10 @@ def _group_alive(proc: subprocess.Popen) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return data
 
 
 def last_error(log_path: Path, code: int | None) -> str:
@@ -277,7 +279,7 @@ def ranked(trials: list[Trial], metric: str) -> list[Trial]:
     """Trials best first: successful ones by the metric, then those without a value, failed ones last."""
     sign = 1 if lower_is_better(metric) else -1
 
-    def key(t: Trial) -> tuple:
+    def key(t: Trial) -> tuple[int, float, int]:
         value = t.result.get(metric)
         if t.result.get("status") != "ok":
             return (2, 0.0, t.index)
@@ -306,7 +308,8 @@ def format_table(trials: list[Trial], axes: list[Axis], metric: str) -> str:
              _fmt(t.result.get(metric, "")), str(t.result.get("epochs", "")), _fmt(t.result["wall_time_s"], 1)]
             for t in ranked(trials, metric)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows])
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)).rstrip()
+                     for r in [header, *rows])
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

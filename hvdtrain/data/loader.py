@@ -103,7 +103,7 @@ class BatchLoader:
                 if run.stop.is_set():
                     return _DONE
                 if run.thread is not None and not run.thread.is_alive() and run.queue.empty():
-                    raise RuntimeError("the batch loader thread ended without finishing the epoch")
+                    raise RuntimeError("the batch loader thread ended without finishing the epoch") from None
 
     def close(self) -> None:
         """Stops the worker thread of the current pass (idempotent)."""

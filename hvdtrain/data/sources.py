@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,15 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of one image."""
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+        return tuple(self.x_train.shape[1:])
 
 
 def load_dataset(cfg: Any, seed: int) -> Dataset:
     """Loads `cfg.name` (a DataConfig) and splits off `cfg.val_fraction` for validation, from `seed`."""
-    loaders = {"digits": _digits, "synthetic": _synthetic, "npz": _npz, "image_folder": _image_folder,
-               "cifar10": lambda c, s: load_cifar10(c, _require_path(c, "cifar-10-batches-py directory")),
-               "mnist": lambda c, s: load_mnist(c, _require_path(c, "folder of MNIST IDX files"))}
+    loaders: dict[str, Callable[[Any, int], tuple[Any, ...]]] = {
+        "digits": _digits, "synthetic": _synthetic, "npz": _npz, "image_folder": _image_folder,
+        "cifar10": lambda c, s: load_cifar10(c, _require_path(c, "cifar-10-batches-py directory")),
+        "mnist": lambda c, s: load_mnist(c, _require_path(c, "folder of MNIST IDX files"))}
     if cfg.name not in loaders:
         raise DataError(f"data.name={cfg.name!r} is unknown: choose one of {', '.join(loaders)}")
     x, y, x_val, y_val, names = loaders[cfg.name](cfg, seed)
@@ -165,7 +167,7 @@ def _image_folder(cfg: Any, seed: int) -> tuple[Any, ...]:
     gray = all(img.mode == "L" for img in images)
     size = tuple(cfg.image_size) if cfg.image_size else None
     arrays = []
-    for (path, _), img in zip(files, images):
+    for (path, _), img in zip(files, images, strict=True):
         img = img.convert("L" if gray else "RGB")
         if size is not None:
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)

@@ -91,7 +91,8 @@ class Communicator:
 
     def broadcast_object(self, obj: T, name: str = "hvdtrain.broadcast") -> T:
         """Rank 0's `obj` on every rank."""
-        return self._hvd.broadcast_object(obj, root_rank=0, name=name)  # type: ignore[no-any-return]
+        shared: T = self._hvd.broadcast_object(obj, root_rank=0, name=name)
+        return shared
 
     def agree(self, action: Callable[[], T]) -> T:
         """Runs `action` on every rank; if it raises a UserError on any rank, every rank raises it.
@@ -99,7 +100,6 @@ class Communicator:
         Without this, a rank that cannot read its data would exit while the others wait in a collective.
         """
         error: UserError | None = None
-        result: T | None = None
         try:
             result = action()
         except UserError as exc:
@@ -111,7 +111,7 @@ class Communicator:
                 raise error
             rank, msg = failed[0]
             raise UserError(f"{msg} (reported by rank {rank})")
-        return result  # type: ignore[return-value]
+        return result  # bound: a rank whose action raised is in `failed` and raised above
 
     def check_same(self, values: Mapping[str, Any]) -> None:
         """Stops every rank, naming the differing keys, if any rank holds different `values` (the resolved

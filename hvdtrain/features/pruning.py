@@ -109,7 +109,7 @@ def mask_digest(masks: dict[str, np.ndarray]) -> str:
 
 def sparsity_report(kernels: dict[str, PrunableWeight], prune: PruneConfig) -> dict[str, Any]:
     """Per-kernel and overall zero fractions of the final weights (sparsity.json)."""
-    layers = []
+    layers: list[dict[str, Any]] = []
     for name, k in kernels.items():
         zeros = int(np.count_nonzero(k.values == 0))
         values = np.moveaxis(k.values, k.out_axis, 0).reshape(k.values.shape[k.out_axis], -1)

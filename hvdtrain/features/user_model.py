@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from hvdtrain.config import ModelConfig
 from hvdtrain.errors import ConfigError
+
+_Model = TypeVar("_Model")
 
 _FRAMEWORKS = {"torch": ("PyTorch", "a torch.nn.Module"), "tensorflow": ("Keras", "a Keras 3 model (keras.Model)")}
 _OTHER = {"torch": ("tensorflow", ("keras", "tensorflow", "tf_keras")), "tensorflow": ("torch", ("torch",))}
@@ -28,7 +31,7 @@ def load_user_model(path: str) -> Callable[..., Any]:
                           "model.name=my_pkg.models:build")
     module_name, _, attr = path.partition(":")
     try:
-        builder = getattr(importlib.import_module(module_name), attr)
+        builder: object = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model.name={path!r} cannot be imported ({exc}): check the name and that its package "
                           "is on PYTHONPATH on every node") from None
@@ -45,8 +48,8 @@ def load_user_model(path: str) -> Callable[..., Any]:
     return builder
 
 
-def build_user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, expected: type,
-                     backend: str) -> Any:
+def build_user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
+                     expected: type[_Model], backend: str) -> _Model:
     """Calls the builder; refuses what is not an `expected` (the model class of `backend`)."""
     model = load_user_model(cfg.name)(cfg, tuple(image_shape), num_classes)
     if not isinstance(model, expected):

@@ -92,7 +92,8 @@ class RunOutputs:
         if self.enabled:
             import io
             buf = io.BytesIO()
-            np.savez(buf, **weights)
+            # numpy's stub types **kwds as if a key could be its allow_pickle flag (these are weight names).
+            np.savez(buf, **weights)  # type: ignore[arg-type]
             write_atomic(self.dir / "weights.npz", buf.getvalue())
 
     def write_json(self, name: str, content: dict[str, Any]) -> None:

@@ -112,7 +112,9 @@ class Checkpointer:
     def restore_best(self, history: list[dict[str, Any]]) -> None:
         """Continues the best-metric tracking of a resumed run."""
         metric = self.cfg.checkpoint.best_metric
-        values = [r[metric] for r in history if metric and r.get(metric) is not None]
+        if not metric:
+            return
+        values = [r[metric] for r in history if r.get(metric) is not None]
         if values:
             self.best_value = min(values) if lower_is_better(metric) else max(values)
 
@@ -175,7 +177,9 @@ class Checkpointer:
 
     def _update_best(self, source: Path, record: dict[str, Any]) -> None:
         metric = self.cfg.checkpoint.best_metric
-        value = record.get(metric) if metric else None
+        if not metric:
+            return
+        value = record.get(metric)
         if value is None:
             return
         if self.best_value is not None and (value >= self.best_value if lower_is_better(metric) else

@@ -43,14 +43,15 @@ def check_same_config(comm: Communicator, cfg: Config, world_size: int) -> None:
 def find_resume(comm: Communicator, cfg: Config, rank: int) -> Checkpoint | None:
     """The checkpoint to continue from (train.resume), as rank 0 finds it; every rank gets its manifest, so
     all ranks start from the same epoch and step (rank 0 alone reads the state files)."""
-    if cfg.train.resume is None:
+    resume = cfg.train.resume
+    if resume is None:
         return None
 
     def locate() -> Checkpoint | None:
         if rank != 0:
             return None
         run_dir = cfg.run_dir()
-        found = newest(run_dir) if cfg.train.resume == "auto" else read_checkpoint(Path(cfg.train.resume))
+        found = newest(run_dir) if resume == "auto" else read_checkpoint(Path(resume))
         if found is not None:
             check_compatible(found, cfg)
         elif RunOutputs(run_dir, enabled=True).holds_a_run() and not cfg.run.overwrite:
@@ -87,8 +88,9 @@ def any_rank(comm: Communicator, flag: bool) -> bool:
 
 def masks_from_rank0(comm: Communicator, masks: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """Rank 0's pruning masks on every rank (the other ranks pass None)."""
-    result: dict[str, np.ndarray] = comm.broadcast_object(masks, "hvdtrain.masks")
-    return result
+    shared = comm.broadcast_object(masks, "hvdtrain.masks")
+    assert shared is not None, "rank 0 passes the masks"
+    return shared
 
 
 def gather(comm: Communicator, value: Any) -> list[Any]:

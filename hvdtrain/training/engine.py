@@ -68,7 +68,8 @@ class Engine:
             # find its own run directory and refuse it). Every rank of an elastic job is here together.
             state.commit()
         else:
-            outputs.rewind(run_state.history, run_state.step)  # an elastic rollback: drop what was logged after the commit
+            # An elastic rollback: drop what was logged after the commit.
+            outputs.rewind(run_state.history, run_state.step)
             self.progress.print(f"elastic reset: {world.size} rank(s) now; continuing epoch {run_state.epoch + 1} at "
                                 f"sample {run_state.position}, step {run_state.step}; {plan.policy.describe()}")
         checkpointer.restore_best(run_state.history)
@@ -100,7 +101,8 @@ class Engine:
             if run_state.stopped_early:
                 self.progress.print(f"stopping after epoch {run_state.epoch}, asked by "
                                     f"{', '.join(asked) or 'a callback on another rank'}")
-            if checkpointer.due_at_epoch_end(run_state.epoch, last=run_state.epoch == cfg.train.epochs or run_state.stopped_early):
+            if checkpointer.due_at_epoch_end(run_state.epoch,
+                                             last=run_state.epoch == cfg.train.epochs or run_state.stopped_early):
                 checkpointer.save(backend, run_state)
             state.commit()
         if self.profiler.timeline_on:
@@ -172,8 +174,8 @@ class Engine:
             comm.agree(lambda: backend.load(init_source(cfg, cfg.distill.teacher, "distill.teacher"), "teacher")
                        if world.rank == 0 else [])
         backend.sync()
-        comm.agree(lambda: outputs.start(to_yaml(cfg), history=run_state.history if resume else None, resume_step=run_state.step,
-                                         overwrite=cfg.run.overwrite))
+        comm.agree(lambda: outputs.start(to_yaml(cfg), history=run_state.history if resume else None,
+                                         resume_step=run_state.step, overwrite=cfg.run.overwrite))
         checkpointer.remove_leftovers()
         run_state.started = True
         say, placement = self.progress.print, self.placement
@@ -184,7 +186,8 @@ class Engine:
         say("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
         say(plan.policy.describe())
         if resume is not None:
-            say(f"resuming from {resume.path} (epoch {run_state.epoch}, sample {run_state.position}, step {run_state.step})")
+            say(f"resuming from {resume.path} (epoch {run_state.epoch}, sample {run_state.position}, "
+                f"step {run_state.step})")
         elif cfg.train.init_from:
             say(f"weights from {cfg.train.init_from}" + (f"; freshly initialised: {', '.join(skipped)}"
                                                          if skipped else ""))
@@ -223,7 +226,8 @@ class Engine:
         epoch_plan = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size, batch_size=batch,
                                 seed=cfg.seed, epoch=run_state.epoch, max_steps=cfg.train.max_steps_per_epoch,
                                 accumulation_steps=window_size, start=run_state.position)
-        transform = augment.train_transform(cfg.seed, world.rank, run_state.epoch, run_state.position // (world.size * batch))
+        transform = augment.train_transform(cfg.seed, world.rank, run_state.epoch,
+                                            run_state.position // (world.size * batch))
         local = np.zeros(3)  # this rank's sums since they were last folded into run_state.sums (a global total)
 
         def fold() -> None:  # a collective: called at the same step on every rank
@@ -263,7 +267,8 @@ class Engine:
                 now = time.perf_counter()
                 # A checkpoint or commit below counts as the next step's "other" time in the profile.
                 self.callbacks.step_end(ctx, StepReport(
-                    epoch=run_state.epoch + 1, step=run_state.step, step_in_epoch=taken, steps_in_epoch=epoch_plan.steps,
+                    epoch=run_state.epoch + 1, step=run_state.step, step_in_epoch=taken,
+                    steps_in_epoch=epoch_plan.steps,
                     loss=stats.loss_sum / stats.count, samples_per_s=taken * policy.global_batch / (now - start),
                     lr=info.lr, loss_scale=info.loss_scale, data_wait_s=loader.wait_seconds - wait_seen,
                     backend_s=backend_seconds, comm_s=info.comm_seconds, total_s=now - step_end))

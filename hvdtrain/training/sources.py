@@ -17,24 +17,24 @@ def init_source(cfg: Config, path: str | None = None, key: str = "train.init_fro
     """The final-model file or checkpoint directory `key` (train.init_from or distill.teacher) names,
     checked to come from the same backend."""
     native_files = MODEL_FILES
-    path = Path(str(path or cfg.train.init_from))
-    if (path / "manifest.json").is_file():
-        backend = read_checkpoint(path).manifest["identity"].get("backend")
-        source = path
-    elif (path / "config.yaml").is_file():
+    root = Path(str(path or cfg.train.init_from))
+    if (root / "manifest.json").is_file():
+        backend = read_checkpoint(root).manifest["identity"].get("backend")
+        source = root
+    elif (root / "config.yaml").is_file():
         try:
-            backend = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("backend", "torch")
+            backend = (yaml.safe_load((root / "config.yaml").read_text()) or {}).get("backend", "torch")
         except yaml.YAMLError:
             backend = None
-        source = path / native_files.get(str(backend), "")
+        source = root / native_files.get(str(backend), "")
         if backend in native_files and not source.is_file():
-            raise ConfigError(f"{key}: run directory '{path}' has no final model ({source.name}); "
+            raise ConfigError(f"{key}: run directory '{root}' has no final model ({source.name}); "
                               "point it at one of its checkpoints/epoch-* directories")
     else:
-        raise ConfigError(f"{key}: '{path}' is neither a checkpoint directory (with manifest.json) nor a "
+        raise ConfigError(f"{key}: '{root}' is neither a checkpoint directory (with manifest.json) nor a "
                           "run directory (with config.yaml): pass one of them")
     if backend != cfg.backend:
-        raise ConfigError(f"{key}: '{path}' holds {backend} weights but this run uses backend="
+        raise ConfigError(f"{key}: '{root}' holds {backend} weights but this run uses backend="
                           f"{cfg.backend}: train the source with the same backend")
     return source
 

@@ -49,7 +49,8 @@ def test_same_initial_distributions(reports: dict[str, dict]) -> None:
     # Uniform +-1/sqrt(fan_in) on both (torch's defaults); a fan-in counted differently (Keras counts a
     # depthwise kernel's channels) shows up as a ratio of sqrt(channels).
     for key, entry in reports["torch"].items():
-        for index, ((n, torch_std), (_, tf_std)) in enumerate(zip(entry["vars"], reports["tensorflow"][key]["vars"])):
+        pairs = zip(entry["vars"], reports["tensorflow"][key]["vars"], strict=True)
+        for index, ((n, torch_std), (_, tf_std)) in enumerate(pairs):
             if torch_std == 0:  # BatchNorm's gamma (ones) and beta (zeros)
                 assert tf_std == 0, (key, index)
             elif n >= 100:

@@ -12,15 +12,15 @@ from conftest import REPO
 
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras")
 
-RUN_AND_LIST_MODULES = """
+RUN_AND_LIST_MODULES = f"""
 import json, runpy, sys
 sys.argv = ["hvdtrain", *json.loads(sys.argv[1])]
 try:
     runpy.run_module("hvdtrain", run_name="__main__")
 except SystemExit as exc:
     assert exc.code == 0, exc.code
-print("MODULES", json.dumps(sorted(m for m in %r if m in sys.modules)))
-""" % (FRAMEWORK_MODULES,)
+print("MODULES", json.dumps(sorted(m for m in {FRAMEWORK_MODULES!r} if m in sys.modules)))
+"""
 
 COUNT_PARAMETERS = """
 import json, sys

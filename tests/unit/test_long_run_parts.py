@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from hvdtrain.callbacks import CallbackList, EarlyStopping, load_user_callback
-from hvdtrain.training.checkpoint import Checkpointer, newest
 from hvdtrain.config import load_config
 from hvdtrain.data.sharding import plan_epoch
 from hvdtrain.errors import ConfigError
+from hvdtrain.training.checkpoint import Checkpointer, newest
 from hvdtrain.training.state import TrainingState
 
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from hvdtrain.distributed.communicator import World
 from hvdtrain.config import HorovodConfig, load_config
 from hvdtrain.data import plan_epoch
+from hvdtrain.distributed.communicator import World
 from hvdtrain.distributed.environment import horovod_settings
 from hvdtrain.errors import ConfigError
 from hvdtrain.training.policy import lr_multiplier, resolve_policy

@@ -249,7 +249,7 @@ def test_resume_auto_continues_exactly_where_the_checkpoint_left(tmp_path: Path,
     assert resumed.loads == [("checkpoint", tmp_path / "cut" / "checkpoints" / resumed_from)]
     assert resumed.lrs == whole.lrs[done:]
     assert len(resumed.windows) == 30 - done
-    for mine, theirs in zip(resumed.windows, whole.windows[done:]):
+    for mine, theirs in zip(resumed.windows, whole.windows[done:], strict=True):
         for (x, y), (x0, y0) in zip(mine, theirs, strict=True):
             np.testing.assert_array_equal(x, x0)
             np.testing.assert_array_equal(y, y0)
