@@ -1,12 +1,17 @@
 """The training policy under real launchers, on both backends: accumulation equivalence and allreduce
-counts, fp16 overflow skipping, half-precision and compressed training, clipping, LR schedules.
+counts, fp16 overflow skipping, half-precision and compressed training, clipping, LR schedules, Adasum.
+
+Each feature is shown to act, not only to train: the dtype on the wire of every gradient allreduce (Horovod's
+timeline), the compute dtype inside a training step and the Adasum update against its formula
+(tests/scripts/step_probe.py).
 
 Tolerances: accumulating N micro-batches of B and one batch of N*B see the same samples and average the
 same gradients, so the weights may differ only by float32 summation order (<= 1e-5, as for the 2-ranks
 vs 1-rank parity); a different global batch gives differences above 1e-3. Accuracy bands on digits: fp32
 reaches about 0.98 (tests/distributed/test_training.py requires 0.95); bf16, fp16 and fp16 compression
 must reach 0.95 as well. The LR read back from each optimizer must match the documented formula to a
-relative 1e-6 (TensorFlow keeps it as a float32 variable).
+relative 1e-6 (TensorFlow keeps it as a float32 variable). Average and Adasum updates must match their
+formulas to a relative 1e-5, while Adasum and Average differ by more than 10%.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import math
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,17 +58,63 @@ def test_accumulated_micro_batches_equal_one_large_batch(tmp_path: Path, small_c
     assert max_weight_diff(read_weights(tmp_path / "small"), reference) > 1e-3
 
 
-def gradient_allreduces(timeline: Path) -> int:
-    """ALLREDUCE operations on gradient tensors recorded in a Horovod timeline: torch's DistributedOptimizer
-    names them allreduce.<parameter>, the TensorFlow backend hvdtrain.grads*; the metric sums are left out."""
+def timeline_events(timeline: Path) -> list[dict]:
+    """A Horovod timeline's events. Horovod writes a JSON array and closes it only at shutdown: the file may end
+    in a comma, or in the middle of an event."""
     text = timeline.read_text().strip().rstrip(",")
-    events = json.loads(text if text.endswith("]") else text + "]")
-    names = {e["pid"]: e["args"]["name"] for e in events
-             if e.get("name") == "process_name" and "name" in e.get("args", {})}
-    counts = Counter(e["pid"] for e in events if e.get("ph") == "B" and e.get("name") == "ALLREDUCE")
-    gradients = {pid for pid, name in names.items()
-                 if name.startswith(("allreduce.", "hvdtrain.grads")) and "metrics" not in name}
-    return sum(n for pid, n in counts.items() if pid in gradients)
+    try:
+        return json.loads(text if text.endswith("]") else text + "]")
+    except json.JSONDecodeError:
+        return json.loads(text[:text.rindex("},") + 1] + "]")
+
+
+def is_gradient(tensor: str) -> bool:
+    """Gradient tensors: torch's DistributedOptimizer names them allreduce.<parameter>, the TensorFlow backend
+    hvdtrain.grads*; hvdtrain's own sums are allreduce.hvdtrain.* on torch, HorovodAllreduce on TensorFlow (its
+    eager allreduce does not take a name)."""
+    return tensor.startswith("hvdtrain.grads") or (tensor.startswith("allreduce.") and "hvdtrain." not in tensor)
+
+
+def timeline_collectives(timeline: Path) -> Counter:
+    """(tensor, operation, dtype) of every finished collective in a Horovod timeline, counted: Horovod opens an
+    operation per tensor with a "B" event named after it (ALLREDUCE, ADASUM, ...), nests its activities in it,
+    and closes it with an "E" event whose args give the dtype the collective sent (Timeline::End)."""
+    events = timeline_events(timeline)
+    tensors = {e["pid"]: e["args"]["name"] for e in events
+               if e.get("name") == "process_name" and "name" in e.get("args", {})}
+    open_events: dict[int, list[str]] = {}
+    done: Counter = Counter()
+    for e in events:
+        if e.get("ph") == "B":
+            open_events.setdefault(e["pid"], []).append(e["name"])
+        elif e.get("ph") == "E":
+            operation = open_events[e["pid"]].pop()
+            if "dtype" in e.get("args", {}):
+                done[tensors[e["pid"]], operation, e["args"]["dtype"]] += 1
+    return done
+
+
+def wire_dtypes(timeline: Path, gradients: bool) -> Counter:
+    """(operation, dtype) of the gradient collectives (or, with gradients=False, of the other allreduces)."""
+    counts: Counter = Counter()
+    for (tensor, op, dtype), n in timeline_collectives(timeline).items():
+        if is_gradient(tensor) == gradients and (gradients or op == "ALLREDUCE"):
+            counts[op, dtype] += n
+    return counts
+
+
+def reductions_per_gradient(timeline: Path) -> Counter:
+    """How many times each gradient tensor was reduced (any operation)."""
+    counts: Counter = Counter()
+    for (tensor, _, _), n in timeline_collectives(timeline).items():
+        if is_gradient(tensor):
+            counts[tensor] += n
+    return counts
+
+
+def gradient_allreduces(timeline: Path) -> int:
+    """ALLREDUCE operations on gradient tensors recorded in a Horovod timeline (the metric sums left out)."""
+    return sum(n for (op, _), n in wire_dtypes(timeline, gradients=True).items() if op == "ALLREDUCE")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -74,6 +127,8 @@ def test_accumulation_divides_allreduce_calls(tmp_path: Path, small_config: Path
                       "horovod.timeline=timeline.json", f"run.dir={run_dir}"], launcher="gloo", np_=2)
         assert read_summary(run_dir)["steps"] == steps
         counts[window] = gradient_allreduces(run_dir / "timeline.json")
+        # Without policy.compression the gradients cross the wire as they are: float32.
+        assert set(wire_dtypes(run_dir / "timeline.json", gradients=True)) == {("ALLREDUCE", "float32")}
     print(f"{backend}: gradient allreduces per epoch {counts}")
     assert counts[4] > 0 and counts[1] == 4 * counts[4]
 
@@ -92,13 +147,31 @@ def test_horovod_knobs_reach_horovod(tmp_path: Path, small_config: Path) -> None
     assert fused == {"null": True, "0": False}
 
 
+@pytest.fixture(scope="module")
+def step_probe(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, Any]]:
+    """tests/scripts/step_probe.py's reports (compute dtypes, Adasum against Average, fp16 overflow) for a
+    backend: one mpirun -np 2 start per backend, shared by the tests that read them."""
+    reports: dict[str, dict[str, Any]] = {}
+
+    def probe(backend: str) -> dict[str, Any]:
+        if backend not in reports:
+            out = tmp_path_factory.mktemp(f"probe-{backend}")
+            cmd = [*launcher_prefix("mpirun", 2), sys.executable, str(REPO / "tests" / "scripts" / "step_probe.py"),
+                   backend, str(out)]
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            reports[backend] = {key: json.loads((out / f"{key}.json").read_text())
+                                for key in ("dtypes", "adasum", "overflow")}
+        return reports[backend]
+
+    return probe
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fp16_overflow_skips_the_step_on_every_rank(tmp_path: Path, backend: str) -> None:
-    cmd = [*launcher_prefix("horovodrun", 2), sys.executable, str(REPO / "tests" / "scripts" / "overflow_step.py"),
-           backend, str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+def test_fp16_overflow_skips_the_step_on_every_rank(backend: str, step_probe: Callable[[str], dict[str, Any]]) -> None:
+    # tests/scripts/overflow_step.py's steps at np=2 (run by step_probe.py): rank 0 alone overflows.
+    reports = step_probe(backend)["overflow"]
+    assert [report["rank"] for report in reports] == [0, 1]
     assert not reports[0]["overflow_loss_finite"] and reports[1]["overflow_loss_finite"]  # only rank 0 overflowed
     for report in reports:
         assert report["unchanged_by_overflow"], report  # skipped on both ranks, weights untouched
@@ -108,20 +181,57 @@ def test_fp16_overflow_skips_the_step_on_every_rank(tmp_path: Path, backend: str
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("option", ["policy.precision=bf16", "policy.precision=fp16", "policy.compression=fp16"])
-def test_reduced_precision_trains_digits(tmp_path: Path, backend: str, option: str) -> None:
+@pytest.mark.parametrize("options", [["policy.precision=bf16", "policy.compression=fp16"], ["policy.precision=fp16"]],
+                         ids=["bf16+compression", "fp16"])
+def test_reduced_precision_trains_digits(tmp_path: Path, backend: str, options: list[str]) -> None:
+    # One run serves two features: bf16 compute with fp16 compression, and fp16 compute (loss scaling) without.
+    # Fails if either precision loses accuracy, if fp16 keeps no loss scale, or if the gradient allreduces do
+    # not send float16 exactly when policy.compression=fp16 (Horovod's timeline records the dtype of every
+    # collective): compression silently off would send float32, and the metric sums must stay float64.
     run_dir = tmp_path / "run"
-    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", option, f"run.dir={run_dir}"],
-                 launcher="horovodrun", np_=2)
+    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", *options, "horovod.timeline=timeline.json",
+                  f"run.dir={run_dir}"], launcher="horovodrun", np_=2)
     summary = read_summary(run_dir)
     accuracy = summary["final"]["val_accuracy"]
-    print(f"{backend} {option}: val_accuracy {accuracy:.4f}, {summary['mean_samples_per_s']:.0f} samples/s")
+    gradients = wire_dtypes(run_dir / "timeline.json", gradients=True)
+    others = wire_dtypes(run_dir / "timeline.json", gradients=False)
+    print(f"{backend} {options}: val_accuracy {accuracy:.4f}, {summary['mean_samples_per_s']:.0f} samples/s; "
+          f"gradient allreduces {dict(gradients)}, other allreduces {dict(others)}")
     assert accuracy >= 0.95
-    key, value = option.split("=")
-    assert summary[key.split(".")[1]] == value
+    settings = dict(option.split("=") for option in options)
+    compressed = settings.get("policy.compression") == "fp16"
+    assert summary["precision"] == settings["policy.precision"]
+    assert summary["compression"] == ("fp16" if compressed else "none")
     scales = [m["loss_scale"] for m in read_metrics(run_dir)]
-    assert all(s is not None and s >= 1 for s in scales) if option == "policy.precision=fp16" else \
-        all(s is None for s in scales)
+    fp16 = settings["policy.precision"] == "fp16"
+    assert all(s is not None and s >= 1 for s in scales) if fp16 else all(s is None for s in scales)
+    # Every gradient tensor reduced once per optimizer step, always in the one expected dtype.
+    assert set(gradients) == {("ALLREDUCE", "float16" if compressed else "float32")}
+    reductions = reductions_per_gradient(run_dir / "timeline.json")
+    assert len(reductions) >= 4 and set(reductions.values()) == {summary["steps"]}, reductions
+    assert set(others) == {("ALLREDUCE", "float64")}
+
+
+COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_precision_sets_the_compute_dtype(backend: str, step_probe: Callable[[str], dict[str, Any]]) -> None:
+    # The dtype of the activations inside a real training step, for each policy.precision (the accuracy runs
+    # above would pass in fp32 too): fails if bf16/fp16 silently computed in float32 (torch: no autocast;
+    # Keras: no mixed dtype policy while the layers are built), or if the weights left float32.
+    reports = step_probe(backend)["dtypes"]
+    for precision, report in reports.items():
+        print(f"{backend} {precision}: {report}")
+    assert reports.keys() == COMPUTE_DTYPES.keys()
+    for precision, dtype in COMPUTE_DTYPES.items():
+        report = reports[precision]
+        assert [report[f"{layer}_output"] for layer in ("conv", "dense", "logits")] == [dtype] * 3, (precision, report)
+        assert report["weight_dtypes"] == ["float32"], (precision, report)
+        assert report["weights_changed"] and report["loss_finite"], (precision, report)
+        if backend == "tensorflow":  # Keras' layers say so too: computing in `dtype`, keeping float32 variables
+            assert {report[f"{layer}_compute_dtype"] for layer in ("conv", "dense", "logits")} == {dtype}
+            assert {report[f"{layer}_variable_dtype"] for layer in ("conv", "dense", "logits")} == {"float32"}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -183,15 +293,44 @@ def test_two_ranks_print_one_policy_line_with_scaled_lr(tmp_path: Path, small_co
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_adasum_trains_under_mpi_and_is_refused_on_gloo(tmp_path: Path, backend: str) -> None:
+    # Fails if policy.reduce_op=adasum does not reach Horovod from the command line: the timeline must show
+    # every gradient reduced by an ADASUM operation (an average would show ALLREDUCE), the metric sums still
+    # allreduced. What Adasum computes is checked against its formula in the next test.
     cfg = ["--config", "configs/digits.yaml", f"backend={backend}", "policy.reduce_op=adasum", "optim.lr=0.05"]
-    run_hvdtrain([*cfg, f"run.dir={tmp_path / 'mpi'}"], launcher="mpirun", np_=2)
+    run_hvdtrain([*cfg, "horovod.timeline=timeline.json", f"run.dir={tmp_path / 'mpi'}"], launcher="mpirun", np_=2)
     summary = read_summary(tmp_path / "mpi")
-    print(f"{backend} adasum: val_accuracy {summary['final']['val_accuracy']:.4f}")
+    gradients = wire_dtypes(tmp_path / "mpi" / "timeline.json", gradients=True)
+    print(f"{backend} adasum: val_accuracy {summary['final']['val_accuracy']:.4f}, gradient collectives "
+          f"{dict(gradients)}")
     assert summary["reduce_op"] == "adasum" and summary["scaled_lr"] == 0.05  # Horovod's CPU rule: x 1
     assert summary["final"]["val_accuracy"] >= 0.95
+    assert set(gradients) == {("ADASUM", "float32")}
+    reductions = reductions_per_gradient(tmp_path / "mpi" / "timeline.json")
+    assert len(reductions) >= 4 and set(reductions.values()) == {summary["steps"]}, reductions
+    assert set(wire_dtypes(tmp_path / "mpi" / "timeline.json", gradients=False)) == {("ALLREDUCE", "float64")}
     proc = run_hvdtrain([*cfg, f"run.dir={tmp_path / 'gloo'}"], launcher="gloo", np_=2, check=False)
     assert proc.returncode != 0
     assert "<stderr>:Traceback" not in proc.stderr  # (horovodrun itself reports the exit with a traceback)
     errors = [line for line in proc.stderr.splitlines() if "hvdtrain: error: policy.reduce_op=adasum needs" in line]
     assert len(errors) == 2, proc.stderr  # every rank says it
     assert not (tmp_path / "gloo").exists()
+
+
+ADASUM_TOL = 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adasum_step_follows_its_formula(backend: str, step_probe: Callable[[str], dict[str, Any]]) -> None:
+    # One plain-SGD step at np=2 from the same weights on the same two batches (tests/scripts/step_probe.py):
+    # the average step must be (g0 + g1) / 2 and the Adasum step adasum(g0, g1) per tensor, where the two
+    # differ by far more than float noise (the ranks' gradients are far from parallel). Fails if Adasum were
+    # silently an average (off by ~100%), or applied to the whole gradient vector instead of per tensor.
+    # Tolerance: updates are read back as (w_before - w_after) / lr in float32 (measured <= 1e-6 relative).
+    report = step_probe(backend)["adasum"]
+    print(f"{backend}: {report}")
+    assert report["same_start"] and report["ranks_identical"], report
+    assert abs(report["gradient_cosine"]) < 0.9, report  # a case where Adasum and Average differ
+    assert report["average_error"] <= ADASUM_TOL, report
+    assert report["adasum_error_per_tensor"] <= ADASUM_TOL, report
+    assert report["adasum_vs_average"] > 0.1, report
+    assert report["adasum_error_whole"] > 100 * ADASUM_TOL, report  # the per-tensor match is not a coincidence

@@ -82,17 +82,24 @@ def test_two_by_two_grid(tmp_path: Path, small_config: Path) -> None:
 
 
 def test_trials_under_horovodrun(tmp_path: Path, small_config: Path) -> None:
+    # One trial per backend, as a grid over `backend` (as cheap as the two torch trials it replaces): fails if a
+    # trial ran on the other backend or on one rank, if the sweep cannot read a TensorFlow run's results, or
+    # if the grid's values did not reach the trials.
     out = tmp_path / "sweep"
-    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "optim.lr=0.05,0.1",
-                         "model.hidden_units=[16]", "--launcher", "horovodrun -np 2 -H localhost:2", "--out", str(out)])
+    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "backend=torch,tensorflow",
+                         "optim.lr=0.05", "--launcher", "horovodrun -np 2 -H localhost:2", "--out", str(out)])
     rows = read_csv(out)
-    assert [r["status"] for r in rows] == ["ok", "ok"], rows
-    assert [r["world_size"] for r in rows] == ["2", "2"]
+    assert [(r["backend"], r["status"], r["world_size"]) for r in rows] == [("torch", "ok", "2"),
+                                                                            ("tensorflow", "ok", "2")], rows
     for r in rows:
         summary = read_summary(Path(r["run_dir"]))
-        assert summary["world_size"] == 2 and summary["base_lr"] == float(r["optim.lr"])
+        assert summary["backend"] == r["backend"] and summary["world_size"] == 2
+        assert summary["base_lr"] == float(r["optim.lr"]) == 0.05 and summary["steps"] == 5
+        assert float(r["val_accuracy"]) == summary["best"]["val_accuracy"]  # read from this trial's own run
         assert (out / f"{r['trial']}.log").read_text().startswith("# horovodrun -np 2 -H localhost:2 ")
-    assert "best: " in proc.stdout
+    best = next(r for r in rows if r["rank"] == "1")
+    assert load_config(out / "best.yaml").backend == best["backend"]
+    assert f"best: {best['trial']}" in proc.stdout
 
 
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, small_config: Path) -> None:
