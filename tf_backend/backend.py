@@ -134,14 +134,16 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         return [np.array(v) for v in self._variables()]
 
     def load_state(self, state: list[np.ndarray]) -> None:
-        for var, value in zip(self._variables(), state, strict=False):
+        for var, value in zip(self._variables(), state, strict=True):
             var.assign(value)
+        self._lr = None  # the optimizer's LR variable came back with the state: the next step sets it again
 
     def sync(self) -> None:
         # Horovod: every rank takes rank 0's variables (and the teacher's), one broadcast each.
         teacher = list(self.teacher.variables) if self.teacher is not None else []
         for i, var in enumerate(self._variables() + teacher):
             var.assign(hvd.broadcast(tf.convert_to_tensor(var), root_rank=0, name=f"hvdtrain.init.{i}"))
+        self._lr = None  # rank 0's LR variable arrived with the rest
 
     def save(self, directory: Path, kind: SaveKind) -> list[str]:
         _, model, optimizer, _ = self._parts()
@@ -178,6 +180,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
                                       "config it was written with")
             for i, var in enumerate(optimizer.variables):
                 var.assign(saved[f"v{i}"])
+        self._lr = None
         return []
 
     @staticmethod

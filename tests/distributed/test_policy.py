@@ -149,8 +149,8 @@ def test_horovod_knobs_reach_horovod(tmp_path: Path, small_config: Path) -> None
 
 @pytest.fixture(scope="module")
 def step_probe(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, Any]]:
-    """tests/scripts/step_probe.py's reports (compute dtypes, Adasum against Average, fp16 overflow) for a
-    backend: one mpirun -np 2 start per backend, shared by the tests that read them."""
+    """tests/scripts/step_probe.py's reports (compute dtypes, Adasum against Average, fp16 overflow, LR after a
+    restore) for a backend: one mpirun -np 2 start per backend, shared by the tests that read them."""
     reports: dict[str, dict[str, Any]] = {}
 
     def probe(backend: str) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def step_probe(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
             reports[backend] = {key: json.loads((out / f"{key}.json").read_text())
-                                for key in ("dtypes", "adasum", "overflow")}
+                                for key in ("dtypes", "adasum", "overflow", "restore")}
         return reports[backend]
 
     return probe
@@ -213,6 +213,15 @@ def test_reduced_precision_trains_digits(tmp_path: Path, backend: str, options: 
 
 
 COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_restored_state_steps_at_the_given_lr(backend: str, step_probe: Callable[[str], dict[str, Any]]) -> None:
+    # An elastic rollback restores the optimizer's LR variable: the next step must still use the LR it is given
+    # (the TensorFlow backend once skipped re-assigning an unchanged LR and stepped at optim.lr instead).
+    report = step_probe(backend)["restore"]
+    assert report["lr"] == 1.0
+    assert report["max_diff"] <= 1e-6
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -31,7 +31,7 @@ def main() -> None:
 
         gen = ImageDataGenerator(fill_mode=config.get("fill_mode", "nearest"), cval=config.get("cval", 0.0))
         if params:
-            out["applied"] = np.stack([gen.apply_transform(img, p) for img, p in zip(images, params)])
+            out["applied"] = np.stack([gen.apply_transform(img, p) for img, p in zip(images, params, strict=True)])
         sampler = ImageDataGenerator(**json.loads(str(data["sampler_config"])))
         np.random.seed(0)
         draws = [sampler.get_random_transform(images.shape[1:]) for _ in range(int(data["draws"]))]

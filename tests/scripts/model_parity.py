@@ -45,7 +45,7 @@ def torch_side(out_dir: Path) -> dict:
             flat_inputs: list[tuple] = []
             for module in model.modules():  # the shape reaching each Flatten, to reorder the next Linear
                 if isinstance(module, torch.nn.Flatten):
-                    module.register_forward_hook(lambda m, i, o: flat_inputs.append(tuple(i[0].shape[1:])))
+                    module.register_forward_hook(lambda m, i, o, seen=flat_inputs: seen.append(tuple(i[0].shape[1:])))
             with torch.no_grad():
                 y = model(torch.from_numpy(inputs(shape)).permute(0, 3, 1, 2)).numpy()
             weights, stats, pending_flatten = [], [], None
@@ -65,7 +65,7 @@ def torch_side(out_dir: Path) -> dict:
                         w = w.T
                     weights.append(np.ascontiguousarray(w))
             key = f"{tag}{list(shape)}"
-            np.savez(out_dir / f"{key}.npz", y=y, *weights)
+            np.savez(out_dir / f"{key}.npz", *weights, y=y)
             report[key] = {"out": list(y.shape), "vars": stats}
     return report
 
@@ -104,7 +104,7 @@ def tf_side(in_dir: Path) -> dict:
                 torch_y = saved["y"]
                 weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
             if [tuple(w.shape) for w in weights] == [tuple(v.shape) for v in variables]:
-                for v, w in zip(variables, weights):
+                for v, w in zip(variables, weights, strict=True):
                     v.assign(w)
                 y = np.array(model(x, training=False))
                 entry["max_rel_diff"] = float(np.abs(y - torch_y).max() / np.abs(torch_y).max())

@@ -107,7 +107,7 @@ def run_torch(case: str) -> dict[str, Any]:
 
 
 def run_tensorflow(case: str) -> dict[str, Any]:
-    
+
     import keras
     import tensorflow as tf
 

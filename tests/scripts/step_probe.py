@@ -168,6 +168,21 @@ def adasum_update(backend: Backend, name: str) -> dict[str, Any]:
     }
 
 
+def lr_after_restore(backend: Backend, name: str) -> dict[str, Any]:
+    """A step after load_state() uses the LR it is given. The TensorFlow backend sets the optimizer's LR variable
+    only when the LR changes; load_state() brings back the variable's old value, so it must forget what it set."""
+    build(backend, name, "model.name=mlp", "model.hidden_units=[16]", "optim.lr=0.05", "optim.momentum=0.0")
+    batch = random_batch(200)
+    saved = backend.state()
+    backend.train_step([batch], 1.0)
+    reference = backend.weights()
+    backend.load_state(saved)
+    backend.train_step([batch], 1.0)
+    after = backend.weights()
+    return {"max_diff": max(float(np.max(np.abs(after[k] - reference[k]))) for k in reference),
+            "lr": backend.step_info().lr}
+
+
 def main() -> None:
     name, out = sys.argv[1], Path(sys.argv[2])
     backend = get_backend(name)
@@ -175,7 +190,8 @@ def main() -> None:
     world = backend.comm.world()
     assert world.size == 2, "run with 2 ranks (mpirun: Adasum needs Horovod's MPI controller)"
     reports = {"dtypes": compute_dtypes(backend, name), "adasum": adasum_update(backend, name),
-               "overflow": backend.comm.allgather_object(overflow_report(backend, name))}
+               "overflow": backend.comm.allgather_object(overflow_report(backend, name)),
+               "restore": lr_after_restore(backend, name)}
     if world.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for key, report in reports.items():
