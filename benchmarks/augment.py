@@ -125,7 +125,7 @@ fused C++ kernel both backends use for numpy batches (`augment.kernel: auto`, th
 on all usable cores ({os.cpu_count()} here), hvdtrain-native-1thread the same on one core (Keras works on
 one; kornia and the framework kernels use the framework's threads); hvdtrain-torch and
 hvdtrain-tensorflow are the framework kernels (`augment.kernel: framework`, also used for tensors on a
-device). All of hvdtrain's reproduce Keras' pixels (tests/unit/test_augment.py), which kornia does not.
+device). All of hvdtrain's reproduce Keras' pixels (tests/unit/augment/test_augment.py), which kornia does not.
 Target (native >= 10x Keras at 224x224 and not slower than kornia): {verdict}.""")
 
 

@@ -49,7 +49,7 @@ NUMPY_OPS = ArrayOps(
 
 def _scipy_coordinate(xp: Any, c: Any, n: int, mode: str) -> Any:
     """SciPy's boundary rule for order-1 interpolation: coordinates in [0, n-1] whose plain bilinear
-    value equals SciPy's (checked against scipy.ndimage and Keras in tests/unit/test_augment.py)."""
+    value equals SciPy's (checked against scipy.ndimage and Keras in tests/unit/augment/test_augment.py)."""
     last = n - 1
     if n == 1:
         return c * 0.0

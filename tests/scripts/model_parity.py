@@ -2,7 +2,7 @@
 the output shape, each trainable variable's size and initial standard deviation (in creation order), and the
 output for a fixed input batch. With `torch DIR` the torch weights (in Keras layout) and outputs are also
 saved to DIR; with `tensorflow DIR` the Keras models load those weights and report how far their outputs
-are from torch's. Tests only (tests/unit/test_architecture_parity.py).
+are from torch's. Tests only (tests/unit/backends/test_architecture_parity.py).
 
 Usage: python model_parity.py torch|tensorflow DIR
 """

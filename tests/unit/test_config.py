@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from hvdtrain.config import Config, all_keys, config_hash, load_config, reference_markdown, to_yaml
 from hvdtrain.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
 
 PUBLIC_KEYS = ["backend", "seed", "data.name", "data.path", "data.val_fraction", "model.name", "train.epochs",
                "train.batch_size", "optim.name", "optim.lr", "optim.momentum", "optim.weight_decay",
