@@ -53,7 +53,7 @@ class DataConfig:
     prefetch_batches: int = option(2, "Batches the background loader prepares ahead of the step.", min=1)
 
 
-BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet")
+BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet", "resnet50")
 # The fields of a metrics.jsonl record that metric-driven options may name.
 METRIC_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "loss_scale", "epoch_time_s",
                  "samples_per_s", "data_wait_fraction", "eval_time_s")
@@ -76,17 +76,23 @@ def _check_metric(key: str, value: str | None) -> None:
 class ModelConfig:
     """Which network to build (docs/models.md)."""
 
-    name: str = option("cnn", "mlp, cnn, mobilenet (depthwise-separable blocks), resnet (for 32x32 inputs), or "
-                              "'package.module:function' returning a torch nn.Module or a Keras model.")
+    name: str = option("cnn", "mlp, cnn, mobilenet (depthwise-separable blocks), resnet (for 32x32 inputs), "
+                              "resnet50 (torchvision's ImageNet ResNet-50, v1.5), or 'package.module:function' "
+                              "returning a torch nn.Module or a Keras model.")
     channels: tuple[int, ...] = option((32, 64), "cnn: output channels of each conv block (3x3 conv, ReLU, 2x2 "
                                                  "max-pool while the feature map is at least 2x2); mobilenet: of "
                                                  "each depthwise-separable block (x width_multiplier).", min=1)
-    hidden_units: tuple[int, ...] = option((128,), "Units of each hidden dense layer (mlp body; head of cnn, "
-                                                   "mobilenet and resnet); [] for none.", min=1, min_items=0)
+    hidden_units: tuple[int, ...] | None = option(
+        None, "Units of each hidden dense layer (mlp body; head of cnn, mobilenet, resnet and resnet50); [] for "
+              "none; null: the model's own, [128], except [] for resnet50 (torchvision's pool -> fc).",
+        min=1, min_items=0)
     dropout: float = option(0.0, "Dropout rate after each hidden dense layer.", min=0.0, below=1.0)
     width_multiplier: float = option(1.0, "mobilenet: scales every block's channels; resnet: scales the stage "
-                                          "widths 16, 32, 64 (channels are rounded, at least 1).", above=0.0)
-    depth: int = option(20, "resnet: layers, 6n + 2 (n basic blocks per stage): 8, 14, 20, 32, 56...", min=8)
+                                          "widths 16, 32, 64; resnet50: the stem's 64 and the bottleneck widths "
+                                          "64, 128, 256, 512 (outputs x4) (channels are rounded, at least 1).",
+                                     above=0.0)
+    depth: int = option(20, "resnet: layers, 6n + 2 (n basic blocks per stage): 8, 14, 20, 32, 56... "
+                            "(resnet50 is always [3, 4, 6, 3] bottlenecks).", min=8)
 
     def __post_init__(self) -> None:
         if self.name not in BUILTIN_MODELS and ":" not in self.name:
@@ -98,6 +104,14 @@ class ModelConfig:
                               "'package.module:function': write e.g. model.name=my_pkg.models:build")
         if self.depth % 6 != 2:
             raise ConfigError(f"config key model.depth: {self.depth} is not 6n + 2: use 8, 14, 20, 32, 44 or 56")
+        # null resolves here, so the saved config.yaml (and its hash) names the head that was built.
+        object.__setattr__(self, "hidden_units", self.head_units())
+
+    def head_units(self) -> tuple[int, ...]:
+        """The hidden dense layers of the head: `hidden_units`, or when it is null the model's own."""
+        if self.hidden_units is not None:
+            return self.hidden_units
+        return () if self.name == "resnet50" else (128,)
 
     @staticmethod
     def is_import_path(name: str) -> bool:

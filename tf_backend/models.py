@@ -27,17 +27,20 @@ def _torch_like_init(fan_in: int, bias: bool = True) -> dict[str, keras.initiali
     return init
 
 
-def _head(x: keras.KerasTensor, features: int, cfg: ModelConfig, num_classes: int) -> keras.KerasTensor:
-    for units in cfg.hidden_units:
+def _head(x: keras.KerasTensor, features: int, cfg: ModelConfig, num_classes: int,
+          output_name: str | None = None) -> keras.KerasTensor:
+    for units in cfg.head_units():
         x = keras.layers.ReLU()(keras.layers.Dense(units, **_torch_like_init(features))(x))
         if cfg.dropout > 0:
             x = keras.layers.Dropout(cfg.dropout)(x)
         features = units
-    return keras.layers.Dense(num_classes, **_torch_like_init(features))(x)
+    return keras.layers.Dense(num_classes, **_torch_like_init(features), name=output_name)(x)
 
 
 def _conv_bn(x: keras.KerasTensor, cin: int, cout: int, kernel: int, stride: int = 1,
-             depthwise: bool = False) -> keras.KerasTensor:
+             depthwise: bool = False, names: tuple[str, str] | None = None) -> keras.KerasTensor:
+    """Conv (no bias) + BatchNorm; `names`: the two layers' names (resnet50: torch's module paths)."""
+    conv_name, bn_name = names if names is not None else (None, None)
     if stride > 1 and kernel > 1:
         x = keras.layers.ZeroPadding2D(kernel // 2)(x)
     padding = "valid" if stride > 1 else "same"
@@ -47,9 +50,9 @@ def _conv_bn(x: keras.KerasTensor, cin: int, cout: int, kernel: int, stride: int
         conv = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
                                             depthwise_initializer=keras.initializers.RandomUniform(-bound, bound))
     else:
-        conv = keras.layers.Conv2D(cout, kernel, strides=stride, padding=padding,
+        conv = keras.layers.Conv2D(cout, kernel, strides=stride, padding=padding, name=conv_name,
                                    **_torch_like_init(kernel * kernel * cin, bias=False), use_bias=False)
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(conv(x))
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=bn_name)(conv(x))
 
 
 def _plain(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
@@ -65,7 +68,7 @@ def _plain(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int
             channels = out
     layers.append(keras.layers.Flatten())
     features = height * width * channels
-    for units in cfg.hidden_units:
+    for units in cfg.head_units():
         layers += [keras.layers.Dense(units, **_torch_like_init(features)), keras.layers.ReLU()]
         if cfg.dropout > 0:
             layers.append(keras.layers.Dropout(cfg.dropout))
@@ -109,6 +112,35 @@ def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: in
     return keras.Model(inputs, _head(x, channels, cfg, num_classes), name="resnet")
 
 
+RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # as torch_backend/models.py
+
+
+def _resnet50(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """torchvision's resnet50 (v1.5), layer for layer as torch_backend's ResNet50, each conv and BatchNorm named
+    by its torch module path (layer2.0.conv2...). Every stride-2 layer pads symmetrically, then runs "valid":
+    the 7x7 stem pads 3, the 3x3 max-pool 1 (zeros: its inputs come out of a ReLU, so a zero never wins over
+    torch's -inf padding), each stage's strided 3x3 conv 1; strided 1x1 shortcuts do not pad."""
+    inputs = keras.Input(shape=image_shape)
+    stem = cfg.scaled(64)
+    x = keras.layers.ReLU()(_conv_bn(inputs, image_shape[2], stem, 7, 2, names=("conv1", "bn1")))
+    x = keras.layers.MaxPooling2D(3, strides=2)(keras.layers.ZeroPadding2D(1)(x))
+    channels = stem
+    for index, (base, blocks) in enumerate(RESNET50_STAGES):
+        width = cfg.scaled(base)
+        for block in range(blocks):
+            stride, prefix = (2 if index > 0 and block == 0 else 1), f"layer{index + 1}.{block}."
+            body = keras.layers.ReLU()(_conv_bn(x, channels, width, 1, names=(prefix + "conv1", prefix + "bn1")))
+            body = keras.layers.ReLU()(_conv_bn(body, width, width, 3, stride,
+                                                names=(prefix + "conv2", prefix + "bn2")))
+            body = _conv_bn(body, width, 4 * width, 1, names=(prefix + "conv3", prefix + "bn3"))
+            shortcut = x if stride == 1 and channels == 4 * width else \
+                _conv_bn(x, channels, 4 * width, 1, stride, names=(prefix + "downsample.0", prefix + "downsample.1"))
+            x = keras.layers.ReLU()(keras.layers.Add()([body, shortcut]))
+            channels = 4 * width
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, _head(x, channels, cfg, num_classes, output_name="fc"), name="resnet50")
+
+
 def _user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """The user's Keras model, called once on a zero batch (training=False): that builds a model given
     without an Input (otherwise it would have no variables to train yet) and checks that it maps NHWC
@@ -132,4 +164,6 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
         return _mobilenet(cfg, image_shape, num_classes)
     if cfg.name == "resnet":
         return _resnet(cfg, image_shape, num_classes)
+    if cfg.name == "resnet50":
+        return _resnet50(cfg, image_shape, num_classes)
     return _plain(cfg, image_shape, num_classes)

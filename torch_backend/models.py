@@ -13,7 +13,7 @@ from hvdtrain.features.user_model import build_user_model, check_logits, probe_f
 def _head(features: int, cfg: ModelConfig, num_classes: int) -> list[nn.Module]:
     """Hidden dense layers (ReLU, dropout) and the output layer."""
     layers: list[nn.Module] = []
-    for units in cfg.hidden_units:
+    for units in cfg.head_units():
         layers += [nn.Linear(features, units), nn.ReLU()]
         if cfg.dropout > 0:
             layers.append(nn.Dropout(cfg.dropout))
@@ -87,6 +87,68 @@ def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: in
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *_head(channels, cfg, num_classes))
 
 
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck, with its attribute names: 1x1 conv to `width`, 3x3 conv with the
+    block's stride, 1x1 conv to `cout`, each with BatchNorm (ReLU after the first two); the shortcut
+    (`downsample`: a strided 1x1 conv + BatchNorm when the shape changes) is added before the last ReLU."""
+
+    def __init__(self, cin: int, width: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(cin, width, 1)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride)
+        self.conv3, self.bn3 = _conv_bn(width, cout, 1)
+        self.relu = nn.ReLU()
+        self.downsample = nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        result: torch.Tensor = self.relu(out + shortcut)
+        return result
+
+
+RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # bottleneck width, blocks; outputs are width x 4
+
+
+class ResNet50(nn.Module):
+    """torchvision's resnet50 (v1.5: the stride sits in the bottleneck's 3x3 conv) with the same module
+    names, so torchvision's state_dict loads into the default head: a 7x7/2 stem conv (padding 3) with
+    BatchNorm and ReLU, a 3x3/2 max-pool (padding 1), stages of [3, 4, 6, 3] bottlenecks with widths 64, 128,
+    256, 512 (x width_multiplier, outputs x4; stride 2 at the start of stages 2-4), global average pooling,
+    then `hidden` (the head's hidden layers, empty by default) and `fc`. Every stride-2 layer maps n pixels to
+    ceil(n / 2), so any input of at least 1x1 runs; 32x32 reaches the last stage at 1x1, 224x224 at 7x7."""
+
+    def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        stem = cfg.scaled(64)
+        self.conv1 = nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem, eps=1e-5, momentum=0.1)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        channels = stem
+        for index, (width, blocks) in enumerate(RESNET50_STAGES):
+            width = cfg.scaled(width)
+            stage = []
+            for block in range(blocks):
+                stage.append(Bottleneck(channels, width, 4 * width, 2 if index > 0 and block == 0 else 1))
+                channels = 4 * width
+            self.add_module(f"layer{index + 1}", nn.Sequential(*stage))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        head = _head(channels, cfg, num_classes)
+        self.hidden = nn.Sequential(*head[:-1])  # registered before fc: variables in the order they are used
+        self.fc = head[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for index in range(len(RESNET50_STAGES)):
+            x = getattr(self, f"layer{index + 1}")(x)
+        out: torch.Tensor = self.fc(self.hidden(self.flatten(self.avgpool(x))))
+        return out
+
+
 def _user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """The user's nn.Module, run once on a zero batch in eval mode: that materialises lazy layers
     (nn.LazyLinear...) and checks that it maps NCHW images to `num_classes` logits."""
@@ -115,4 +177,6 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
         return _mobilenet(cfg, image_shape, num_classes)
     if cfg.name == "resnet":
         return _resnet(cfg, image_shape, num_classes)
+    if cfg.name == "resnet50":
+        return ResNet50(cfg, image_shape[2], num_classes)
     return _plain(cfg, image_shape, num_classes)

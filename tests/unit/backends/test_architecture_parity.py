@@ -12,10 +12,12 @@ import sys
 import pytest
 from conftest import REPO
 
-# Trainable parameters, 10 classes, default head (docs/models.md quotes these).
+# Trainable parameters, 10 classes, default head (docs/models.md quotes these); ResNet-50 with 1000 classes is
+# torchvision's resnet50, 25,557,032.
 EXPECTED_COUNTS = {"mobilenet[8, 8, 1]": 13930, "mobilenet[32, 32, 3]": 14506, "mobilenet-x0.5[32, 32, 3]": 7194,
                    "resnet-8[32, 32, 3]": 87002, "resnet-20[8, 8, 1]": 281146, "resnet-20[32, 32, 3]": 281434,
-                   "cnn[8, 8, 1]": 53002}
+                   "cnn[8, 8, 1]": 53002, "resnet50[64, 64, 3]": 25_557_032}
+CLASSES = {"resnet50[64, 64, 3]": 1000}  # every other variant: 10
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,10 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 def test_same_variables_in_the_same_order(reports: dict[str, dict]) -> None:
     torch_side, tf_side = reports["torch"], reports["tensorflow"]
-    assert torch_side.keys() == tf_side.keys() and len(torch_side) == 21
+    assert torch_side.keys() == tf_side.keys() and len(torch_side) == 23
     for key in torch_side:
         assert [n for n, _ in torch_side[key]["vars"]] == [n for n, _ in tf_side[key]["vars"]], key
-        assert torch_side[key]["out"] == tf_side[key]["out"] == [3, 10], key
+        assert torch_side[key]["out"] == tf_side[key]["out"] == [3, CLASSES.get(key, 10)], key
     totals = {key: sum(n for n, _ in entry["vars"]) for key, entry in torch_side.items()}
     assert {key: totals[key] for key in EXPECTED_COUNTS} == EXPECTED_COUNTS
     assert totals["mobilenet-x0.5[32, 32, 3]"] < totals["mobilenet[32, 32, 3]"] / 1.8  # every layer thinner

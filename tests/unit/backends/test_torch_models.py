@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hvdtrain.config import ModelConfig
+from hvdtrain.config import ModelConfig, load_config, to_yaml
 from torch_backend.models import build_model
 
 
@@ -97,3 +97,84 @@ def test_dropout_in_the_heads_of_the_compact_models() -> None:
         assert rates == [0.3, 0.3], name
         plain = build_model(ModelConfig(name=name, depth=8, hidden_units=(32,)), (8, 8, 1), 10)
         assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+
+
+# ---------------------------------------------------------------------------------------------- resnet50
+
+def resnet50_count(in_channels: int, num_classes: int, multiplier: float = 1.0, hidden: tuple[int, ...] = ()) -> int:
+    """torchvision's resnet50 by formula: convs without bias, 2 trainable values per BatchNorm channel."""
+    def scaled(c: int) -> int:
+        return max(1, round(c * multiplier))
+
+    stem = scaled(64)
+    total, cin = 49 * in_channels * stem + 2 * stem, stem
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+        w = scaled(width)
+        for block in range(blocks):
+            total += cin * w + 2 * w + 9 * w * w + 2 * w + w * 4 * w + 2 * 4 * w
+            strided = stage > 0 and block == 0
+            total += cin * 4 * w + 2 * 4 * w if strided or cin != 4 * w else 0  # the downsample shortcut
+            cin = 4 * w
+    for units in hidden:
+        total += cin * units + units
+        cin = units
+    return total + cin * num_classes + num_classes
+
+
+def test_resnet50_has_torchvisions_parameter_count() -> None:
+    model = build_model(load_config(None, ["model.name=resnet50"]).model, (224, 224, 3), 1000)
+    assert count(model) == resnet50_count(3, 1000) == 25_557_032  # torchvision.models.resnet50().parameters()
+    assert count(build_model(ModelConfig(name="resnet50"), (32, 32, 3), 10)) == resnet50_count(3, 10) == 23_528_522
+    thin = ModelConfig(name="resnet50", width_multiplier=0.25, hidden_units=(64,), dropout=0.5)
+    assert count(build_model(thin, (15, 12, 1), 10)) == resnet50_count(1, 10, 0.25, (64,))
+
+
+def test_resnet50_is_torchvisions_v1_5_layout() -> None:
+    model = build_model(ModelConfig(name="resnet50"), (64, 64, 3), 1000)
+    state = model.state_dict()
+    # torchvision's module names and shapes: its resnet50 state_dict (320 tensors) loads with strict=True.
+    assert len(state) == 320
+    assert state["conv1.weight"].shape == (64, 3, 7, 7)
+    assert state["layer1.0.downsample.0.weight"].shape == (256, 64, 1, 1)
+    assert state["layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)
+    assert state["fc.weight"].shape == (1000, 2048) and state["fc.bias"].shape == (1000,)
+    assert sum(key.endswith("downsample.0.weight") for key in state) == 4  # the first block of each stage
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert (convs["conv1"].stride, convs["conv1"].padding) == ((2, 2), (3, 3))
+    for stage in (2, 3, 4):  # v1.5: the stride is in the 3x3, not the first 1x1
+        assert convs[f"layer{stage}.0.conv1"].stride == (1, 1)
+        assert (convs[f"layer{stage}.0.conv2"].stride, convs[f"layer{stage}.0.conv2"].padding) == ((2, 2), (1, 1))
+        assert convs[f"layer{stage}.0.downsample.0"].stride == (2, 2)
+    assert convs["layer1.0.conv2"].stride == (1, 1)
+    assert all(conv.bias is None for conv in convs.values())
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 53 and {(m.eps, m.momentum) for m in norms} == {(1e-5, 0.1)}
+    pool = next(m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d))
+    assert (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+
+
+def test_resnet50_feature_maps_and_smallest_inputs() -> None:
+    model = build_model(ModelConfig(name="resnet50"), (32, 32, 3), 10)
+    assert feature_map(model, (32, 32, 3)) == (2048, 1, 1)
+    thin = build_model(ModelConfig(name="resnet50", width_multiplier=0.125), (224, 224, 3), 10)  # fast on a CPU
+    assert feature_map(thin, (224, 224, 3)) == (256, 7, 7)
+    assert feature_map(thin, (64, 64, 3)) == (256, 2, 2)
+    assert feature_map(thin, (15, 12, 3)) == (256, 1, 1)  # every stride 2 maps n to ceil(n / 2)
+    assert feature_map(thin, (1, 1, 3)) == (256, 1, 1)
+
+
+def test_resnet50_head_rule() -> None:
+    # null hidden_units: torchvision's pool -> fc for resnet50, [128] for the others; explicit lists are kept.
+    assert load_config(None, ["model.name=resnet50"]).model.hidden_units == ()
+    assert load_config(None, ["model.name=resnet"]).model.hidden_units == (128,)
+    assert load_config(None, []).model.hidden_units == (128,)
+    assert load_config(None, ["model.name=resnet50", "model.hidden_units=[256]"]).model.hidden_units == (256,)
+    assert load_config(None, ["model.name=cnn", "model.hidden_units=[]"]).model.hidden_units == ()
+    assert load_config(None, ["model.name=resnet50", "model.hidden_units=null"]).model.hidden_units == ()
+    assert "hidden_units: []" in to_yaml(load_config(None, ["model.name=resnet50"]))  # saved resolved
+    plain = build_model(ModelConfig(name="resnet50"), (32, 32, 3), 10)
+    assert [type(m) for m in plain.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Dropout))] == [torch.nn.Linear]
+    headed = build_model(ModelConfig(name="resnet50", hidden_units=(32,), dropout=0.3), (32, 32, 3), 10)
+    assert [type(m).__name__ for m in headed.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Dropout))] == \
+        ["Linear", "Dropout", "Linear"]
+    assert headed.fc.in_features == 32 and list(headed.state_dict())[-2:] == ["fc.weight", "fc.bias"]
