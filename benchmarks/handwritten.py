@@ -53,7 +53,7 @@ def _torch_loop(cfg: Config, loop: str) -> tuple[int, list[float]]:
     if loop == "torch-ddp":
         import torch.distributed as dist
 
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         rank, size, local_size = dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_WORLD_SIZE"])
         barrier = dist.barrier
     else:
@@ -63,10 +63,15 @@ def _torch_loop(cfg: Config, loop: str) -> tuple[int, list[float]]:
         rank, size, local_size = hvd.rank(), hvd.size(), hvd.local_size()
         barrier = hvd.barrier  # type: ignore[assignment]
     torch.set_num_threads(threads_for_rank(cfg.train.threads_per_rank, local_size))
+    device = torch.device("cpu")
+    if torch.cuda.is_available():  # Horovod's docs: one GPU per local rank
+        local_rank = int(os.environ.get("LOCAL_RANK", 0)) if loop == "torch-ddp" else hvd.local_rank()
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     data = load_dataset(cfg.data, cfg.seed)
     x, y = data.x_train, data.y_train.astype(np.int64)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, tuple(x.shape[1:]), data.num_classes)
+    model = build_model(cfg.model, tuple(x.shape[1:]), data.num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr * size, momentum=cfg.optim.momentum)
     if loop == "torch-ddp":
         model = torch.nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's parameters
@@ -79,8 +84,8 @@ def _torch_loop(cfg: Config, loop: str) -> tuple[int, list[float]]:
     def epoch(e: int) -> None:
         for idx in shard_batches(len(y), rank, size, cfg.train.batch_size, cfg.seed, e,
                                  cfg.train.max_steps_per_epoch):
-            images = torch.from_numpy(x[idx]).permute(0, 3, 1, 2)
-            labels = torch.from_numpy(y[idx])
+            images = torch.from_numpy(x[idx]).to(device).permute(0, 3, 1, 2)
+            labels = torch.from_numpy(y[idx]).to(device)
             optimizer.zero_grad()
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
@@ -100,6 +105,10 @@ def _tensorflow_loop(cfg: Config) -> tuple[int, list[float]]:
     threads = threads_for_rank(cfg.train.threads_per_rank, hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:  # Horovod's docs: one visible GPU per local rank
+        tf.config.experimental.set_memory_growth(gpus[hvd.local_rank() % len(gpus)], True)
+        tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
     data = load_dataset(cfg.data, cfg.seed)
     x, y = data.x_train, data.y_train.astype(np.int64)
     keras.utils.set_random_seed(cfg.seed)

@@ -4,7 +4,9 @@ registry that imports one lazily.
 A backend gets a `BuildSpec` (model, optimizer, regularisation, distillation and one resolved
 `StepPolicy`), never the whole config, and never imports the loop (hvdtrain.training). Horovod's
 process-level API reaches the loop only through the backend's `comm` (hvdtrain.distributed.communicator).
-Batches cross the boundary as NHWC float32 numpy arrays with int64 labels.
+Batches cross the boundary as NHWC float32 numpy arrays with int64 labels: `(x, y)`, or with
+augment.device=gpu `(x, y, DeviceAugment)`, whose random transforms and standardisation the step applies on
+its device before the forward pass.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from hvdtrain.config import DistillConfig, ModelConfig, OptimConfig, PolicyConfig, RegularizationConfig
+from hvdtrain.augment.pipeline import DeviceAugment
+from hvdtrain.config import AugmentConfig, DistillConfig, ModelConfig, OptimConfig, PolicyConfig, RegularizationConfig
 from hvdtrain.distributed.communicator import Communicator
 from hvdtrain.errors import ConfigError, UserError
 
@@ -64,6 +67,10 @@ class BuildSpec:
     freeze: tuple[str, ...] = ()            # parameter-name patterns kept fixed (train.freeze)
     teacher: ModelConfig | None = None      # distillation: the teacher's architecture
     distill: DistillConfig = DistillConfig()
+    augment: AugmentConfig | None = None    # augment.device=gpu: the transforms batches' DeviceAugment asks for
+
+
+Batch = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, DeviceAugment]
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ class Backend(Protocol):
     def sync(self) -> None:
         """Every rank takes rank 0's model, optimizer and loss-scale state (broadcasts)."""
 
-    def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
+    def train_step(self, batches: Sequence[Batch], lr: float) -> StepStats:
         """One optimizer step at learning rate `lr` over a window of micro-batches (x, y), following
         `spec.step`: gradients averaged over the window locally, then over all ranks in one reduction;
         precision, loss scaling, clipping and compression as given. Returns the window's sums."""

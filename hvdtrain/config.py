@@ -166,6 +166,10 @@ class AugmentConfig:
                                  "compiled on first use), framework (the backend's torch / TensorFlow ops), or auto "
                                  "(native when a C++ compiler is available, else framework).",
                          choices=("auto", "native", "framework"))
+    device: str = option("auto", "Where random transforms run: cpu (in the loader's background thread, with `kernel`), "
+                                 "gpu (inside the training step, with the framework's ops, on the rank's GPU), or "
+                                 "auto (gpu when training on a GPU, else cpu). The same pixels either way.",
+                         choices=("auto", "cpu", "gpu"))
 
     def __post_init__(self) -> None:
         lower, upper = self.zoom_bounds()
@@ -343,7 +347,7 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class HorovodConfig:
-    """Horovod's runtime knobs, passed through as HOROVOD_* settings (null: Horovod's own default, or
+    """Horovod's runtime knobs, passed through as HOROVOD_* (and NCCL_*) settings (null: Horovod's own default, or
     whatever the environment says)."""
 
     fusion_threshold_mb: float | None = option(None, "Tensor fusion buffer in MiB (Horovod default 128; "
@@ -359,6 +363,13 @@ class HorovodConfig:
                                               above=0.0)
     stall_shutdown_time_s: float | None = option(None, "Seconds after which a stalled job is shut down "
                                                        "(Horovod default 0: never).", min=0.0)
+    hierarchical_allreduce: bool | None = option(None, "GPU builds: allreduce within each node (NCCL), then across "
+                                                       "nodes, then broadcast within the node (Horovod default off).")
+    hierarchical_allgather: bool | None = option(None, "GPU builds: the same two-level scheme for allgather.")
+    nccl_socket_ifname: str | None = option(None, "NCCL_SOCKET_IFNAME: the network interfaces NCCL uses between "
+                                                  "nodes, e.g. ib0 or ^lo,docker0 (docs/gpu.md).")
+    nccl_ib_disable: bool | None = option(None, "NCCL_IB_DISABLE: true keeps NCCL off InfiniBand (TCP sockets only).")
+    nccl_debug: str | None = option(None, "NCCL_DEBUG: NCCL's log level.", choices=("VERSION", "WARN", "INFO", "TRACE"))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import tensorflow.experimental.numpy as tnp
 
 from hvdtrain.augment import native
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
+from hvdtrain.augment.pipeline import DeviceAugment
+from hvdtrain.augment.standardize import EPSILON, FeatureStats
 from hvdtrain.config import AugmentConfig
 
 
@@ -45,3 +47,27 @@ def apply_transforms(images: Any, params: Sequence[dict[str, Any]], config: Augm
     tensor = tf.convert_to_tensor(images, dtype=tf.float32)
     out = apply_batch(TF_OPS, tensor, params, config.fill_mode, config.cval)
     return out.numpy() if as_numpy else out
+
+
+def standardize_tensor(x: tf.Tensor, config: AugmentConfig, stats: FeatureStats | None) -> tf.Tensor:
+    """hvdtrain/augment/standardize.py's `standardize` (Keras' order) on a float32 NHWC tensor."""
+    if config.rescale is not None:
+        x = x * config.rescale
+    if config.samplewise_center:
+        x = x - tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
+    if config.samplewise_std_normalization:
+        x = x / (tf.math.reduce_std(x, axis=(1, 2, 3), keepdims=True) + EPSILON)
+    if config.featurewise_center:
+        assert stats is not None, "featurewise statistics are needed"
+        x = x - tf.constant(stats.mean)
+    if config.featurewise_std_normalization:
+        assert stats is not None, "featurewise statistics are needed"
+        x = x / (tf.constant(stats.std) + EPSILON)
+    return x
+
+
+def augment_on_device(images: tf.Tensor, work: DeviceAugment, config: AugmentConfig) -> tf.Tensor:
+    """augment.device=gpu: a batch's random transforms and standardisation with TensorFlow's ops, eagerly, on the
+    device TensorFlow places them on (the rank's GPU when it has one)."""
+    out = apply_batch(TF_OPS, images, work.transforms, config.fill_mode, config.cval)
+    return standardize_tensor(out, config, work.stats) if config.standardizes else out

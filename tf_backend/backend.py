@@ -22,6 +22,7 @@ import tensorflow as tf  # noqa: E402
 
 from hvdtrain.backend import (  # noqa: E402
     Backend,
+    Batch,
     BuildSpec,
     LoadKind,
     Penalized,
@@ -34,9 +35,10 @@ from hvdtrain.backend import (  # noqa: E402
 )
 from hvdtrain.config import OptimConfig  # noqa: E402
 from hvdtrain.distributed.communicator import Communicator  # noqa: E402
-from hvdtrain.distributed.environment import threads_for_rank  # noqa: E402
+from hvdtrain.distributed.environment import gpu_for_rank, no_gpu_support_error, threads_for_rank  # noqa: E402
 from hvdtrain.errors import CheckpointError, ConfigError  # noqa: E402
 from hvdtrain.features.finetune import frozen, lr_multipliers  # noqa: E402
+from tf_backend.augment import augment_on_device  # noqa: E402
 from tf_backend.losses import cross_entropy, distillation_loss  # noqa: E402
 from tf_backend.models import build_model  # noqa: E402
 from tf_backend.optimizers import TorchAdam, TorchSGD  # noqa: E402
@@ -85,10 +87,12 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         tf.config.threading.set_inter_op_parallelism_threads(min(2, self.threads))
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:  # Horovod: one visible GPU per local rank, memory taken as needed.
-            gpu = gpus[world.local_rank % len(gpus)]
-            tf.config.experimental.set_memory_growth(gpu, True)
-            tf.config.set_visible_devices(gpu, "GPU")
-            self.device = f"gpu:{world.local_rank % len(gpus)}"
+            if not hvd.cuda_built():
+                raise no_gpu_support_error("tensorflow")
+            index = gpu_for_rank(world.local_rank, world.local_size, len(gpus))
+            tf.config.experimental.set_memory_growth(gpus[index], True)
+            tf.config.set_visible_devices(gpus[index], "GPU")
+            self.device = f"gpu:{index}"
         return Placement(device=self.device, threads=self.threads)
 
     def framework_version(self) -> str:
@@ -295,23 +299,29 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
 
         self._accumulate_fn, self._step_fn, self._eval_fn = accumulate, step, evaluate
 
-    def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
-        _, _, optimizer, _ = self._parts()
+    def train_step(self, batches: Sequence[Batch], lr: float) -> StepStats:
+        spec, _, optimizer, _ = self._parts()
         if lr != self._lr:
             optimizer.learning_rate = lr  # assigns the optimizer's LR variable; no retrace
             self._lr = lr
-        loss_sum, correct, count = 0.0, 0.0, 0
-        for i, (x, y) in enumerate(batches):
+        # The window's sums stay tensors: one host synchronisation per step, not per micro-batch.
+        loss_sum, correct, count = tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64), 0
+        communication = tf.constant(0.0, tf.float64)
+        for i, batch in enumerate(batches):
+            x, y = batch[0], batch[1]
+            if len(batch) == 3:  # augment.device=gpu: transformed eagerly, where TensorFlow places the ops
+                assert spec.augment is not None, "build() with augment.device=gpu"
+                x = augment_on_device(tf.convert_to_tensor(x), batch[2], spec.augment)
             if i < len(batches) - 1:
                 loss, right = self._accumulate_fn(x, y)
             else:
                 loss, right, communication = self._step_fn(x, y)
-                self._comm_seconds = float(communication)
-            loss_sum += float(loss) * len(y)
-            correct += float(right)
+            loss_sum += tf.cast(loss, tf.float64) * len(y)
+            correct += right
             count += len(y)
+        self._comm_seconds = float(communication)
         self._apply_masks()  # pruned weights stay exactly zero whatever the optimizer did
-        return StepStats(loss_sum, correct, count)
+        return StepStats(float(loss_sum), float(correct), count)
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
         loss_sum, correct = self._eval_fn(x, y)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from hvdtrain.augment import native
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
+from hvdtrain.augment.pipeline import DeviceAugment
+from hvdtrain.augment.standardize import EPSILON, FeatureStats
 from hvdtrain.config import AugmentConfig
 
 
@@ -66,3 +68,28 @@ def apply_transforms(images: Any, params: Sequence[dict[str, Any]], config: Augm
     tensor = torch.as_tensor(images, dtype=torch.float32)
     out = apply_batch(TORCH_OPS, tensor, params, config.fill_mode, config.cval)
     return out.numpy() if as_numpy else out
+
+
+def standardize_tensor(x: torch.Tensor, config: AugmentConfig, stats: FeatureStats | None) -> torch.Tensor:
+    """hvdtrain/augment/standardize.py's `standardize` (Keras' order) on a float32 NHWC tensor, where it lies."""
+    if config.rescale is not None:
+        x = x * config.rescale
+    if config.samplewise_center:
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+    if config.samplewise_std_normalization:
+        x = x / (x.std(dim=(1, 2, 3), keepdim=True, correction=0) + EPSILON)
+    if config.featurewise_center:
+        assert stats is not None, "featurewise statistics are needed"
+        x = x - torch.as_tensor(stats.mean, device=x.device)
+    if config.featurewise_std_normalization:
+        assert stats is not None, "featurewise statistics are needed"
+        x = x / (torch.as_tensor(stats.std, device=x.device) + EPSILON)
+    return x
+
+
+def augment_on_device(images: torch.Tensor, work: DeviceAugment, config: AugmentConfig) -> torch.Tensor:
+    """augment.device=gpu: a batch's random transforms and standardisation, with torch's ops on the device the
+    batch is on (the tensors the kernel creates go there too)."""
+    with torch.device(images.device):
+        out = apply_batch(TORCH_OPS, images, work.transforms, config.fill_mode, config.cval)
+    return standardize_tensor(out, config, work.stats) if config.standardizes else out

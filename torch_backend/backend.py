@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from hvdtrain.backend import (
     Backend,
+    Batch,
     BuildSpec,
     LoadKind,
     Penalized,
@@ -29,10 +30,11 @@ from hvdtrain.backend import (
 )
 from hvdtrain.config import OptimConfig
 from hvdtrain.distributed.communicator import Communicator
-from hvdtrain.distributed.environment import threads_for_rank
+from hvdtrain.distributed.environment import gpu_for_rank, no_gpu_support_error, threads_for_rank
 from hvdtrain.errors import ConfigError
 from hvdtrain.features.finetune import frozen, lr_multipliers
 from hvdtrain.files import write_atomic
+from torch_backend.augment import augment_on_device
 from torch_backend.losses import distillation_loss
 from torch_backend.models import build_model
 from torch_backend.precision import Precision, make_precision
@@ -86,8 +88,13 @@ class TorchBackend(Backend, Prunable, Penalized):
         self.threads = threads_for_rank(threads_per_rank, world.local_size)
         torch.set_num_threads(self.threads)
         if torch.cuda.is_available():
-            torch.cuda.set_device(world.local_rank)  # Horovod: one GPU per local rank.
-            self.device = torch.device("cuda", world.local_rank)
+            if not hvd.cuda_built():
+                raise no_gpu_support_error("torch")
+            # Horovod: one GPU per local rank.
+            gpu = gpu_for_rank(world.local_rank, world.local_size, torch.cuda.device_count())
+            torch.cuda.set_device(gpu)
+            self.device = torch.device("cuda", gpu)
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest convolutions
         return Placement(device=str(self.device), threads=self.threads)
 
     def framework_version(self) -> str:
@@ -100,6 +107,8 @@ class TorchBackend(Backend, Prunable, Penalized):
         torch.manual_seed(spec.seed)
         self.spec = spec
         model = build_model(spec.model, spec.image_shape, spec.num_classes).to(self.device)
+        if self.device.type == "cuda":  # NHWC memory: what the batches are, and what tensor cores want
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing in torch's stub
         if spec.teacher is not None:  # its weights come from load(..., "teacher") on rank 0, then sync
             self.teacher = build_model(spec.teacher, spec.image_shape, spec.num_classes).to(self.device).eval()
             self.teacher.requires_grad_(False)
@@ -192,10 +201,19 @@ class TorchBackend(Backend, Prunable, Penalized):
         return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
     # --- steps -------------------------------------------------------------------------------------------
-    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        # NHWC numpy -> NCHW view (channels_last memory), which conv layers take without a copy.
-        images = torch.from_numpy(x).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        return images, torch.from_numpy(y).to(self.device, non_blocking=True)
+    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the device: copied from pinned host memory without blocking when training on a GPU; with
+        augment.device=gpu, transformed there. NHWC numpy -> NCHW view (channels_last memory), which conv layers
+        take without a copy."""
+        cuda = self.device.type == "cuda"
+        x, y = (torch.from_numpy(a) for a in batch[:2])
+        if cuda:
+            x, y = x.pin_memory(), y.pin_memory()
+        images, labels = x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
+        if len(batch) == 3:
+            assert self.spec is not None and self.spec.augment is not None, "build() with augment.device=gpu"
+            images = augment_on_device(images, batch[2], self.spec.augment)
+        return images.permute(0, 3, 1, 2), labels
 
     def _forward(self, images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
         _, _, _, precision = self._parts()
@@ -225,22 +243,25 @@ class TorchBackend(Backend, Prunable, Penalized):
         return distillation_loss(logits, teacher_logits, labels, spec.distill.temperature, spec.distill.alpha,
                                  smoothing)
 
-    def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
+    def train_step(self, batches: Sequence[Batch], lr: float) -> StepStats:
         spec, model, optimizer, precision = self._parts()
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
         model.train()
         optimizer.zero_grad()  # Horovod's override takes no arguments
-        loss_sum, correct, count = 0.0, 0, 0
-        for x, y in batches:
-            images, labels = self._tensors(x, y)
+        # The window's sums stay on the device: one host synchronisation per step, not per micro-batch.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        for batch in batches:
+            images, labels = self._tensors(batch)
             logits = self._forward(images, model)
             loss = self._loss(logits, images, labels)
             penalty = self._penalty()
             objective = loss if penalty is None else loss + penalty
             precision.backward(objective / len(batches))  # the window's mean gradient, not Horovod's sum
-            loss_sum += loss.item() * len(labels)
-            correct += int((logits.detach().argmax(1) == labels).sum())
+            loss_sum += loss.detach().double() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
             count += len(labels)
         if spec.step.reduce_op == "adasum":
             # Horovod's Adasum optimizer reduces inside step() and cannot skip synchronisation (the policy
@@ -251,12 +272,12 @@ class TorchBackend(Backend, Prunable, Penalized):
         else:
             self._comm_seconds = precision.optimizer_step(optimizer, model.parameters(), spec.step.grad_clip_norm)
         self._apply_masks()  # pruned weights stay exactly zero whatever the optimizer did
-        return StepStats(loss_sum, correct, count)
+        return StepStats(float(loss_sum), float(correct), count)
 
     @torch.no_grad()
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
         _, model, _, _ = self._parts()
-        images, labels = self._tensors(x, y)
+        images, labels = self._tensors((x, y))
         model.eval()
         logits = self._forward(images, model)
         loss = F.cross_entropy(logits, labels, reduction="sum")

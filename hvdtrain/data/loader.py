@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-Transform = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# (x, y, batch index) -> a batch: (x, y), or (x, y, what the step still applies on the device)
+Transform = Callable[[np.ndarray, np.ndarray, int], tuple[Any, ...]]
 _DONE = object()
 _POLL_S = 0.1
 
@@ -67,15 +68,14 @@ class BatchLoader:
             for b in range(len(self)):
                 idx = self.indices[b * self.batch_size:(b + 1) * self.batch_size]
                 xb, yb = np.ascontiguousarray(self.x[idx]), np.ascontiguousarray(self.y[idx])
-                if self.transform is not None:
-                    xb, yb = self.transform(xb, yb, b)
-                if not run.put((xb, yb)):
+                batch = (xb, yb) if self.transform is None else self.transform(xb, yb, b)
+                if not run.put(batch):
                     return
             run.put(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             run.put(exc)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         self.close()
         run = self._pass = _Pass(self.prefetch)
         run.thread = threading.Thread(target=self._work, args=(run,), name="hvdtrain-loader", daemon=True)

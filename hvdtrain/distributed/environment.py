@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from hvdtrain.errors import UserError
+
 if TYPE_CHECKING:
     from hvdtrain.config import HorovodConfig
 
@@ -37,7 +39,7 @@ def threads_for_rank(requested: int, local_size: int) -> int:
 
 
 def horovod_settings(cfg: HorovodConfig, profile: bool = False) -> dict[str, str]:
-    """The HOROVOD_* variables a `horovod` config section sets (read by hvd.init()); unset keys leave the
+    """The HOROVOD_* (and NCCL_*) variables a `horovod` config section sets (read by hvd.init()); unset keys leave the
     environment, and so Horovod's defaults or the user's own variables, alone. The timeline (horovod.timeline,
     or run.profile's) is started after init instead, once the run directory exists."""
     settings: dict[str, str] = {}
@@ -53,6 +55,16 @@ def horovod_settings(cfg: HorovodConfig, profile: bool = False) -> dict[str, str
         settings["HOROVOD_STALL_CHECK_TIME_SECONDS"] = f"{cfg.stall_check_time_s:g}"
     if cfg.stall_shutdown_time_s is not None:
         settings["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = f"{cfg.stall_shutdown_time_s:g}"
+    for key, variable in (("hierarchical_allreduce", "HOROVOD_HIERARCHICAL_ALLREDUCE"),
+                          ("hierarchical_allgather", "HOROVOD_HIERARCHICAL_ALLGATHER"),
+                          ("nccl_ib_disable", "NCCL_IB_DISABLE")):
+        flag = getattr(cfg, key)
+        if flag is not None:
+            settings[variable] = "1" if flag else "0"
+    if cfg.nccl_socket_ifname is not None:
+        settings["NCCL_SOCKET_IFNAME"] = cfg.nccl_socket_ifname
+    if cfg.nccl_debug is not None:
+        settings["NCCL_DEBUG"] = cfg.nccl_debug
     return settings
 
 
@@ -62,3 +74,23 @@ def apply_horovod_settings(cfg: HorovodConfig, profile: bool = False) -> dict[st
     settings = horovod_settings(cfg, profile)
     os.environ.update(settings)
     return settings
+
+
+def gpu_for_rank(local_rank: int, local_size: int, visible: int) -> int:
+    """The GPU (index among the visible ones) of a rank: one GPU per local rank. With as many GPUs visible as
+    ranks on the node (or more), rank i takes GPU i; with one visible, the launcher gave each rank its own
+    (CUDA_VISIBLE_DEVICES per rank, SLURM's --gpus-per-task=1)."""
+    if visible >= local_size:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise UserError(f"{local_size} ranks on this node but {visible} GPUs visible: start at most {visible} ranks per "
+                    f"node (horovodrun -H host:{visible}, SLURM --ntasks-per-node={visible}), or give each rank one "
+                    "GPU (CUDA_VISIBLE_DEVICES)")
+
+
+def no_gpu_support_error(framework: str) -> UserError:
+    """A rank that sees a GPU its Horovod cannot use (built without CUDA): the one-line error and its fixes."""
+    return UserError(f"this node has a GPU but Horovod for {framework} was built without CUDA: run "
+                     "`HVDTRAIN_DEVICE=cuda make setup` (docs/gpu.md), or hide the GPUs (CUDA_VISIBLE_DEVICES=) to "
+                     "train on the CPU")

@@ -29,7 +29,7 @@ from hvdtrain.reporting.reporters import MetricsLog, ProfileReport, ProgressRepo
 from hvdtrain.reporting.tensorboard import EventWriter
 from hvdtrain.training import collectives
 from hvdtrain.training.checkpoint import Checkpointer
-from hvdtrain.training.setup import RunPlan, plan_run
+from hvdtrain.training.setup import RunPlan, augment_on_device, plan_run
 from hvdtrain.training.sources import init_source
 from hvdtrain.training.state import TrainingState
 
@@ -201,7 +201,8 @@ class Engine:
             self._stats = featurewise_stats(self.dataset.x_train, world.rank, world.size, aug.rescale,
                                             self.comm.allreduce_sum)
         native.prepare(aug)
-        return AugmentPipeline(aug, get_augment_kernel(self.cfg.backend) if aug.random else None, self._stats)
+        return AugmentPipeline(aug, get_augment_kernel(self.cfg.backend) if aug.random else None, self._stats,
+                               on_device=augment_on_device(aug, self.placement))
 
     def _start_timeline(self, outputs: RunOutputs) -> Path | None:
         """Starts Horovod's timeline (horovod.timeline, or profile/timeline.json with run.profile) once the run

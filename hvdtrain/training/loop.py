@@ -16,7 +16,7 @@ from hvdtrain.distributed.environment import apply_horovod_settings
 from hvdtrain.training import collectives
 from hvdtrain.training.elastic import LocalState, elastic_launch, run_elastic
 from hvdtrain.training.engine import Engine
-from hvdtrain.training.setup import build_spec
+from hvdtrain.training.setup import augment_on_device, build_spec
 from hvdtrain.training.state import TrainingState
 
 T = TypeVar("T")
@@ -40,7 +40,8 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
 
     dataset = everywhere(lambda: load_dataset(cfg.data, cfg.seed))
     callbacks = everywhere(lambda: CallbackList.from_config(cfg))
-    spec = everywhere(lambda: build_spec(cfg, dataset.image_shape, dataset.num_classes))
+    spec = everywhere(lambda: build_spec(cfg, dataset.image_shape, dataset.num_classes,
+                                         augment_on_device(cfg.augment, placement)))
     num_params = backend.build(spec)
     engine = Engine(cfg, backend, dataset, callbacks, num_params, placement, elastic)
     training = TrainingState()

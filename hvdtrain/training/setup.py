@@ -6,22 +6,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hvdtrain.backend import BuildSpec, StepPolicy
-from hvdtrain.config import Config
+from hvdtrain.backend import BuildSpec, Placement, StepPolicy
+from hvdtrain.config import AugmentConfig, Config
 from hvdtrain.data import plan_epoch
 from hvdtrain.distributed.communicator import World
+from hvdtrain.errors import ConfigError
 from hvdtrain.features.pruning import Pruner
 from hvdtrain.training.policy import ResolvedPolicy, resolve_policy
 from hvdtrain.training.schedule import LRSchedule
 from hvdtrain.training.sources import teacher_model_config
 
 
-def build_spec(cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> BuildSpec:
-    """The part of the config a backend needs to build model, optimizer and step."""
+def augment_on_device(cfg: AugmentConfig, placement: Placement) -> bool:
+    """Whether the random transforms run inside the training step, on the rank's GPU (augment.device)."""
+    on_gpu = placement.device != "cpu"
+    if cfg.device == "gpu" and not on_gpu:
+        raise ConfigError("augment.device=gpu, but this rank trains on the CPU (no GPU visible): set "
+                          "augment.device=auto or cpu")
+    return cfg.random and (cfg.device == "gpu" or (cfg.device == "auto" and on_gpu))
+
+
+def build_spec(cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
+               augment_in_step: bool = False) -> BuildSpec:
+    """The part of the config a backend needs to build model, optimizer and step (`augment_in_step`: the step
+    applies the random transforms, augment.device=gpu)."""
     return BuildSpec(model=cfg.model, image_shape=image_shape, num_classes=num_classes, seed=cfg.seed,
                      optim=cfg.optim, step=StepPolicy.from_config(cfg.policy), regularization=cfg.regularization,
                      freeze=cfg.train.freeze, distill=cfg.distill,
-                     teacher=teacher_model_config(cfg) if cfg.distill.teacher else None)
+                     teacher=teacher_model_config(cfg) if cfg.distill.teacher else None,
+                     augment=cfg.augment if augment_in_step else None)
 
 
 @dataclass(frozen=True)
