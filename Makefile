@@ -8,6 +8,8 @@ PYTEST_ARGS ?=
 
 .PHONY: setup train test test-unit test-distributed doctor docs lint check-plain-pypi
 
+# The CPU stack, or on a machine with an NVIDIA GPU the CUDA one (Horovod with NCCL); HVDTRAIN_DEVICE=cuda|cpu
+# forces the choice. `bash scripts/setup_env.sh --plan` shows what it would do (docs/setup.md).
 setup:
 	@bash scripts/setup_env.sh
 

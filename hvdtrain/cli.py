@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     bench.add_argument("--json", help="write the numbers to this JSON file (rank 0)")
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    sub.add_parser("doctor", help="report Python, frameworks, Horovod and MPI, and what to fix")
+    sub.add_parser("doctor", help="report Python, frameworks, Horovod, MPI and GPUs, and what to fix").add_argument(
+        "--json", action="store_true", help="print the report as one JSON object (docs/setup.md)")
     preview = sub.add_parser("augment-preview", help="write a PNG grid of augmented training samples")
     preview.add_argument("--config", "-c", help="YAML config file with an augment section")
     preview.add_argument("--out", default="augment-preview.png", help="PNG to write")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "doctor":
             from hvdtrain.commands.doctor import run_doctor
-            return run_doctor()
+            return run_doctor(as_json=args.json)
         if args.command == "augment-preview":
             from pathlib import Path
 

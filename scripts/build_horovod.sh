@@ -5,7 +5,18 @@
 # $HVDTRAIN_CACHE keyed by everything that changes the binary, so a second setup installs it in seconds.
 # A failed build keeps its whole log at $HVDTRAIN_CACHE/last-horovod-build.log and names its first error.
 #
-# Knobs (environment): HVDTRAIN_HOROVOD_PATCH (another patch file, e.g. to test the failure path).
+# Two builds. The CPU one: Gloo and MPI, a CUDA-enabled torch built against as a CPU one.
+# With HVDTRAIN_DEVICE=cuda (scripts/setup_env.sh passes its choice), the GPU one: HOROVOD_GPU_OPERATIONS=NCCL
+# plus Gloo and MPI, scripts/horovod-0.28.1-cuda.patch on top, nvcc from the nvidia-cuda-nvcc wheel (or
+# HVDTRAIN_CUDA_HOME's toolkit) and NCCL from the nvidia-nccl-cu13 wheel (docs/setup.md, "GPU machines").
+#
+# Knobs (environment): HVDTRAIN_HOROVOD_PATCH (another patch file, e.g. to test the failure path),
+# HVDTRAIN_DEVICE (cpu or cuda; default: the venv's stack), HVDTRAIN_CUDA_HOME (a CUDA 13 toolkit to build
+# with instead of the wheels'), HOROVOD_BUILD_CUDA_CC_LIST (compute capabilities to build for; default: the
+# GPUs found, else 90).
+#
+# `scripts/build_horovod.sh --plan` prints the build's cache key and environment as key=value lines and
+# builds nothing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,22 +28,129 @@ VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 CACHE="${HVDTRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdtrain}"
 PATCH="${HVDTRAIN_HOROVOD_PATCH:-$ROOT/scripts/horovod-$HOROVOD_VERSION.patch}"
+CUDA_PATCH="$ROOT/scripts/horovod-$HOROVOD_VERSION-cuda.patch"
 LOG="$CACHE/last-horovod-build.log"
+
+PLAN=0
+case "${1:-}" in
+  --plan) PLAN=1 ;;
+  "") ;;
+  *) die "usage: scripts/build_horovod.sh [--plan]" ;;
+esac
+# Default: the stack the venv holds (scripts/setup_env.sh marks a CUDA one).
+DEVICE="${HVDTRAIN_DEVICE:-$(cat "$VENV/.hvdtrain-device" 2>/dev/null || echo cpu)}"
+case "$DEVICE" in
+  cpu|cuda) ;;
+  *) die "HVDTRAIN_DEVICE=$DEVICE: use cuda or cpu" ;;
+esac
 
 [ -x "$PY" ] || die "no venv at $VENV: run scripts/setup_env.sh"
 command -v mpicxx >/dev/null 2>&1 || die "mpicxx not found: install OpenMPI (apt-get install libopenmpi-dev openmpi-bin) or load an MPI module"
 
-versions="$("$PY" - <<'EOF'
+versions="$("$PY" - "$DEVICE" <<'EOF'
 import importlib.metadata as md, sys
 import torch  # its CUDA version too: a CUDA and a CPU wheel of one release may share a version string
-print("py%d.%d" % sys.version_info[:2], "torch" + md.version("torch"), "cuda" + str(torch.version.cuda),
-      "tf" + md.version("tensorflow-cpu"))
+try:  # the CPU stack's TensorFlow is tensorflow-cpu (and tf-keras brings tensorflow too), the CUDA stack's tensorflow
+    tf = md.version("tensorflow" if sys.argv[1] == "cuda" else "tensorflow-cpu")
+except md.PackageNotFoundError:
+    tf = md.version("tensorflow")
+print("py%d.%d" % sys.version_info[:2], "torch" + md.version("torch"), "cuda" + str(torch.version.cuda), "tf" + tf)
 EOF
 )"
 mpi_version="$(mpirun --version 2>/dev/null | head -1)"
-key="$(printf '%s|%s|%s|%s' "$HOROVOD_VERSION" "$versions" "$mpi_version" "$(sha256sum "$PATCH" | cut -c1-16)" | sha256sum | cut -c1-16)"
-wheel_dir="$CACHE/horovod-$HOROVOD_VERSION-$key"
+patch_hash="$(sha256sum "$PATCH" | cut -c1-16)"
+# The build's environment. PATH: the venv's bin first, so that its cmake (4.x, pinned) and python are used.
+build_path="$VENV/bin:$PATH"
+build_env=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
+           HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 "MAKEFLAGS=-j$(nproc)")
+patches=("$PATCH")
+# The build's scratch folder; the links below live in it, so that no path baked into the build outlives it.
+work_plan="BUILD_DIR"
+
+if [ "$DEVICE" = cpu ]; then
+  # The same fields in the same format as before the CUDA build existed: cached CPU wheels stay valid.
+  key="$(printf '%s|%s|%s|%s' "$HOROVOD_VERSION" "$versions" "$mpi_version" "$patch_hash" | sha256sum | cut -c1-16)"
+  wheel_dir="$CACHE/horovod-$HOROVOD_VERSION-$key"
+  # No GPU operations; a CUDA-enabled torch (plain PyPI's) is built against as a CPU one.
+  build_env+=(HOROVOD_TORCH_WITHOUT_CUDA=1)
+else
+  # The wheels' files: nvidia/cu13/{bin,include,nvvm,lib} (nvcc, runtime, crt, cccl) and nvidia/nccl.
+  # HVDTRAIN_NVIDIA_DIR points elsewhere (the tests' fake layout).
+  nvidia="${HVDTRAIN_NVIDIA_DIR:-$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia}"
+  torch_cuda="$("$PY" -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null || true)"
+  if [ -n "${HVDTRAIN_CUDA_HOME:-}" ]; then
+    toolkit="system:$HVDTRAIN_CUDA_HOME"
+    nvcc="$HVDTRAIN_CUDA_HOME/bin/nvcc"
+    [ -x "$nvcc" ] || die "HVDTRAIN_CUDA_HOME=$HVDTRAIN_CUDA_HOME has no bin/nvcc"
+    cuda_libdir="$HVDTRAIN_CUDA_HOME/lib64"
+  else
+    toolkit="wheels"
+    nvcc="$nvidia/cu13/bin/nvcc"
+    [ -x "$nvcc" ] || die "no nvcc at $nvidia/cu13/bin: $VENV lacks the CUDA stack (run HVDTRAIN_DEVICE=cuda make setup)"
+    cuda_libdir="$nvidia/cu13/lib"
+  fi
+  if [ -n "${CUDA_HOME:-}" ] && [ "$CUDA_HOME" != "${HVDTRAIN_CUDA_HOME:-}" ]; then
+    say "note: CUDA_HOME=$CUDA_HOME is not used to build Horovod (HVDTRAIN_CUDA_HOME=$CUDA_HOME would)" >&2
+  fi
+  cuda_version="$(nvcc_version "$nvcc")"
+  [ -n "$cuda_version" ] || die "cannot tell the version of $nvcc"
+  if [ -n "$torch_cuda" ] && [ "${cuda_version%%.*}" != "${torch_cuda%%.*}" ]; then
+    die "nvcc $cuda_version ($nvcc) does not match torch's CUDA $torch_cuda: point HVDTRAIN_CUDA_HOME at a CUDA ${torch_cuda%%.*} toolkit, or unset it to use the wheels'"
+  fi
+  nccl_version="$(nccl_header_version "$nvidia/nccl/include/nccl.h")"
+  [ -n "$nccl_version" ] || die "no NCCL at $nvidia/nccl (the nvidia-nccl-cu13 wheel): run HVDTRAIN_DEVICE=cuda make setup"
+  choose_cc_list
+  patches+=("$CUDA_PATCH")
+  cuda_facts="cuda nvcc$cuda_version nccl$nccl_version cc$CC_LIST toolkit-$toolkit cudapatch$(sha256sum "$CUDA_PATCH" | cut -c1-16)"
+  key="$(printf '%s|%s|%s|%s|%s' "$HOROVOD_VERSION" "$versions" "$mpi_version" "$patch_hash" "$cuda_facts" \
+         | sha256sum | cut -c1-16)"
+  wheel_dir="$CACHE/horovod-$HOROVOD_VERSION-cuda-$key"
+fi
 stamp="$VENV/.hvdtrain-horovod"
+
+# The CUDA build's environment for a scratch folder $1: the toolkit (HVDTRAIN_CUDA_HOME, or a folder of
+# links to the wheels' files in the layout CMake's FindCUDAToolkit and torch's cpp_extension expect: lib64/,
+# libcudart.so) and NCCL (a folder with include/nccl.h and lib/libnccl.so, linked shared).
+cuda_env() {
+  local cuda_home="${HVDTRAIN_CUDA_HOME:-$1/cuda-toolkit}"
+  build_path="$cuda_home/bin:$build_path"
+  build_env+=(HOROVOD_GPU_OPERATIONS=NCCL "HOROVOD_CUDA_HOME=$cuda_home" "CUDA_HOME=$cuda_home"
+              "HOROVOD_NCCL_HOME=$1/nccl" HOROVOD_NCCL_LINK=SHARED "HOROVOD_BUILD_CUDA_CC_LIST=$CC_LIST"
+              "LIBRARY_PATH=$cuda_libdir${LIBRARY_PATH:+:$LIBRARY_PATH}")
+}
+
+make_cuda_links() {
+  mkdir -p "$1/nccl/lib"
+  ln -s "$nvidia/nccl/include" "$1/nccl/include"
+  ln -s "$nvidia/nccl/lib/libnccl.so.2" "$1/nccl/lib/libnccl.so.2"
+  ln -s libnccl.so.2 "$1/nccl/lib/libnccl.so"
+  [ "$toolkit" = wheels ] || return 0
+  local home="$1/cuda-toolkit" d f
+  mkdir -p "$home/lib64"
+  for d in bin include nvvm; do ln -s "$nvidia/cu13/$d" "$home/$d"; done
+  for f in "$nvidia/cu13/lib"/*; do ln -s "$f" "$home/lib64/"; done
+  [ -e "$home/lib64/libcudart.so" ] || ln -s libcudart.so.13 "$home/lib64/libcudart.so"
+}
+
+if [ "$PLAN" = 1 ]; then
+  [ "$DEVICE" = cpu ] || cuda_env "$work_plan"
+  echo "device=$DEVICE"
+  echo "key=$key"
+  echo "wheel_dir=$wheel_dir"
+  echo "versions=$versions"
+  echo "mpi=$mpi_version"
+  echo "patches=${patches[*]}"
+  if [ "$DEVICE" = cuda ]; then
+    echo "toolkit=$toolkit"
+    echo "cuda_version=$cuda_version"
+    echo "torch_cuda_version=$torch_cuda"
+    echo "nccl_version=$nccl_version"
+    echo "cc_list_source=$CC_SOURCE"
+  fi
+  echo "PATH=$build_path"
+  printf '%s\n' "${build_env[@]}"
+  exit 0
+fi
 
 build_failed() {
   # The log lives in the cache, not in the build folder that the EXIT trap removes.
@@ -43,18 +161,29 @@ build_failed() {
 
 verify() {
   export TF_CPP_MIN_LOG_LEVEL=2
-  # torch and TensorFlow are checked in separate processes: hvdtrain never loads both in one.
-  "$PY" -c 'import horovod.torch as h; assert h.mpi_built() and h.gloo_built(), "torch: MPI or Gloo missing"' \
-    && "$PY" -c 'import horovod.tensorflow as h; assert h.mpi_built() and h.gloo_built(), "tensorflow: MPI or Gloo missing"'
+  # torch and TensorFlow are checked in separate processes: hvdtrain never loads both in one. The CUDA build
+  # must have NCCL and CUDA too (build facts: checked without a GPU).
+  local fw check="h.mpi_built() and h.gloo_built()" lacks="MPI or Gloo"
+  if [ "$DEVICE" = cuda ]; then check="$check and h.nccl_built() and h.cuda_built()"; lacks="MPI, Gloo, NCCL or CUDA"; fi
+  for fw in torch tensorflow; do
+    # TensorFlow's CUDA build logs a line about oneDNN before its logging is set up (TF_CPP_MIN_LOG_LEVEL
+    # does not reach it): dropped; everything else passes through.
+    "$PY" -c "import horovod.$fw as h; assert $check, '$fw: horovod lacks $lacks'" \
+      2> >(grep -v -e 'absl::InitializeLog' -e 'oneDNN custom operations are on' >&2 || true) || return 1
+  done
 }
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && verify 2>/dev/null; then
-  say "horovod $HOROVOD_VERSION up to date ($versions)"
+  say "horovod $HOROVOD_VERSION up to date ($versions${nccl_version:+, NCCL $nccl_version})"
   exit 0
 fi
 
 if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
-  say "building horovod $HOROVOD_VERSION for $versions, $mpi_version (first time: about 8-10 minutes on 2 cores)"
+  if [ "$DEVICE" = cpu ]; then
+    say "building horovod $HOROVOD_VERSION for $versions, $mpi_version (first time: about 8-10 minutes on 2 cores)"
+  else
+    say "building horovod $HOROVOD_VERSION with NCCL $nccl_version and CUDA $cuda_version ($toolkit), compute capabilities $CC_LIST ($CC_SOURCE), for $versions, $mpi_version (first time: about 10 minutes on 2 cores)"
+  fi
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   mkdir -p "$CACHE"
@@ -63,12 +192,14 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
     || build_failed "could not download the horovod $HOROVOD_VERSION source"
   tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
   src="$work/horovod-$HOROVOD_VERSION"
-  patch -d "$src" -p1 < "$PATCH" >>"$LOG" 2>&1 || build_failed "could not apply $PATCH to the horovod source"
-  # The venv's bin comes first so its cmake (4.x, pinned) and python are the ones used. This is the CPU
-  # build: no GPU operations, and a CUDA-enabled torch (plain PyPI's) is built against as a CPU one.
-  PATH="$VENV/bin:$PATH" \
-    HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
-    HOROVOD_WITHOUT_MXNET=1 HOROVOD_TORCH_WITHOUT_CUDA=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
+  for p in "${patches[@]}"; do
+    patch -d "$src" -p1 < "$p" >>"$LOG" 2>&1 || build_failed "could not apply $p to the horovod source"
+  done
+  if [ "$DEVICE" = cuda ]; then
+    make_cuda_links "$work"
+    cuda_env "$work"
+  fi
+  env PATH="$build_path" "${build_env[@]}" \
     "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" "$src" >>"$LOG" 2>&1 \
     || build_failed "horovod build failed"
   # Publish the wheel atomically: a half-copied wheel must never look like a cache hit.
@@ -83,4 +214,8 @@ fi
 "$PY" -m pip install -q --no-deps --force-reinstall "$wheel_dir"/horovod-*.whl
 verify || die "horovod installed but its self-check failed: delete $wheel_dir and re-run"
 echo "$key" > "$stamp"
-say "horovod $HOROVOD_VERSION installed (torch + tensorflow, gloo + mpi)"
+if [ "$DEVICE" = cpu ]; then
+  say "horovod $HOROVOD_VERSION installed (torch + tensorflow, gloo + mpi)"
+else
+  say "horovod $HOROVOD_VERSION installed (torch + tensorflow, gloo + mpi + nccl $nccl_version, CUDA $cuda_version)"
+fi

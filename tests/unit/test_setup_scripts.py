@@ -78,3 +78,206 @@ def test_patch_that_does_not_apply_is_named(tmp_path: Path) -> None:
     log = tmp_path / "cache" / "last-horovod-build.log"
     assert "could not apply" in proc.stderr and "Hunk #1 FAILED" in proc.stderr, proc.stderr
     assert f"full log: {log}" in proc.stderr and log.is_file()
+
+
+# --- The CUDA setup path, without a GPU and without building ----------------------------------------------
+# scripts/setup_env.sh --plan and scripts/build_horovod.sh --plan print what they would do as key=value lines;
+# a fake nvidia-smi on PATH stands for a GPU, a fake nvidia/ tree for the CUDA wheels.
+
+def _plan(script: str, env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    proc = subprocess.run(["bash", str(REPO / "scripts" / script), "--plan"], env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    return dict(line.split("=", 1) for line in lines), lines
+
+
+def _fake_bin(tmp_path: Path, gpus: list[tuple[str, str]] | None) -> Path:
+    """A folder holding only a fake nvidia-smi: it lists `gpus` (name, compute capability), or fails like a
+    machine whose driver is not loaded when None."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    smi = bin_dir / "nvidia-smi"
+    if gpus is None:
+        smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA "
+                       "driver.'\nexit 9\n")
+    else:
+        listing = "".join(f"GPU {i}: {name} (UUID: GPU-{i})\\n" for i, (name, _) in enumerate(gpus))
+        caps = "".join(f"{cc}\\n" for _, cc in gpus)
+        smi.write_text('#!/bin/sh\ncase "$*" in\n  *compute_cap*) printf "' + caps + '" ;;\n'
+                       '  -L) printf "' + listing + '" ;;\n  *) exit 2 ;;\nesac\n')
+    smi.chmod(0o755)
+    return bin_dir
+
+
+def _env(tmp_path: Path, gpus: list[tuple[str, str]] | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HVDTRAIN_DEVICE", "HOROVOD_BUILD_CUDA_CC_LIST", "HVDTRAIN_CUDA_HOME", "CUDA_HOME")}
+    env["PATH"] = f"{_fake_bin(tmp_path, gpus)}:{env['PATH']}"
+    env["HVDTRAIN_NVIDIA_GPUS_DIR"] = str(tmp_path / "no-such-dir")  # this machine's /proc must not count
+    env["VENV"] = str(VENV)
+    env["HVDTRAIN_CACHE"] = str(tmp_path / "cache")
+    return {**env, **extra}
+
+
+H200 = [("NVIDIA H200", "9.0")]
+
+
+@pytest.mark.parametrize(("gpus", "forced", "device", "reason"), [
+    (H200, None, "cuda", "1 NVIDIA GPU(s) found"),
+    ([("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA A100-SXM4-80GB", "8.0")], None, "cuda", "2 NVIDIA GPU(s) found"),
+    (None, None, "cpu", "no NVIDIA GPU found"),  # nvidia-smi there, but no driver
+    ([], None, "cpu", "no NVIDIA GPU found"),
+    (H200, "cpu", "cpu", "HVDTRAIN_DEVICE=cpu"),
+    (None, "cuda", "cuda", "HVDTRAIN_DEVICE=cuda"),
+    (H200, "auto", "cuda", "1 NVIDIA GPU(s) found"),
+])
+def test_setup_picks_the_stack_from_the_gpus_or_hvdtrain_device(
+        tmp_path: Path, gpus: list[tuple[str, str]] | None, forced: str | None, device: str, reason: str) -> None:
+    env = _env(tmp_path, gpus, **({"HVDTRAIN_DEVICE": forced} if forced else {}))
+    plan, _ = _plan("setup_env.sh", env)
+    assert plan["device"] == device and plan["device_reason"] == reason
+
+
+def test_setup_counts_the_drivers_gpu_entries_without_nvidia_smi(tmp_path: Path) -> None:
+    gpus_dir = tmp_path / "gpus"
+    (gpus_dir / "0000:3b:00.0").mkdir(parents=True)
+    plan, _ = _plan("setup_env.sh", _env(tmp_path, [], HVDTRAIN_NVIDIA_GPUS_DIR=str(gpus_dir)))
+    assert plan["device"] == "cuda" and plan["device_reason"] == "1 NVIDIA GPU(s) found"
+
+
+def test_setup_rejects_an_unknown_device(tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "setup_env.sh"), "--plan"],
+                          env=_env(tmp_path, None, HVDTRAIN_DEVICE="gpu"), capture_output=True, text=True)
+    assert proc.returncode != 0 and "HVDTRAIN_DEVICE=gpu: use cuda, cpu or auto" in proc.stderr
+
+
+def _requirement_names(lines: list[str]) -> list[str]:
+    import re
+
+    return [re.split(r"[\[=<>!~; ]", line.removeprefix("requirement="), maxsplit=1)[0].lower()
+            for line in lines if line.startswith("requirement=")]
+
+
+def test_cuda_requirements_replace_the_cpu_frameworks_and_keep_every_other_pin(tmp_path: Path) -> None:
+    _, cpu = _plan("setup_env.sh", _env(tmp_path, None, HVDTRAIN_DEVICE="cpu"))
+    _, cuda = _plan("setup_env.sh", _env(tmp_path, None, HVDTRAIN_DEVICE="cuda"))
+    cpu_reqs = {line for line in cpu if line.startswith("requirement=")}
+    cuda_reqs = {line for line in cuda if line.startswith("requirement=")}
+    assert "requirement=torch==2.13.0" in cpu_reqs and "requirement=tensorflow-cpu==2.21.0" in cpu_reqs
+    # The CUDA build of torch, by exact version string: a local 2.13.0+cpu wheel does not match "===".
+    assert {"requirement=torch===2.13.0", "requirement=tensorflow[and-cuda]==2.21.0",
+            "requirement=nvidia-cuda-nvcc==13.0.88", "requirement=nvidia-nvvm==13.0.88",
+            "requirement=nvidia-cuda-crt==13.0.88"} <= cuda_reqs
+    assert cpu_reqs - {"requirement=torch==2.13.0", "requirement=tensorflow-cpu==2.21.0"} <= cuda_reqs
+    names = _requirement_names(cuda)
+    assert "tensorflow-cpu" not in names and len(names) == len(set(names)), names
+
+
+NVCC = "#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\necho 'Cuda compilation tools, release {0}, V{1}'\n"
+
+
+def _fake_wheels(root: Path, nvcc: str = "13.0.88", nccl: str = "2.29.7") -> Path:
+    """The nvidia/ tree the CUDA wheels install, as far as the build plan reads it."""
+    nvidia = root / "nvidia"
+    (nvidia / "cu13" / "bin").mkdir(parents=True, exist_ok=True)
+    (nvidia / "cu13" / "lib").mkdir(exist_ok=True)
+    (nvidia / "nccl" / "include").mkdir(parents=True, exist_ok=True)
+    tool = nvidia / "cu13" / "bin" / "nvcc"
+    tool.write_text(NVCC.format(nvcc.rsplit(".", 1)[0], nvcc))
+    tool.chmod(0o755)
+    major, minor, patch = nccl.split(".")
+    (nvidia / "nccl" / "include" / "nccl.h").write_text(
+        f"#define NCCL_MAJOR {major}\n#define NCCL_MINOR {minor}\n#define NCCL_PATCH {patch}\n"
+        '#define NCCL_SUFFIX ""\n')
+    return nvidia
+
+
+def test_cuda_build_plan_has_nccl_the_toolkit_and_a_cache_key_of_its_own(tmp_path: Path) -> None:
+    nvidia = _fake_wheels(tmp_path / "w1")
+    env = _env(tmp_path, None, HVDTRAIN_NVIDIA_DIR=str(nvidia))
+    cpu, _ = _plan("build_horovod.sh", {**env, "HVDTRAIN_DEVICE": "cpu"})
+    cuda, _ = _plan("build_horovod.sh", {**env, "HVDTRAIN_DEVICE": "cuda"})
+    assert cuda["device"] == "cuda" and cuda["HOROVOD_GPU_OPERATIONS"] == "NCCL"
+    for controller in ("HOROVOD_WITH_GLOO", "HOROVOD_WITH_MPI", "HOROVOD_WITH_PYTORCH", "HOROVOD_WITH_TENSORFLOW"):
+        assert cuda[controller] == "1" and cpu[controller] == "1"
+    assert "HOROVOD_TORCH_WITHOUT_CUDA" not in cuda and cpu["HOROVOD_TORCH_WITHOUT_CUDA"] == "1"
+    assert "HOROVOD_GPU_OPERATIONS" not in cpu
+    # The wheels' toolkit and NCCL through folders of links made in the build's scratch folder.
+    assert cuda["HOROVOD_CUDA_HOME"] == cuda["CUDA_HOME"] == "BUILD_DIR/cuda-toolkit"
+    assert cuda["HOROVOD_NCCL_HOME"] == "BUILD_DIR/nccl" and cuda["HOROVOD_NCCL_LINK"] == "SHARED"
+    assert cuda["LIBRARY_PATH"].split(":")[0] == str(nvidia / "cu13" / "lib")
+    assert cuda["PATH"].startswith(f"BUILD_DIR/cuda-toolkit/bin:{VENV}/bin:")
+    assert cuda["HOROVOD_BUILD_CUDA_CC_LIST"] == "90"  # no GPU to ask: Hopper
+    assert cuda["cuda_version"] == "13.0.88" and cuda["nccl_version"] == "2.29.7" and cuda["toolkit"] == "wheels"
+    assert cuda["patches"].split() == [str(REPO / "scripts" / "horovod-0.28.1.patch"),
+                                       str(REPO / "scripts" / "horovod-0.28.1-cuda.patch")]
+    assert cpu["patches"].split() == [str(REPO / "scripts" / "horovod-0.28.1.patch")]
+    assert cuda["key"] != cpu["key"] and "-cuda-" in cuda["wheel_dir"] and "-cuda-" not in cpu["wheel_dir"]
+    assert cuda["wheel_dir"].startswith(str(tmp_path / "cache"))
+
+    # The key follows the NCCL and CUDA versions and the compute capabilities.
+    other_nccl = _fake_wheels(tmp_path / "w2", nccl="2.32.3")
+    other_nvcc = _fake_wheels(tmp_path / "w3", nvcc="13.0.48")
+    cuda_env = {**env, "HVDTRAIN_DEVICE": "cuda"}
+    keys = {cuda["key"],
+            _plan("build_horovod.sh", {**cuda_env, "HVDTRAIN_NVIDIA_DIR": str(other_nccl)})[0]["key"],
+            _plan("build_horovod.sh", {**cuda_env, "HVDTRAIN_NVIDIA_DIR": str(other_nvcc)})[0]["key"],
+            _plan("build_horovod.sh", {**cuda_env, "HOROVOD_BUILD_CUDA_CC_LIST": "80,90"})[0]["key"]}
+    assert len(keys) == 4
+
+
+def test_cpu_build_key_is_the_one_from_before_the_cuda_build(tmp_path: Path) -> None:
+    """The CPU key's fields and format are those of the CPU-only setup, so that cached CPU wheels (CI's) stay
+    valid: sha256 of "horovod version|python, torch, torch's CUDA, tensorflow-cpu versions|mpirun --version's
+    first line|the patch's sha256 (16 hex)", 16 hex."""
+    import hashlib
+
+    plan, _ = _plan("build_horovod.sh", _env(tmp_path, H200, HVDTRAIN_DEVICE="cpu"))
+    patch_hash = hashlib.sha256((REPO / "scripts" / "horovod-0.28.1.patch").read_bytes()).hexdigest()[:16]
+    fields = f"0.28.1|{plan['versions']}|{plan['mpi']}|{patch_hash}"
+    assert plan["key"] == hashlib.sha256(fields.encode()).hexdigest()[:16]
+    assert plan["wheel_dir"] == str(tmp_path / "cache" / f"horovod-0.28.1-{plan['key']}")
+    assert plan["versions"].split()[3].startswith("tf")
+
+
+@pytest.mark.parametrize(("gpus", "cc_env", "expected"), [
+    ([("NVIDIA H100 80GB HBM3", "9.0"), ("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA H100 80GB HBM3", "9.0")], None,
+     "80,90"),
+    (H200, "75,120", "75,120"),  # HOROVOD_BUILD_CUDA_CC_LIST wins
+    (None, None, "90"),
+])
+def test_cuda_compute_capabilities(tmp_path: Path, gpus: list[tuple[str, str]] | None, cc_env: str | None,
+                                   expected: str) -> None:
+    env = _env(tmp_path, gpus, **({"HOROVOD_BUILD_CUDA_CC_LIST": cc_env} if cc_env else {}))
+    proc = subprocess.run(["bash", "-c", f'source "{REPO}/scripts/common.sh"; choose_cc_list; echo "$CC_LIST"'],
+                          env=env, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == expected
+
+
+def test_cuda_build_refuses_gpus_that_cuda_13_cannot_build_for(tmp_path: Path) -> None:
+    env = _env(tmp_path, [("Tesla V100-SXM2-32GB", "7.0")])
+    proc = subprocess.run(["bash", "-c", f'source "{REPO}/scripts/common.sh"; choose_cc_list'], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "compute capability 70 is below 7.5" in proc.stderr
+
+
+def test_cuda_build_with_a_system_toolkit(tmp_path: Path) -> None:
+    nvidia = _fake_wheels(tmp_path / "w")
+    home = tmp_path / "cuda-13.0"
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "nvcc").write_text(NVCC.format("13.0", "13.0.48"))
+    (home / "bin" / "nvcc").chmod(0o755)
+    plan, _ = _plan("build_horovod.sh", _env(tmp_path, H200, HVDTRAIN_DEVICE="cuda", HVDTRAIN_NVIDIA_DIR=str(nvidia),
+                                             HVDTRAIN_CUDA_HOME=str(home)))
+    assert plan["HOROVOD_CUDA_HOME"] == plan["CUDA_HOME"] == str(home) and plan["toolkit"] == f"system:{home}"
+    assert plan["cuda_version"] == "13.0.48" and plan["LIBRARY_PATH"].split(":")[0] == str(home / "lib64")
+    assert plan["HOROVOD_NCCL_HOME"] == "BUILD_DIR/nccl"  # NCCL still from the wheel
+    assert plan["HOROVOD_BUILD_CUDA_CC_LIST"] == "90"  # the fake H200's
+
+
+def test_cuda_build_without_the_cuda_wheels_names_the_fix(tmp_path: Path) -> None:
+    env = _env(tmp_path, None, HVDTRAIN_DEVICE="cuda", HVDTRAIN_NVIDIA_DIR=str(tmp_path / "nothing"))
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "build_horovod.sh"), "--plan"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "HVDTRAIN_DEVICE=cuda make setup" in proc.stderr
