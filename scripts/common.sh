@@ -30,7 +30,7 @@ first_build_error() {
 # /proc/driver/nvidia/gpus (HVDTRAIN_NVIDIA_GPUS_DIR points elsewhere, for the tests).
 gpu_count() {
   local n
-  n="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+  n="$(timeout 30 nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
   if [ "${n:-0}" -gt 0 ]; then echo "$n"; return; fi
   local dir="${HVDTRAIN_NVIDIA_GPUS_DIR:-/proc/driver/nvidia/gpus}"
   n=0
@@ -39,7 +39,8 @@ gpu_count() {
 }
 
 # Sets DEVICE (cpu or cuda) and DEVICE_REASON. HVDTRAIN_DEVICE=cuda|cpu forces the choice; unset or auto:
-# cuda when this machine has an NVIDIA GPU, else cpu.
+# cuda when this machine has an NVIDIA GPU, else the stack $VENV already holds (a CUDA one set up on purpose,
+# e.g. on a login node, stays: it runs on CPUs too), else cpu.
 choose_device() {
   case "${HVDTRAIN_DEVICE:-auto}" in
     cpu|cuda) DEVICE="$HVDTRAIN_DEVICE"; DEVICE_REASON="HVDTRAIN_DEVICE=$HVDTRAIN_DEVICE" ;;
@@ -47,6 +48,8 @@ choose_device() {
       local n
       n="$(gpu_count)"
       if [ "$n" -gt 0 ]; then DEVICE=cuda; DEVICE_REASON="$n NVIDIA GPU(s) found"
+      elif [ "$(cat "${VENV:-.venv}/.hvdtrain-device" 2>/dev/null)" = cuda ]; then
+        DEVICE=cuda; DEVICE_REASON="no NVIDIA GPU found, but ${VENV:-.venv} holds the CUDA stack (HVDTRAIN_DEVICE=cpu switches it)"
       else DEVICE=cpu; DEVICE_REASON="no NVIDIA GPU found"; fi ;;
     *) die "HVDTRAIN_DEVICE=$HVDTRAIN_DEVICE: use cuda, cpu or auto (the default: cuda when an NVIDIA GPU is found)" ;;
   esac
@@ -59,7 +62,7 @@ choose_cc_list() {
   if [ -n "${HOROVOD_BUILD_CUDA_CC_LIST:-}" ]; then
     CC_LIST="$HOROVOD_BUILD_CUDA_CC_LIST"; CC_SOURCE="HOROVOD_BUILD_CUDA_CC_LIST"
   else
-    CC_LIST="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d ' .\r' \
+    CC_LIST="$(timeout 30 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d ' .\r' \
                | grep -E '^[0-9]+$' | sort -n -u | paste -sd, - || true)"
     if [ -n "$CC_LIST" ]; then CC_SOURCE="the GPUs found (nvidia-smi)"
     else CC_LIST=90; CC_SOURCE="default: no GPU to ask; set HOROVOD_BUILD_CUDA_CC_LIST=80,90 for others"; fi

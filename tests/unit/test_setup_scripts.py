@@ -120,6 +120,11 @@ def _env(tmp_path: Path, gpus: list[tuple[str, str]] | None = None, **extra: str
     return {**env, **extra}
 
 
+def _setup_env(tmp_path: Path, gpus: list[tuple[str, str]] | None = None, **extra: str) -> dict[str, str]:
+    """For setup_env.sh --plan: a venv that does not exist yet (the test venv's own stack must not count)."""
+    return _env(tmp_path, gpus, **{"VENV": str(tmp_path / "new-venv"), **extra})
+
+
 H200 = [("NVIDIA H200", "9.0")]
 
 
@@ -134,21 +139,31 @@ H200 = [("NVIDIA H200", "9.0")]
 ])
 def test_setup_picks_the_stack_from_the_gpus_or_hvdtrain_device(
         tmp_path: Path, gpus: list[tuple[str, str]] | None, forced: str | None, device: str, reason: str) -> None:
-    env = _env(tmp_path, gpus, **({"HVDTRAIN_DEVICE": forced} if forced else {}))
+    env = _setup_env(tmp_path, gpus, **({"HVDTRAIN_DEVICE": forced} if forced else {}))
     plan, _ = _plan("setup_env.sh", env)
     assert plan["device"] == device and plan["device_reason"] == reason
+
+
+def test_a_cuda_venv_stays_cuda_on_a_machine_without_gpu_unless_told(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".hvdtrain-device").write_text("cuda\n")
+    plan, _ = _plan("setup_env.sh", _setup_env(tmp_path, None, VENV=str(venv)))
+    assert plan["device"] == "cuda" and "holds the CUDA stack" in plan["device_reason"]
+    plan, _ = _plan("setup_env.sh", _setup_env(tmp_path, None, VENV=str(venv), HVDTRAIN_DEVICE="cpu"))
+    assert plan["device"] == "cpu"
 
 
 def test_setup_counts_the_drivers_gpu_entries_without_nvidia_smi(tmp_path: Path) -> None:
     gpus_dir = tmp_path / "gpus"
     (gpus_dir / "0000:3b:00.0").mkdir(parents=True)
-    plan, _ = _plan("setup_env.sh", _env(tmp_path, [], HVDTRAIN_NVIDIA_GPUS_DIR=str(gpus_dir)))
+    plan, _ = _plan("setup_env.sh", _setup_env(tmp_path, [], HVDTRAIN_NVIDIA_GPUS_DIR=str(gpus_dir)))
     assert plan["device"] == "cuda" and plan["device_reason"] == "1 NVIDIA GPU(s) found"
 
 
 def test_setup_rejects_an_unknown_device(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", str(REPO / "scripts" / "setup_env.sh"), "--plan"],
-                          env=_env(tmp_path, None, HVDTRAIN_DEVICE="gpu"), capture_output=True, text=True)
+                          env=_setup_env(tmp_path, None, HVDTRAIN_DEVICE="gpu"), capture_output=True, text=True)
     assert proc.returncode != 0 and "HVDTRAIN_DEVICE=gpu: use cuda, cpu or auto" in proc.stderr
 
 
@@ -160,8 +175,8 @@ def _requirement_names(lines: list[str]) -> list[str]:
 
 
 def test_cuda_requirements_replace_the_cpu_frameworks_and_keep_every_other_pin(tmp_path: Path) -> None:
-    _, cpu = _plan("setup_env.sh", _env(tmp_path, None, HVDTRAIN_DEVICE="cpu"))
-    _, cuda = _plan("setup_env.sh", _env(tmp_path, None, HVDTRAIN_DEVICE="cuda"))
+    _, cpu = _plan("setup_env.sh", _setup_env(tmp_path, None, HVDTRAIN_DEVICE="cpu"))
+    _, cuda = _plan("setup_env.sh", _setup_env(tmp_path, None, HVDTRAIN_DEVICE="cuda"))
     cpu_reqs = {line for line in cpu if line.startswith("requirement=")}
     cuda_reqs = {line for line in cuda if line.startswith("requirement=")}
     assert "requirement=torch==2.13.0" in cpu_reqs and "requirement=tensorflow-cpu==2.21.0" in cpu_reqs
