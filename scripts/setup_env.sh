@@ -109,7 +109,7 @@ make_venv() {
     rm -f "$stamp"
   fi
   if [ "$DEVICE" = cuda ]; then
-    say "installing the CUDA stack into $VENV (first time: about 5 GB to download, a few minutes)"
+    say "installing the CUDA stack into $VENV (first time: about 6 GB to download, a few minutes)"
   else
     say "installing pinned python packages into $VENV (first time: a few minutes)"
   fi
