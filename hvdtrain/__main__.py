@@ -4,4 +4,6 @@ import sys
 
 from hvdtrain.cli import main
 
-sys.exit(main())
+# Guarded: data worker processes start with `spawn`, which imports this module again as __mp_main__.
+if __name__ == "__main__":
+    sys.exit(main())

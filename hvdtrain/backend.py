@@ -191,6 +191,11 @@ _REGISTRY = {
 _AUGMENT_KERNELS = {"torch": "torch_backend.augment", "tensorflow": "tf_backend.augment"}
 
 
+def augment_kernel_module(name: str) -> str:
+    """The module holding the named backend's augmentation kernel (`apply_transforms`)."""
+    return _AUGMENT_KERNELS[name]
+
+
 def get_augment_kernel(name: str) -> Any:
     """The named backend's `apply_transforms(images, params, config)`; imports only that framework."""
     return importlib.import_module(_AUGMENT_KERNELS[name]).apply_transforms

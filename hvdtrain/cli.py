@@ -1,5 +1,5 @@
 """Command line: `hvdtrain [train] --config FILE key=value ...`, `bench`, `sweep`, `plot`, `augment-preview`,
-`doctor`, `config-docs`."""
+`doctor`, `config-docs`, `pack`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from hvdtrain.distributed.environment import under_launcher
 from hvdtrain.errors import JobAborted, UserError
 
-COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep")
+COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack")
 ERROR_GRACE_S = 2.0
 
 
@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="hvdtrain", description="Horovod data-parallel training for PyTorch and TensorFlow/Keras 3. "
                                      "Launch under horovodrun or mpirun for several ranks.")
     sub = parser.add_subparsers(dest="command",
-                                metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep}")
+                                metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep,pack}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     train.add_argument("--profile", action="store_true",
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="print the trial commands and run nothing")
     sweep.add_argument("overrides", nargs="*", metavar="key=value",
                        help="overrides for every trial (before --grid, or after --)")
+    pack = sub.add_parser("pack", help="write an image folder as tar shards for data.name=shards (docs/shards.md)")
+    pack.add_argument("folder", metavar="FOLDER", help="image folder: class sub-folders, or train/ and val/ of them")
+    pack.add_argument("out_dir", metavar="OUT_DIR", help="new (or empty) directory for the shards")
+    pack.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    pack.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the shuffle across shards (default 0)")
+    pack.add_argument("--overwrite", action="store_true", help="replace a previous pack's output in OUT_DIR")
     return parser
 
 
@@ -135,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_sweep(args.config, args.overrides, args.grid, metric=args.metric, launcher=args.launcher,
                              out=Path(args.out) if args.out else None, dry_run=args.dry_run, timeout=args.timeout)
+        if args.command == "pack":
+            from pathlib import Path
+
+            from hvdtrain.commands.pack import pack_folder
+
+            print(pack_folder(Path(args.folder), Path(args.out_dir), args.shard_size, args.seed,
+                              args.overwrite).line())
+            return 0
         if args.command == "config-docs":
             from hvdtrain.config import reference_markdown
             print(reference_markdown())

@@ -39,20 +39,50 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, m
 class DataConfig:
     """Where training samples come from and how they are split."""
 
-    name: str = option("digits", "Dataset source (docs/models.md: cifar10 and mnist read the standard files).",
-                       choices=("digits", "synthetic", "npz", "image_folder", "cifar10", "mnist"))
-    path: str | None = option(None, "File (npz) or folder (image_folder; cifar10: cifar-10-batches-py or the folder "
-                                    "holding it; mnist: the IDX files) to read; unused by digits/synthetic.")
+    name: str = option("digits", "Dataset source: digits, synthetic, npz (a .npz file, or a folder of "
+                                 "x.npy/y.npy), image_folder (streamed), shards (tar shards, streamed), cifar10, "
+                                 "mnist (docs/data.md), or 'package.module:function' returning your own map-style "
+                                 "dataset.")
+    path: str | None = option(None, "File (npz) or folder (npy arrays; image_folder: class sub-folders, or train/ and "
+                                    "val/ of them; shards: a folder of .tar shards or a {000..009} brace pattern; "
+                                    "cifar10: cifar-10-batches-py or the folder holding it; mnist: the IDX files) to "
+                                    "read; unused by digits/synthetic.")
     val_fraction: float = option(0.2, "Fraction of samples held out for validation, split "
                                       "deterministically from `seed`.", min=0.0, below=1.0)
     synthetic_samples: int = option(2048, "Number of images the synthetic source generates.", min=1)
     synthetic_shape: tuple[int, int, int] = option((32, 32, 3), "Synthetic image shape [H, W, C].", min=1)
     num_classes: int = option(10, "Number of classes of the synthetic source.", min=2)
-    image_size: tuple[int, int] | None = option(None, "image_folder: resize every image to [H, W]; null "
-                                                      "keeps the size (then all images must match).", min=1)
-    prefetch_batches: int = option(2, "Batches the background loader prepares ahead of the step.", min=1)
+    image_size: tuple[int, int] | None = option(None, "image_folder, shards, your own dataset: resize every image "
+                                                      "to [H, W]; null keeps the size (then all images must match).",
+                                                min=1)
+    prefetch_batches: int = option(2, "Batches the loader prepares ahead of the step.", min=1)
+    workers: int | None = option(None, "Worker processes per rank that read, decode and augment batches; 0 = a "
+                                       "thread of the training process; null = the cores left to each rank for "
+                                       "on-disk data (image_folder, shards, your own dataset), 0 for in-memory data.",
+                                 min=0)
+    worker_timeout_s: float = option(300.0, "A worker that has not delivered a batch for this long is hung: the "
+                                            "rank stops with an error naming it.", above=0.0)
+    on_error: str = option("stop", "An image that cannot be read mid-epoch: stop (every rank stops with one line "
+                                   "naming the file) or skip (left out of its batch, counted as skipped_samples).",
+                           choices=("stop", "skip"))
+    log_samples: bool = option(False, "Write samples/epoch-NNN.tsv (rank, step and name of every training sample "
+                                      "used), to audit sharding.")
+
+    def __post_init__(self) -> None:
+        if self.name not in BUILTIN_DATASETS and not ModelConfig.is_import_path(self.name):
+            close = difflib.get_close_matches(self.name, BUILTIN_DATASETS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"config key data.name: {self.name!r} is neither a built-in source "
+                              f"({', '.join(BUILTIN_DATASETS)}) nor an import path: {hint}or write "
+                              "data.name=my_pkg.data:build")
+
+    @property
+    def user_dataset(self) -> bool:
+        """Whether `name` is an import path to the user's own dataset builder."""
+        return self.name not in BUILTIN_DATASETS
 
 
+BUILTIN_DATASETS = ("digits", "synthetic", "npz", "image_folder", "shards", "cifar10", "mnist")
 BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet", "resnet50")
 # The fields of a metrics.jsonl record that metric-driven options may name.
 METRIC_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "loss_scale", "epoch_time_s",

@@ -308,7 +308,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         loss_sum, correct, count = tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64), 0
         communication = tf.constant(0.0, tf.float64)
         for i, batch in enumerate(batches):
-            x, y = batch[0], batch[1]
+            x, y = _pixels(batch[0]), batch[1]
             if len(batch) == 3:  # augment.device=gpu: transformed eagerly, where TensorFlow places the ops
                 assert spec.augment is not None, "build() with augment.device=gpu"
                 x = augment_on_device(tf.convert_to_tensor(x), batch[2], spec.augment)
@@ -324,7 +324,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         return StepStats(float(loss_sum), float(correct), count)
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
-        loss_sum, correct = self._eval_fn(x, y)
+        loss_sum, correct = self._eval_fn(_pixels(x), y)
         return StepStats(float(loss_sum), float(correct), len(y))
 
     def step_info(self) -> StepInfo:
@@ -359,3 +359,11 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
 
     def regularization_penalty(self) -> float:
         return float(self._penalty())
+
+
+def _pixels(x: Any) -> Any:
+    """uint8 pixels (kept 8-bit until the model) scaled to float32 [0, 1], eagerly where TensorFlow places the
+    ops (the GPU when there is one); float batches as they are."""
+    if getattr(x, "dtype", None) == np.uint8:
+        return tf.cast(tf.convert_to_tensor(x), tf.float32) / 255.0
+    return x

@@ -202,14 +202,16 @@ class TorchBackend(Backend, Prunable, Penalized):
 
     # --- steps -------------------------------------------------------------------------------------------
     def _tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch on the device: copied from pinned host memory without blocking when training on a GPU; with
-        augment.device=gpu, transformed there. NHWC numpy -> NCHW view (channels_last memory), which conv layers
-        take without a copy."""
+        """A batch on the device: copied from pinned host memory without blocking when training on a GPU, and
+        uint8 pixels scaled to [0, 1] there; with augment.device=gpu, transformed there. NHWC numpy -> NCHW view
+        (channels_last memory), which conv layers take without a copy."""
         cuda = self.device.type == "cuda"
         x, y = (torch.from_numpy(a) for a in batch[:2])
         if cuda:
             x, y = x.pin_memory(), y.pin_memory()
         images, labels = x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
+        if images.dtype == torch.uint8:  # pixels stay 8-bit until here: a quarter of the copy
+            images = images.float().div_(255)
         if len(batch) == 3:
             assert self.spec is not None and self.spec.augment is not None, "build() with augment.device=gpu"
             images = augment_on_device(images, batch[2], self.spec.augment)

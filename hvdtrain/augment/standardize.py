@@ -21,16 +21,24 @@ class FeatureStats:
     std: np.ndarray
 
 
-def featurewise_stats(x_train: np.ndarray, rank: int, world_size: int, rescale: float | None,
-                      allreduce_sum: Callable[[np.ndarray], np.ndarray]) -> FeatureStats:
-    """Each rank sums a disjoint slice of the training set; one allreduce makes the global statistics."""
-    part = x_train[rank::world_size].astype(np.float64)
-    if rescale is not None:
-        part = part * rescale
-    channels = x_train.shape[-1]
-    local = np.concatenate([[part.shape[0] * part.shape[1] * part.shape[2]],
-                            part.sum(axis=(0, 1, 2)), np.square(part).sum(axis=(0, 1, 2))])
-    total = allreduce_sum(local)
+def featurewise_stats(read: Callable[[np.ndarray], np.ndarray], num_samples: int, rank: int, world_size: int,
+                      rescale: float | None, allreduce_sum: Callable[[np.ndarray], np.ndarray],
+                      chunk: int = 512) -> FeatureStats:
+    """Each rank sums a disjoint slice of the training set (`read(indices)`: float32 images in [0, 1], read
+    `chunk` at a time, so a streamed dataset is never held whole); one allreduce makes the global statistics."""
+    mine = np.arange(rank, num_samples, world_size)
+    count, sums, squares = 0.0, None, None
+    for lo in range(0, len(mine), chunk):
+        part = read(mine[lo:lo + chunk]).astype(np.float64)
+        if rescale is not None:
+            part = part * rescale
+        count += part.shape[0] * part.shape[1] * part.shape[2]
+        s, q = part.sum(axis=(0, 1, 2)), np.square(part).sum(axis=(0, 1, 2))
+        sums, squares = (s, q) if sums is None else (sums + s, squares + q)
+    channels = read(np.arange(1)).shape[-1] if sums is None else len(sums)
+    if sums is None:
+        sums = squares = np.zeros(channels)
+    total = allreduce_sum(np.concatenate([[count], sums, squares]))
     count, sums, squares = total[0], total[1:1 + channels], total[1 + channels:]
     mean = sums / count
     std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))

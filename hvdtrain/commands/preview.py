@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from hvdtrain.augment import epoch_rng, sample_transforms
+from hvdtrain.augment.pipeline import pixels
 from hvdtrain.backend import get_augment_kernel
 from hvdtrain.config import Config
 from hvdtrain.data import load_dataset
@@ -24,7 +25,8 @@ def write_preview(cfg: Config, out: Path, rows: int = 4, variants: int = 7) -> P
         raise ConfigError("augment-preview: the config sets no random transform: set e.g. "
                           "augment.rotation_range=20")
     dataset = load_dataset(cfg.data, cfg.seed)
-    originals = dataset.x_train[:rows]
+    rows = min(rows, len(dataset.train))
+    originals = pixels(dataset.train.read(np.arange(rows))[0])
     rng = epoch_rng(cfg.seed, 0, 0)
     kernel = get_augment_kernel(cfg.backend)
     batch = np.repeat(originals, variants, axis=0)
@@ -41,8 +43,8 @@ def write_preview(cfg: Config, out: Path, rows: int = 4, variants: int = 7) -> P
             tile = np.kron(np.clip(grid[r, c], 0, 1), np.ones((scale, scale, 1), dtype=np.float32))
             y, x = pad + r * (height * scale + pad), pad + c * (width * scale + pad)
             canvas[y:y + height * scale, x:x + width * scale] = tile
-    pixels = (canvas * 255).round().astype(np.uint8)
-    image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels[..., :3])
+    png = (canvas * 255).round().astype(np.uint8)
+    image = Image.fromarray(png[..., 0] if channels == 1 else png[..., :3])
     out.parent.mkdir(parents=True, exist_ok=True)
     import io
 

@@ -51,8 +51,9 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -
 
 def plan_epoch(num_samples: int, *, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
                shuffle: bool = True, max_steps: int | None = None, accumulation_steps: int = 1,
-               start: int = 0) -> ShardPlan:
-    """This rank's samples for one epoch, from position `start` of its order (see the module docstring)."""
+               start: int = 0, order: np.ndarray | None = None) -> ShardPlan:
+    """This rank's samples for one epoch, from position `start` of its order (see the module docstring);
+    `order`: the epoch's global order when the source has its own (tar shards), else `epoch_order`."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a world of {world_size}")
     if batch_size < 1:
@@ -70,7 +71,9 @@ def plan_epoch(num_samples: int, *, rank: int, world_size: int, batch_size: int,
     if max_steps is not None:
         steps = max(0, min(steps, max_steps - start // window))
     micro = steps * accumulation_steps
-    order = epoch_order(num_samples, seed, epoch, shuffle)[start:start + micro * global_batch]
+    if order is None:
+        order = epoch_order(num_samples, seed, epoch, shuffle)
+    order = order[start:start + micro * global_batch]
     mine = order.reshape(micro, world_size, batch_size)[:, rank, :].reshape(-1)
     return ShardPlan(rank=rank, world_size=world_size, batch_size=batch_size, steps=steps, indices=mine,
                      dropped=num_samples - start - micro * global_batch, accumulation_steps=accumulation_steps)

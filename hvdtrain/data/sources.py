@@ -1,81 +1,82 @@
-"""Dataset sources (digits, synthetic, npz, image_folder) as float32 NHWC arrays in [0, 1], plus the split."""
+"""`load_dataset`: the run's training and validation sources from `data.name` (docs/data.md).
+
+In memory: digits and synthetic (float32, small), cifar10 and mnist (uint8, as their files store them), npz
+(uint8 or float32; memory-mapped when the file stores the arrays uncompressed, or from a folder of .npy
+files). Streamed from disk: image_folder, shards, and your own dataset by import path.
+"""
 
 from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hvdtrain.data.source import ArraySource, Dataset, Source, split
 from hvdtrain.data.standard import load_cifar10, load_mnist
 from hvdtrain.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Training and validation arrays: x float32 NHWC in [0, 1], y int64 class indices."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    num_classes: int
-    class_names: tuple[str, ...]
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        return tuple(self.x_train.shape[1:])
+# A loader returns (train source, validation source or None, class names).
+Loaded = tuple[Source, Source | None, list[str] | tuple[str, ...]]
 
 
 def load_dataset(cfg: Any, seed: int) -> Dataset:
-    """Loads `cfg.name` (a DataConfig) and splits off `cfg.val_fraction` for validation, from `seed`."""
-    loaders: dict[str, Callable[[Any, int], tuple[Any, ...]]] = {
-        "digits": _digits, "synthetic": _synthetic, "npz": _npz, "image_folder": _image_folder,
-        "cifar10": lambda c, s: load_cifar10(c, _require_path(c, "cifar-10-batches-py directory")),
-        "mnist": lambda c, s: load_mnist(c, _require_path(c, "folder of MNIST IDX files"))}
-    if cfg.name not in loaders:
-        raise DataError(f"data.name={cfg.name!r} is unknown: choose one of {', '.join(loaders)}")
-    x, y, x_val, y_val, names = loaders[cfg.name](cfg, seed)
-    if x_val is None:
-        x, y, x_val, y_val = _split(x, y, cfg.val_fraction, seed)
-    if len(y) == 0:
+    """The sources of `cfg` (a DataConfig); without a given validation set, `cfg.val_fraction` of the samples
+    (chosen from `seed`) is split off for validation."""
+    train, val, names = _loader(cfg)(cfg, seed)
+    if val is None:
+        train, val = split(train, cfg.val_fraction, seed)
+    if len(train) == 0:
         raise DataError(f"data.name={cfg.name}: no training samples left after the validation split: "
                         "lower data.val_fraction or add samples")
-    num_classes = len(names)
-    return Dataset(x.astype(np.float32, copy=False), y.astype(np.int64, copy=False),
-                   x_val.astype(np.float32, copy=False), y_val.astype(np.int64, copy=False),
-                   num_classes, tuple(names))
+    if val.image_shape != train.image_shape:
+        raise DataError(f"data.name={cfg.name}: validation images are {list(val.image_shape)} but training images "
+                        f"{list(train.image_shape)}: store both at the same size (or set data.image_size)")
+    return Dataset(train, val, tuple(names))
 
 
-def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    perm = np.random.default_rng(seed).permutation(len(y))
-    n_val = int(round(len(y) * fraction))
-    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    return x[train], y[train], x[val], y[val]
+def _loader(cfg: Any) -> Callable[[Any, int], Loaded]:
+    from hvdtrain.data.folder import open_image_folder
+    from hvdtrain.data.shards import open_shards
+    from hvdtrain.data.user_data import open_user_dataset
+
+    if cfg.user_dataset:
+        return lambda c, s: open_user_dataset(c)
+    loaders: dict[str, Callable[[Any, int], Loaded]] = {
+        "digits": _digits, "synthetic": _synthetic, "npz": _npz,
+        "image_folder": lambda c, s: open_image_folder(c), "shards": lambda c, s: open_shards(c),
+        "cifar10": lambda c, s: _arrays(c, load_cifar10(c, _require_path(c, "cifar-10-batches-py directory"))),
+        "mnist": lambda c, s: _arrays(c, load_mnist(c, _require_path(c, "folder of MNIST IDX files")))}
+    if cfg.name not in loaders:
+        raise DataError(f"data.name={cfg.name!r} is unknown: choose one of {', '.join(loaders)}")
+    return loaders[cfg.name]
 
 
-def _digits(cfg: Any, seed: int) -> tuple[Any, ...]:
+def _arrays(cfg: Any, loaded: tuple[Any, ...]) -> Loaded:
+    x, y, x_val, y_val, names = loaded
+    val = ArraySource(x_val, y_val, f"{cfg.name} validation") if x_val is not None else None
+    return ArraySource(x, y, cfg.name), val, names
+
+
+def _digits(cfg: Any, seed: int) -> Loaded:
     from sklearn.datasets import load_digits
 
+    # 17 grey levels (0..16), not 8-bit pixels: kept as float32 (1,797 images of 8x8, 460 KB).
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[..., None]
-    return x, bunch.target, None, None, [str(c) for c in range(10)]
+    return _arrays(cfg, (x, bunch.target, None, None, [str(c) for c in range(10)]))
 
 
-def _synthetic(cfg: Any, seed: int) -> tuple[Any, ...]:
+def _synthetic(cfg: Any, seed: int) -> Loaded:
     """Uniform noise with a class-dependent brightness offset (+0.5 * label / classes), so it is learnable."""
     rng = np.random.default_rng(seed)
     n, shape, classes = cfg.synthetic_samples, tuple(cfg.synthetic_shape), cfg.num_classes
     y = rng.integers(0, classes, size=n)
     x = rng.random((n, *shape), dtype=np.float32)
     x = np.clip(x + (0.5 * y / classes).astype(np.float32).reshape(-1, 1, 1, 1), 0.0, 1.0)
-    return x, y, None, None, [str(c) for c in range(classes)]
+    return _arrays(cfg, (x, y, None, None, [str(c) for c in range(classes)]))
 
 
 def _require_path(cfg: Any, kind: str) -> Path:
@@ -88,40 +89,85 @@ def _require_path(cfg: Any, kind: str) -> Path:
 
 
 def _as_images(x: np.ndarray, what: str) -> np.ndarray:
+    """uint8 stays uint8 (a memory map stays mapped); other integers become uint8; floats float32."""
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
         raise DataError(f"{what} has shape {x.shape}: expected (N, H, W) or (N, H, W, C) images")
+    if x.dtype == np.uint8 or x.dtype == np.float32:
+        return x
     if np.issubdtype(x.dtype, np.integer):
-        return x.astype(np.float32) / 255.0
+        if len(x) and (x.min() < 0 or x.max() > 255):
+            raise DataError(f"{what} holds integers outside 0..255: store 8-bit pixels (uint8) or floats in [0, 1]")
+        return x.astype(np.uint8)
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{what} has dtype {x.dtype}: expected uint8 or float images")
     return x.astype(np.float32)
 
 
-def _npz(cfg: Any, seed: int) -> tuple[Any, ...]:
-    path = _require_path(cfg, "file.npz")
+def _npz_member(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    """One array of an .npz: memory-mapped when stored uncompressed (np.savez), else read (np.savez_compressed)."""
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        with archive.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    with path.open("rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"member {name} has no local header")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30],
+                                                                                                 "little")
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{name} holds Python objects")
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def _read_arrays(cfg: Any, path: Path) -> dict[str, np.ndarray]:
+    if path.is_dir():  # x.npy, y.npy (and x_val.npy, y_val.npy), memory-mapped
+        found = {p.stem: p for p in path.glob("*.npy") if p.stem in ("x", "y", "x_val", "y_val")}
+        try:
+            return {k: np.load(p, mmap_mode="r", allow_pickle=False) for k, p in found.items()}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"data.path={cfg.path}: not readable .npy files ({exc}): re-create them with "
+                            "numpy.save") from None
     fix = "re-create it with numpy.savez(path, x=images, y=labels)"
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        with zipfile.ZipFile(path) as archive:
+            return {n[:-4]: _npz_member(path, archive, n) for n in archive.namelist() if n.endswith(".npy")}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise DataError(f"data.path={cfg.path}: not a readable .npz file ({exc}): {fix}") from None
+
+
+def _npz(cfg: Any, seed: int) -> Loaded:
+    path = _require_path(cfg, "file.npz")
+    arrays = _read_arrays(cfg, path)
+    fix = ("save x.npy and y.npy in the folder" if path.is_dir() else
+           "re-create it with numpy.savez(path, x=images, y=labels)")
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"data.path={cfg.path} holds {sorted(arrays)} but needs arrays 'x' and 'y': {fix}")
     x, y = _as_images(arrays["x"], f"data.path={cfg.path}: x"), _labels(arrays["y"], len(arrays["x"]), cfg)
-    x_val = y_val = None
+    val = None
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DataError(f"data.path={cfg.path} holds only one of 'x_val' and 'y_val': store both (explicit "
                         "validation set) or neither (split by data.val_fraction)")
+    top = int(y.max(initial=0))
     if "x_val" in arrays:
         x_val = _as_images(arrays["x_val"], f"data.path={cfg.path}: x_val")
         y_val = _labels(arrays["y_val"], len(x_val), cfg)
         if x_val.shape[1:] != x.shape[1:]:
             raise DataError(f"data.path={cfg.path}: x_val images are {x_val.shape[1:]} but x images are "
                             f"{x.shape[1:]}: store both at the same size")
-    top = int(max(y.max(initial=0), y_val.max(initial=0) if y_val is not None else 0))
-    return x, y, x_val, y_val, [str(c) for c in range(top + 1)]
+        val = ArraySource(x_val, y_val, "npz validation")
+        top = max(top, int(y_val.max(initial=0)))
+    return ArraySource(x, y, "npz"), val, [str(c) for c in range(top + 1)]
 
 
 def _labels(y: np.ndarray, n: int, cfg: Any) -> np.ndarray:
@@ -130,51 +176,4 @@ def _labels(y: np.ndarray, n: int, cfg: Any) -> np.ndarray:
                         f"{y.dtype} shape {y.shape}")
     if len(y) and y.min() < 0:
         raise DataError(f"data.path={cfg.path}: labels must be >= 0 (class indices), found {y.min()}")
-    return y.astype(np.int64)
-
-
-def _image_folder(cfg: Any, seed: int) -> tuple[Any, ...]:
-    from PIL import Image, UnidentifiedImageError
-
-    root = _require_path(cfg, "folder")
-    if not root.is_dir():
-        raise DataError(f"data.path={cfg.path} is not a folder: point it at a folder with one sub-folder "
-                        "per class")
-    # Hidden folders (.ipynb_checkpoints, .git) are never classes.
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(f"data.path={cfg.path} has no class sub-folders: put each class's images in "
-                        "data.path/<class name>/")
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
-        if not found:
-            raise DataError(f"data.path={cfg.path}: class folder '{name}' has no .png/.jpg/.jpeg images: "
-                            "add images or remove the folder")
-        files += [(p, label) for p in found]
-    images = []
-    for path, _ in files:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                images.append(img.copy())
-        # PIL reports damaged files as OSError, SyntaxError or ValueError depending on the format.
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-                Image.DecompressionBombError) as exc:
-            raise DataError(f"data.path={cfg.path}: cannot read image {path} ({exc}): "
-                            "fix or remove it") from None
-    gray = all(img.mode == "L" for img in images)
-    size = tuple(cfg.image_size) if cfg.image_size else None
-    arrays = []
-    for (path, _), img in zip(files, images, strict=True):
-        img = img.convert("L" if gray else "RGB")
-        if size is not None:
-            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        elif (img.height, img.width) != (images[0].height, images[0].width):
-            raise DataError(f"data.path={cfg.path}: {path} is {img.height}x{img.width} but the first image "
-                            f"is {images[0].height}x{images[0].width}: set data.image_size=[H, W] to resize")
-        arrays.append(np.asarray(img, dtype=np.uint8))
-    x = _as_images(np.stack(arrays), f"data.path={cfg.path}")
-    y = np.array([label for _, label in files], dtype=np.int64)
-    return x, y, None, None, classes
+    return np.asarray(y, dtype=np.int64)

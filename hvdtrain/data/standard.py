@@ -55,7 +55,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
         raise DataError(f"{path}: labels outside 0..9: {fix}")
     # Each row: the 32x32 red plane, then green, then blue, row-major.
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # uint8, as stored
     return images, labels.astype(np.int64)
 
 
@@ -110,7 +110,7 @@ def _mnist_pair(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] |
     x, y = _idx(images, 0x00000803, 3), _idx(labels, 0x00000801, 1)
     if len(x) != len(y):
         raise DataError(f"{images} holds {len(x)} images but {labels} {len(y)} labels: use files of one release")
-    return x[..., None].astype(np.float32) / 255.0, y.astype(np.int64)
+    return x[..., None], y.astype(np.int64)  # uint8, as stored
 
 
 def load_mnist(cfg: Any, directory: Path) -> tuple[Any, ...]:

@@ -26,6 +26,27 @@ def _json_safe(value: Any) -> Any:
 _RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "weights.npz")
 
 
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MB (0 where there is no /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (data worker processes not included)."""
+    return _status_mb("VmHWM")
+
+
 class RunOutputs:
     """Writes a run's files; every method is a no-op unless `enabled` (rank 0)."""
 
@@ -57,7 +78,7 @@ class RunOutputs:
             raise UserError(f"run.dir '{self.dir}' cannot be created ({exc.strerror}): "
                             "set run.dir to a writable folder") from None
         if history is None and overwrite:
-            for folder in ("checkpoints", "profile", "tensorboard"):
+            for folder in ("checkpoints", "profile", "tensorboard", "samples"):
                 shutil.rmtree(self.dir / folder, ignore_errors=True)
         write_atomic(self.dir / "config.yaml", config_yaml)
         if history is None:
@@ -100,6 +121,14 @@ class RunOutputs:
         """Another JSON file of the run (e.g. sparsity.json), written atomically."""
         if self.enabled:
             write_atomic(self.dir / name, json.dumps(_json_safe(content), indent=1) + "\n")
+
+    def write_samples(self, epoch: int, per_rank: list[list[tuple[int, str]]]) -> None:
+        """samples/epoch-NNN.tsv (data.log_samples): rank, micro-batch and sample name, one line per sample."""
+        if self.enabled:
+            lines = ["rank\tbatch\tsample\n"] + [f"{rank}\t{batch}\t{name}\n" for rank, samples in enumerate(per_rank)
+                                                for batch, name in samples]
+            (self.dir / "samples").mkdir(exist_ok=True)
+            write_atomic(self.dir / "samples" / f"epoch-{epoch:03d}.tsv", "".join(lines))
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self.enabled:

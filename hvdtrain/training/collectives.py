@@ -9,10 +9,11 @@ engine.py) calls them in this order:
                                                  (find_resume), fine-tuning weights and the run directory;
                                                  backend.sync() (rank 0's state to everyone)
     every entry                                  featurewise statistics (hvdtrain/augment/standardize.py)
+    every micro-batch, when reads can fail       stop_on_failure (on-disk data: image_folder, shards, yours)
     every step                                   the backend's gradient allreduce (inside train_step);
                                                  masks_from_rank0 at pruning steps
     checkpoints, elastic commits, epoch ends     fold_sums
-    every epoch end                              evaluate, any_rank
+    every epoch end                              evaluate, any_rank; gather (data.log_samples)
     run end                                      gather (steps per rank, mask digests, profile totals)
 
 Framework-neutral: they go through the backend's `Communicator` (hvdtrain/distributed/communicator.py).
@@ -20,6 +21,7 @@ Framework-neutral: they go through the backend's `Communicator` (hvdtrain/distri
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,8 @@ import numpy as np
 
 from hvdtrain.backend import Backend
 from hvdtrain.config import Config, flatten, to_dict
-from hvdtrain.data import shard_for_eval
 from hvdtrain.distributed.communicator import Communicator
-from hvdtrain.errors import CheckpointError
+from hvdtrain.errors import CheckpointError, DataError, JobAborted, UserError
 from hvdtrain.reporting.outputs import RunOutputs
 from hvdtrain.training.checkpoint import Checkpoint, check_compatible, newest, read_checkpoint
 
@@ -65,20 +66,44 @@ def find_resume(comm: Communicator, cfg: Config, rank: int) -> Checkpoint | None
 
 
 def fold_sums(comm: Communicator, local: np.ndarray) -> np.ndarray:
-    """The sum over ranks of each rank's (loss_sum, correct, count) since the last fold."""
+    """The sum over ranks of each rank's (loss_sum, correct, count, skipped samples) since the last fold."""
     return comm.allreduce_sum(local)
 
 
-def evaluate(comm: Communicator, backend: Backend, x: np.ndarray, y: np.ndarray, batch_size: int, rank: int,
-             world_size: int) -> tuple[float, float, float]:
-    """Every validation sample exactly once across ranks; one allreduce of the sums: (loss_sum, correct, count)."""
-    idx = shard_for_eval(len(y), rank, world_size)
-    sums = np.zeros(3)
-    for lo in range(0, len(idx), batch_size):
-        batch = idx[lo:lo + batch_size]
-        sums += backend.eval_step(x[batch], y[batch]).as_array()
-    loss_sum, correct, count = comm.allreduce_sum(sums)
-    return float(loss_sum), float(correct), float(count)
+def evaluate(comm: Communicator, backend: Backend, batches: Iterable[tuple[Any, ...]],
+             skipped: Callable[[], int]) -> tuple[float, float, float, int]:
+    """Every validation sample exactly once across ranks (the batches of this rank's share); one allreduce of the
+    sums, which also tells every rank whether reading failed on one: (loss_sum, correct, count, skipped)."""
+    sums, failure = np.zeros(5), None
+    try:
+        for batch in batches:
+            sums[:3] += backend.eval_step(batch[0], batch[1]).as_array()
+    except Exception as exc:  # noqa: BLE001 - agreed on below, then raised on every rank
+        failure = exc
+    sums[3], sums[4] = skipped(), failure is not None
+    loss_sum, correct, count, skipped_total, failed = comm.allreduce_sum(sums)
+    if failed:
+        raise_agreed_failure(comm, failure)
+    return float(loss_sum), float(correct), float(count), int(skipped_total)
+
+
+def stop_on_failure(comm: Communicator, failure: BaseException | None) -> None:
+    """Every rank calls this at the same point (each training micro-batch when reads can fail): when reading
+    failed on any rank, every rank stops together instead of waiting in the next collective forever."""
+    if any_rank(comm, failure is not None):
+        raise_agreed_failure(comm, failure)
+
+
+def raise_agreed_failure(comm: Communicator, failure: BaseException | None) -> None:
+    """Raises on every rank once some rank failed (a collective): a data error becomes the same one line on
+    every rank, naming the rank and the sample; any other failure keeps its traceback on its own rank."""
+    messages = comm.allgather_object(None if failure is None else (isinstance(failure, UserError), str(failure)))
+    rank, (is_user_error, message) = next((r, m) for r, m in enumerate(messages) if m is not None)
+    if failure is not None and not isinstance(failure, UserError):
+        raise failure
+    if is_user_error:
+        raise DataError(f"rank {rank}: {message}")
+    raise JobAborted(f"rank {rank} failed while reading data ({message.strip().splitlines()[-1]}): see its error")
 
 
 def any_rank(comm: Communicator, flag: bool) -> bool:

@@ -6,6 +6,7 @@ collectives every rank makes together are in hvdtrain/training/collectives.py.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,16 @@ import numpy as np
 
 from hvdtrain import __version__
 from hvdtrain.augment import native
-from hvdtrain.augment.pipeline import AugmentPipeline
+from hvdtrain.augment.pipeline import AugmentPipeline, pixels
 from hvdtrain.augment.standardize import FeatureStats, featurewise_stats
 from hvdtrain.backend import Backend, Placement, require_prunable
 from hvdtrain.callbacks import Callback, CallbackContext, CallbackList, StepReport
 from hvdtrain.config import Config, config_hash, lower_is_better, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, plan_epoch
+from hvdtrain.data.pipeline import InputPipeline
 from hvdtrain.distributed.communicator import World
 from hvdtrain.features.pruning import mask_digest, masks_from_zeros
-from hvdtrain.reporting.outputs import RunOutputs
+from hvdtrain.reporting.outputs import RunOutputs, peak_rss_mb
 from hvdtrain.reporting.profile import TIMELINE as PROFILE_TIMELINE
 from hvdtrain.reporting.profile import StepProfiler
 from hvdtrain.reporting.progress import Progress
@@ -40,8 +42,10 @@ class Engine:
     world: rank, policy (scaled LR), LR schedule, shards, reporters."""
 
     def __init__(self, cfg: Config, backend: Backend, dataset: Dataset, callbacks: CallbackList, num_params: int,
-                 placement: Placement, elastic: bool) -> None:
+                 placement: Placement, elastic: bool, inputs: InputPipeline) -> None:
         self.cfg, self.backend, self.dataset, self.callbacks = cfg, backend, dataset, callbacks
+        self.inputs = inputs
+        self.rss_start_mb = 0.0  # set by the loop before the dataset is opened
         self.num_params, self.placement, self.elastic = num_params, placement, elastic
         self.comm = backend.comm
         self.outputs = RunOutputs(cfg.run_dir(), enabled=False)
@@ -56,12 +60,11 @@ class Engine:
         world = comm.world()
         if self.elastic:
             collectives.check_same_config(comm, cfg, world.size)
-        plan = plan_run(cfg, world, len(self.dataset.y_train), comm.nccl_built())
+        plan = plan_run(cfg, world, len(self.dataset.train), comm.nccl_built())
         self.progress = ProgressReport(Progress(cfg.run.progress, enabled=world.rank == 0))
         outputs = self.outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
         checkpointer = Checkpointer(cfg, outputs.dir, enabled=world.rank == 0)
         augment = self._augment_pipeline(world)
-        x_val = augment.eval_images(self.dataset.x_val)
         if not run_state.started:
             self._start(run_state, plan, outputs, checkpointer)
             # The first commit: a rollback before the next one must not undo the start (a second start would
@@ -90,11 +93,14 @@ class Engine:
                 comm.stop_timeline()
                 self.profiler.timeline_on = False
             start = time.perf_counter()
-            loss_sum, correct, count = collectives.evaluate(comm, backend, x_val, self.dataset.y_val,
-                                                            cfg.train.eval_batch_size, world.rank, world.size)
+            with self.inputs.eval_loader(world.rank, world.size, augment.eval_transform()) as batches:
+                loss_sum, correct, count, skipped = collectives.evaluate(comm, backend, batches,
+                                                                         lambda: len(batches.skipped))
             record.update({"val_loss": loss_sum / count if count else None,
                            "val_accuracy": correct / count if count else None,
                            "eval_time_s": time.perf_counter() - start, "world_size": world.size})
+            if self.inputs.checks_reads:
+                record["skipped_samples"] += skipped
             run_state.end_epoch(record)
             asked = self.callbacks.epoch_end(ctx, record)
             run_state.stopped_early = collectives.any_rank(comm, bool(asked))  # any rank asks: all stop
@@ -123,6 +129,8 @@ class Engine:
             # Each rank's zero pattern, hashed: identical masks on every rank is what the tests check.
             kernels = require_prunable(backend).prunable()
             summary["mask_digest_per_rank"] = collectives.gather(comm, mask_digest(masks_from_zeros(kernels)))
+        # Each rank's resident memory (MB) when the run began (before the dataset was opened) and at its peak.
+        summary["memory_mb_per_rank"] = collectives.gather(comm, {"start": self.rss_start_mb, "peak": peak_rss_mb()})
         summary["stopped_early"] = run_state.stopped_early
         summary["elastic"] = self.elastic
         if timeline is not None:
@@ -182,7 +190,8 @@ class Engine:
         say(f"hvdtrain {__version__}: backend {backend.name} ({backend.framework_version()}), {world.size} rank(s) "
             f"via {world.controller}{' (elastic)' if self.elastic else ''}, device {placement.device}, "
             f"{placement.threads} thread(s)/rank; {cfg.model.name} with {self.num_params:,} parameters; "
-            f"{cfg.data.name}: {len(dataset.y_train)} train / {len(dataset.y_val)} val samples")
+            f"{cfg.data.name}: {len(dataset.train)} train / {len(dataset.val)} val samples"
+            + (f", {self.inputs.workers} data worker(s)/rank" if self.inputs.workers else ""))
         say("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
         say(plan.policy.describe())
         if resume is not None:
@@ -193,15 +202,15 @@ class Engine:
                                                          if skipped else ""))
 
     def _augment_pipeline(self, world: World) -> AugmentPipeline:
-        from hvdtrain.backend import get_augment_kernel
+        from hvdtrain.backend import augment_kernel_module
 
-        aug = self.cfg.augment
+        aug, train = self.cfg.augment, self.dataset.train
         self._stats = None
         if aug.featurewise_center or aug.featurewise_std_normalization:
-            self._stats = featurewise_stats(self.dataset.x_train, world.rank, world.size, aug.rescale,
-                                            self.comm.allreduce_sum)
+            self._stats = featurewise_stats(lambda idx: pixels(train.read(idx)[0]), len(train), world.rank,
+                                            world.size, aug.rescale, self.comm.allreduce_sum)
         native.prepare(aug)
-        return AugmentPipeline(aug, get_augment_kernel(self.cfg.backend) if aug.random else None, self._stats,
+        return AugmentPipeline(aug, augment_kernel_module(self.cfg.backend), self._stats,
                                on_device=augment_on_device(aug, self.placement))
 
     def _start_timeline(self, outputs: RunOutputs) -> Path | None:
@@ -224,17 +233,20 @@ class Engine:
         cfg, backend, comm, dataset, run_state = self.cfg, self.backend, self.comm, self.dataset, state.training
         world, policy, schedule = plan.world, plan.policy, plan.schedule
         batch, window_size = cfg.train.batch_size, policy.accumulation_steps
-        epoch_plan = plan_epoch(len(dataset.y_train), rank=world.rank, world_size=world.size, batch_size=batch,
+        epoch_plan = plan_epoch(len(dataset.train), rank=world.rank, world_size=world.size, batch_size=batch,
                                 seed=cfg.seed, epoch=run_state.epoch, max_steps=cfg.train.max_steps_per_epoch,
-                                accumulation_steps=window_size, start=run_state.position)
+                                accumulation_steps=window_size, start=run_state.position,
+                                order=dataset.train.epoch_order(cfg.seed, run_state.epoch, True))
         transform = augment.train_transform(cfg.seed, world.rank, run_state.epoch,
                                             run_state.position // (world.size * batch))
-        local = np.zeros(3)  # this rank's sums since they were last folded into run_state.sums (a global total)
+        # This rank's (loss, correct, count, skipped) since they were last folded into run_state.sums (a global
+        # total); `skipped_seen`: how many of the loader's skipped samples are already in `local`.
+        local, skipped_seen = np.zeros(4), 0
 
         def fold() -> None:  # a collective: called at the same step on every rank
             nonlocal local
             run_state.sums = [float(v) for v in np.add(run_state.sums, collectives.fold_sums(comm, local))]
-            local = np.zeros(3)
+            local = np.zeros(4)
 
         self.callbacks.epoch_begin(ctx, run_state.epoch + 1)
         start, time_before, wait_before = time.perf_counter(), run_state.epoch_time, run_state.data_wait
@@ -242,9 +254,10 @@ class Engine:
         window: list[tuple[np.ndarray, np.ndarray]] = []
         taken = 0
         step_end, wait_seen = time.perf_counter(), 0.0
-        with BatchLoader(dataset.x_train, dataset.y_train, epoch_plan.indices, batch,
-                         prefetch=cfg.data.prefetch_batches, transform=transform) as loader:
-            for item in loader:
+        with self.inputs.train_loader(epoch_plan.indices, transform) as loader:
+            for item in self._agreed(loader):
+                local[3] += len(loader.skipped) - skipped_seen
+                skipped_seen = len(loader.skipped)
                 window.append(item)
                 if len(window) < window_size:
                     continue
@@ -256,7 +269,7 @@ class Engine:
                 taken += 1
                 run_state.step += 1
                 run_state.position += policy.global_batch
-                local += stats.as_array()
+                local[:3] += stats.as_array()
                 sparsity = plan.pruner.sparsity_due(run_state.step)
                 if sparsity is not None:  # rank 0's masks for everyone
                     prunable = require_prunable(backend)
@@ -282,8 +295,10 @@ class Engine:
                     fold()
                     state.commit()
         fold()
-        loss_sum, correct, count = run_state.sums
-        return {
+        loss_sum, correct, count, skipped = run_state.sums
+        if cfg.data.log_samples:
+            self._log_samples(epoch_plan.indices, epoch_plan.steps * window_size, run_state.epoch + 1)
+        record: dict[str, Any] = {
             "epoch": run_state.epoch + 1,
             "train_loss": loss_sum / count,
             "train_accuracy": correct / count,
@@ -293,6 +308,35 @@ class Engine:
             "samples_per_s": count / run_state.epoch_time,
             "data_wait_fraction": run_state.data_wait / run_state.epoch_time,
         }
+        if self.inputs.checks_reads:
+            record["skipped_samples"] = int(skipped)
+        return record
+
+    def _agreed(self, loader: BatchLoader) -> Iterator[tuple[Any, ...]]:
+        """The loader's batches; when reads can fail (on-disk data), every rank learns at each micro-batch
+        whether one failed, so all stop together with the failing rank's message instead of waiting forever."""
+        batches = iter(loader)
+        while True:
+            failure: BaseException | None = None
+            try:
+                item = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - agreed on, then raised on every rank
+                failure = exc
+            if self.inputs.checks_reads:
+                collectives.stop_on_failure(self.comm, failure)
+            elif failure is not None:
+                raise failure
+            yield item
+
+    def _log_samples(self, indices: np.ndarray, micro_batches: int, epoch: int) -> None:
+        """data.log_samples: rank 0 writes samples/epoch-NNN.tsv, every rank's samples of this epoch (from where
+        this process started it) with their micro-batch, named by the source (a collective)."""
+        batch, train = self.cfg.train.batch_size, self.dataset.train
+        mine = [(i // batch, train.describe(int(index))) for i, index in enumerate(indices[:micro_batches * batch])]
+        everyone = collectives.gather(self.comm, mine)
+        self.outputs.write_samples(epoch, everyone)
 
     def _summary(self, world: World, plan: RunPlan, history: list[dict[str, Any]],
                  steps_per_rank: list[int]) -> dict[str, Any]:

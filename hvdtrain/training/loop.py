@@ -12,7 +12,9 @@ from hvdtrain.backend import Backend
 from hvdtrain.callbacks import CallbackList
 from hvdtrain.config import Config
 from hvdtrain.data import load_dataset
+from hvdtrain.data.pipeline import InputPipeline, resolve_workers
 from hvdtrain.distributed.environment import apply_horovod_settings
+from hvdtrain.reporting.outputs import rss_mb
 from hvdtrain.training import collectives
 from hvdtrain.training.elastic import LocalState, elastic_launch, run_elastic
 from hvdtrain.training.engine import Engine
@@ -38,14 +40,19 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     def everywhere(action: Any) -> Any:
         return action() if elastic else backend.comm.agree(action)
 
+    rss_start = rss_mb()
     dataset = everywhere(lambda: load_dataset(cfg.data, cfg.seed))
     callbacks = everywhere(lambda: CallbackList.from_config(cfg))
     spec = everywhere(lambda: build_spec(cfg, dataset.image_shape, dataset.num_classes,
                                          augment_on_device(cfg.augment, placement)))
     num_params = backend.build(spec)
-    engine = Engine(cfg, backend, dataset, callbacks, num_params, placement, elastic)
-    training = TrainingState()
-    summary = run_elastic(engine.run, training, backend) if elastic else engine.run(LocalState(training))
+    workers = resolve_workers(cfg.data.workers, dataset.train.on_disk, placement.threads,
+                              backend.comm.world().local_size)
+    with InputPipeline(cfg, dataset, workers) as inputs:
+        engine = Engine(cfg, backend, dataset, callbacks, num_params, placement, elastic, inputs)
+        engine.rss_start_mb = rss_start
+        training = TrainingState()
+        summary = run_elastic(engine.run, training, backend) if elastic else engine.run(LocalState(training))
     summary["horovod_settings"] = horovod_env
     summary["wall_time_s"] = time.perf_counter() - wall_start
     engine.finish(summary)

@@ -19,7 +19,7 @@ class TrainingState:
     position: int = 0           # samples of the current epoch's global order already consumed
     step: int = 0               # optimizer steps taken since the run began
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
-    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # epoch so far: loss, correct, count
+    sums: list[float] = field(default_factory=lambda: [0.0] * 4)  # epoch so far: loss, correct, count, skipped
     epoch_time: float = 0.0     # seconds spent in the current epoch's steps so far
     data_wait: float = 0.0      # of which waiting for the input pipeline
     started: bool = False       # the run's outputs exist (a worker joining an elastic job must not restart them)
@@ -31,6 +31,8 @@ class TrainingState:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingState:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        if "sums" in known:  # checkpoints before skipped samples were counted hold three sums
+            known["sums"] = [*known["sums"], 0.0, 0.0, 0.0, 0.0][:4]
         return cls(**copy.deepcopy(known))
 
     def copy(self) -> TrainingState:
@@ -46,5 +48,5 @@ class TrainingState:
         self.history.append(record)
         self.epoch += 1
         self.position = 0
-        self.sums = [0.0, 0.0, 0.0]
+        self.sums = [0.0] * 4
         self.epoch_time = self.data_wait = 0.0

@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 
-from hvdtrain.augment.kernel import NUMPY_OPS, apply_batch
-from hvdtrain.augment.pipeline import AugmentPipeline
+from hvdtrain.augment.pipeline import CPU_KERNEL, AugmentPipeline
 from hvdtrain.augment.standardize import featurewise_stats
 from hvdtrain.backend import get_backend
 from hvdtrain.config import load_config
@@ -31,16 +30,14 @@ def main() -> None:
     cfg = load_config(None, [f"backend={name}", "model.name=cnn", "model.channels=[4]", "model.hidden_units=[8]",
                              "optim.momentum=0.0", *AUGMENT])
     rng = np.random.default_rng(3)
-    x = rng.random((6, 12, 12, 3), dtype=np.float32)
+    x = rng.integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)  # 8-bit pixels: scaled to [0, 1] on the device
     y = rng.integers(0, 10, 6).astype(np.int64)
-    stats = featurewise_stats(rng.random((40, 12, 12, 3), dtype=np.float32), 0, 1, cfg.augment.rescale,
-                              lambda v: v)
+    sample = rng.random((40, 12, 12, 3), dtype=np.float32)
+    stats = featurewise_stats(lambda idx: sample[idx], len(sample), 0, 1, cfg.augment.rescale, lambda v: v)
 
-    def numpy_kernel(images: np.ndarray, params: list, config: object) -> np.ndarray:
-        return np.asarray(apply_batch(NUMPY_OPS, images, params, cfg.augment.fill_mode, cfg.augment.cval))
-
-    on_loader = AugmentPipeline(cfg.augment, numpy_kernel, stats).train_transform(cfg.seed, 0, 2, 5)
-    in_step = AugmentPipeline(cfg.augment, numpy_kernel, stats, on_device=True).train_transform(cfg.seed, 0, 2, 5)
+    # The loader's framework-free kernel (native where it builds, else numpy: the same pixels).
+    on_loader = AugmentPipeline(cfg.augment, CPU_KERNEL, stats).train_transform(cfg.seed, 0, 2, 5)
+    in_step = AugmentPipeline(cfg.augment, CPU_KERNEL, stats, on_device=True).train_transform(cfg.seed, 0, 2, 5)
     assert on_loader is not None and in_step is not None
     x_loader, _ = on_loader(x, y, 1)
     x_raw, _, work = in_step(x, y, 1)
@@ -51,13 +48,14 @@ def main() -> None:
         import torch
 
         from torch_backend.augment import augment_on_device
-        on_device = torch.from_numpy(x_raw).to(placement.device)  # the rank's GPU where there is one
+        on_device = torch.from_numpy(x_raw).to(placement.device).float().div(255)  # the rank's GPU where there is one
         x_device = augment_on_device(on_device, work, cfg.augment).cpu().numpy()
     else:
         import tensorflow as tf
 
         from tf_backend.augment import augment_on_device
-        x_device = augment_on_device(tf.convert_to_tensor(x_raw), work, cfg.augment).numpy()
+        x_device = augment_on_device(tf.cast(tf.convert_to_tensor(x_raw), tf.float32) / 255.0, work,
+                                     cfg.augment).numpy()
 
     backend.build(build_spec(cfg, (12, 12, 3), 10, augment_in_step=True))
     start = backend.state()
@@ -71,7 +69,8 @@ def main() -> None:
     weights = step((x_raw, y, work))
     report = {"device": placement.device,
               "pixels_max_diff": float(np.max(np.abs(x_device - x_loader))),
-              "pixels_changed": float(np.max(np.abs(x_loader - x * 0.5))),
+              "raw_dtype": str(x_raw.dtype),
+              "pixels_changed": float(np.max(np.abs(x_loader - x / np.float32(255) * 0.5))),
               "weights_max_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, reference, strict=True))}
     with open(out, "w") as f:
         json.dump(report, f)

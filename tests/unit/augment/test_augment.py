@@ -216,9 +216,12 @@ def test_standardize_matches_keras(tmp_path: Path) -> None:
     cfg = AugmentConfig(featurewise_center=True, featurewise_std_normalization=True, samplewise_center=True,
                         samplewise_std_normalization=True, rescale=0.5)
     # Two "ranks" each summing half of the set, as the allreduce does, give the global statistics.
-    parts = [featurewise_stats(images, r, 2, 0.5, lambda v: v) for r in range(2)]
+    def read(idx: np.ndarray) -> np.ndarray:
+        return images[idx]
+
+    parts = [featurewise_stats(read, len(images), r, 2, 0.5, lambda v: v) for r in range(2)]
     assert not np.allclose(parts[0].mean, parts[1].mean)
-    stats = featurewise_stats(images, 0, 1, 0.5, lambda v: v)
+    stats = featurewise_stats(read, len(images), 0, 1, 0.5, lambda v: v, chunk=5)  # summed in uneven chunks
     assert np.allclose(stats.mean, (images * 0.5).mean(axis=(0, 1, 2)), atol=1e-6)
     assert np.allclose(stats.std, (images * 0.5).std(axis=(0, 1, 2)), atol=1e-6)
     assert np.max(np.abs(standardize(images, cfg, stats) - keras)) <= 1e-4

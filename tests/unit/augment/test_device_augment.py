@@ -28,6 +28,7 @@ def test_in_step_augmentation_gives_the_loader_pixels_and_weights(tmp_path: Path
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert report["raw_dtype"] == "uint8"  # the loader handed the step 8-bit pixels (uint8 until the model)
     assert report["pixels_changed"] > 0.1  # the transforms did something
     assert report["pixels_max_diff"] <= TOL
     assert report["weights_max_diff"] <= TOL

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from dataset_arrays import arrays
 from PIL import Image
 
-from hvdtrain.data import BatchLoader, load_dataset, plan_epoch, shard_for_eval
-from hvdtrain.errors import DataError
+from hvdtrain.config import DataConfig
+from hvdtrain.data import BatchLoader, SampleError, plan_epoch, shard_for_eval
+from hvdtrain.data import load_dataset as load_sources
+from hvdtrain.errors import ConfigError, DataError
 
 
-@dataclass(frozen=True)
-class Data:
-    name: str = "digits"
-    path: str | None = None
-    val_fraction: float = 0.2
-    synthetic_samples: int = 64
-    synthetic_shape: tuple[int, int, int] = (6, 5, 3)
-    num_classes: int = 4
-    image_size: tuple[int, int] | None = None
-    prefetch_batches: int = 2
+def Data(**changes: Any) -> DataConfig:  # noqa: N802 - reads like the dataclass it builds
+    """A data section with small test defaults."""
+    return DataConfig(**{"synthetic_samples": 64, "synthetic_shape": (6, 5, 3), "num_classes": 4, **changes})
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> Any:
+    """The dataset read whole into arrays (float32 pixels), as the assertions below want them."""
+    return arrays(load_sources(cfg, seed))
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -121,18 +123,21 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="class folder 'y' has no"):
         load(root)
     (root / "y" / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(DataError, match="cannot read image .*broken.png"):
-        load(root)
+    # Streamed: a bad image is found when it is read, and named.
+    broken = load_sources(Data(name="image_folder", path=str(root), val_fraction=0.0), seed=0)
+    with pytest.raises(SampleError, match="cannot read .*broken.png .*data.on_error=skip"):
+        broken.train.read(np.arange(len(broken.train)))
     mixed = _folder(tmp_path / "m", {"x": [(4, 4), (5, 4)]})
-    with pytest.raises(DataError, match=r"set data.image_size=\[H, W\]"):
-        load(mixed)
+    mixed_sources = load_sources(Data(name="image_folder", path=str(mixed), val_fraction=0.0), seed=0)
+    with pytest.raises(SampleError, match=r"1.png .*set data.image_size=\[H, W\]"):
+        mixed_sources.train.read(np.arange(2))
     with pytest.raises(DataError, match="not a folder"):
         load(tmp_path / "a" / "x" / "0.JPG")
 
 
 def test_unknown_source_and_empty_training_set() -> None:
-    with pytest.raises(DataError, match="unknown"):
-        load_dataset(Data(name="imagenet"), seed=0)
+    with pytest.raises(ConfigError, match="did you mean 'image_folder'.*data.name=my_pkg.data:build"):
+        Data(name="imagenet")
     with pytest.raises(DataError, match="no training samples"):
         load_dataset(Data(name="synthetic", synthetic_samples=1, val_fraction=0.9), seed=0)
 

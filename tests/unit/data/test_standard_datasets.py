@@ -12,10 +12,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from dataset_arrays import arrays
 
 from hvdtrain.config import load_config
 from hvdtrain.data import load_dataset
 from hvdtrain.errors import DataError
+
+
+def _load(cfg: Any, seed: int) -> Any:
+    """The dataset read whole into arrays (float32 pixels), as the assertions want them."""
+    return arrays(load_dataset(cfg, seed))
 
 
 class Py2Pickler(pickle._Pickler):
@@ -80,7 +86,7 @@ def write_mnist(directory: Path, n: int = 12, compress: bool = False) -> np.ndar
 
 def test_cifar10_batches_load_as_nhwc_with_the_test_batch_for_validation(tmp_path: Path) -> None:
     first = write_cifar(tmp_path / "cifar")
-    data = load_dataset(load_config(None, ["data.name=cifar10", f"data.path={tmp_path / 'cifar'}"]).data, 0)
+    data = _load(load_config(None, ["data.name=cifar10", f"data.path={tmp_path / 'cifar'}"]).data, 0)
     assert data.x_train.shape == (12, 32, 32, 3) and data.x_val.shape == (6, 32, 32, 3)
     assert np.array_equal(data.x_train[:6], first.astype(np.float32) / 255.0)  # channel planes -> NHWC
     assert list(data.y_train[:6]) == [0, 1, 2, 3, 4, 5] and data.num_classes == 10
@@ -94,7 +100,7 @@ def test_cifar10_files_are_python_2_pickles_and_python_3_ones_load_too(tmp_path:
     assert b"X" not in raw[:40]  # no Python 3 unicode strings: keys are Python 2 str
     first = write_cifar(tmp_path / "py3", py2=False)
     for name in ("py2", "py3"):
-        data = load_dataset(load_config(None, ["data.name=cifar10", f"data.path={tmp_path / name}"]).data, 0)
+        data = _load(load_config(None, ["data.name=cifar10", f"data.path={tmp_path / name}"]).data, 0)
         assert np.array_equal(data.x_train[:6], first.astype(np.float32) / 255.0), name
 
 
@@ -104,14 +110,14 @@ def test_cifar10_batches_in_numeric_order_and_the_parent_folder_is_accepted(tmp_
     (directory / "data_batch_1.bak").write_bytes(b"not read")
     (directory / "batches.meta").write_bytes(b"not read either")
     for path in (directory, tmp_path / "root"):  # the folder itself, or the one it was extracted into
-        data = load_dataset(load_config(None, ["data.name=cifar10", f"data.path={path}",
+        data = _load(load_config(None, ["data.name=cifar10", f"data.path={path}",
                                                "data.val_fraction=0"]).data, 0)
         assert list(data.y_train) == list(range(10))  # data_batch_1, 2, ..., 10 (not 1, 10, 2, ...)
 
 
 def test_cifar10_without_test_batch_splits_by_val_fraction(tmp_path: Path) -> None:
     write_cifar(tmp_path / "c", test=False)
-    data = load_dataset(load_config(None, ["data.name=cifar10", f"data.path={tmp_path / 'c'}",
+    data = _load(load_config(None, ["data.name=cifar10", f"data.path={tmp_path / 'c'}",
                                            "data.val_fraction=0.25"]).data, 0)
     assert (len(data.y_train), len(data.y_val)) == (9, 3)
 
@@ -121,7 +127,7 @@ def test_cifar10_refuses_pickles_that_would_run_code(tmp_path: Path) -> None:
     directory.mkdir()
     (directory / "data_batch_1").write_bytes(pickle.dumps({b"data": print, b"labels": []}))
     with pytest.raises(DataError, match="refusing to load builtins.print") as info:
-        load_dataset(load_config(None, ["data.name=cifar10", f"data.path={directory}"]).data, 0)
+        _load(load_config(None, ["data.name=cifar10", f"data.path={directory}"]).data, 0)
     assert "\n" not in str(info.value)
 
 
@@ -145,7 +151,7 @@ def test_corrupt_cifar10_batches_are_named_in_one_line(tmp_path: Path, content: 
     write_cifar(tmp_path / "c")
     (tmp_path / "c" / "data_batch_2").write_bytes(content)
     with pytest.raises(DataError) as info:
-        load_dataset(load_config(None, ["data.name=cifar10", f"data.path={tmp_path / 'c'}"]).data, 0)
+        _load(load_config(None, ["data.name=cifar10", f"data.path={tmp_path / 'c'}"]).data, 0)
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'c' / 'data_batch_2'}: ") and words in message, message
     assert "\n" not in message and message.endswith("re-download CIFAR-10's python version (cifar-10-python.tar.gz) "
@@ -155,7 +161,7 @@ def test_corrupt_cifar10_batches_are_named_in_one_line(tmp_path: Path, content: 
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_idx_files_load(tmp_path: Path, compress: bool) -> None:
     images = write_mnist(tmp_path / "mnist", compress=compress)
-    data = load_dataset(load_config(None, ["data.name=mnist", f"data.path={tmp_path / 'mnist'}"]).data, 0)
+    data = _load(load_config(None, ["data.name=mnist", f"data.path={tmp_path / 'mnist'}"]).data, 0)
     assert data.x_train.shape == (12, 28, 28, 1) and data.x_val.shape == (4, 28, 28, 1)
     assert np.array_equal(data.x_train[..., 0], images.astype(np.float32) / 255.0)
     assert list(data.y_train) == [i % 10 for i in range(12)] and data.num_classes == 10
@@ -177,18 +183,18 @@ def test_corrupt_mnist_files_are_named_in_one_line(tmp_path: Path, damage, words
     write_mnist(tmp_path / "m")
     damage(tmp_path / "m")
     with pytest.raises(DataError, match=re.escape(words)) as info:
-        load_dataset(load_config(None, ["data.name=mnist", f"data.path={tmp_path / 'm'}"]).data, 0)
+        _load(load_config(None, ["data.name=mnist", f"data.path={tmp_path / 'm'}"]).data, 0)
     assert "\n" not in str(info.value)
 
 
 def test_missing_files_say_what_to_point_at(tmp_path: Path) -> None:
     for name, words in (("cifar10", "no data_batch_1..5 files"), ("mnist", "no train-images-idx3-ubyte")):
         with pytest.raises(DataError, match=words):
-            load_dataset(load_config(None, [f"data.name={name}", f"data.path={tmp_path}"]).data, 0)
+            _load(load_config(None, [f"data.name={name}", f"data.path={tmp_path}"]).data, 0)
         with pytest.raises(DataError, match="does not exist"):
-            load_dataset(load_config(None, [f"data.name={name}", f"data.path={tmp_path / 'nowhere'}"]).data, 0)
+            _load(load_config(None, [f"data.name={name}", f"data.path={tmp_path / 'nowhere'}"]).data, 0)
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
     for name, words in (("cifar10", "is a file: extract cifar-10-python.tar.gz"), ("mnist", "is a file: point")):
         with pytest.raises(DataError, match=words):
-            load_dataset(load_config(None, [f"data.name={name}", f"data.path={tmp_path / 'cifar-10-python.tar.gz'}"
+            _load(load_config(None, [f"data.name={name}", f"data.path={tmp_path / 'cifar-10-python.tar.gz'}"
                                             ]).data, 0)

@@ -12,9 +12,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from dataset_arrays import arrays
 from fake_backend import FakeBackend, FakeCommunicator, InjectedFailure
 
 from hvdtrain.backend import Backend
@@ -30,6 +32,11 @@ TRAIN_SAMPLES = 80  # data.synthetic_samples=100 with the default data.val_fract
 BASE = ["run.progress=off", "run.tensorboard=false", "data.name=synthetic", "data.synthetic_samples=100",
         "data.synthetic_shape=[4,4,1]", "data.num_classes=3", f"seed={SEED}", "train.batch_size=4",
         "train.epochs=2", "checkpoint.every_epochs=0"]
+
+
+def _load(cfg: Any, seed: int) -> Any:
+    """The dataset read whole into arrays (float32 pixels), as the assertions want them."""
+    return arrays(load_dataset(cfg, seed))
 
 
 def make_cfg(run_dir: Path, *overrides: str) -> Config:
@@ -80,7 +87,7 @@ def test_accumulation_windows_are_whole_and_hold_the_shards_samples_in_order(tmp
 
     steps_per_epoch = TRAIN_SAMPLES // (2 * 4 * 3)
     assert steps_per_epoch == 3
-    dataset = load_dataset(cfg.data, cfg.seed)
+    dataset = _load(cfg.data, cfg.seed)
     assert len(dataset.y_train) == TRAIN_SAMPLES
     assert len(backend.windows) == 2 * steps_per_epoch
     for epoch in range(2):
