@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from hvdtrain.augment.pipeline import pixels
 from hvdtrain.config import Config, load_config
-from hvdtrain.data import load_dataset
+from hvdtrain.data import load_dataset, read_all
 from hvdtrain.distributed.environment import threads_for_rank
 
 LOOPS = ("torch-horovod", "torch-ddp", "tensorflow-horovod")
@@ -69,7 +70,8 @@ def _torch_loop(cfg: Config, loop: str) -> tuple[int, list[float]]:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     data = load_dataset(cfg.data, cfg.seed)
-    x, y = data.x_train, data.y_train.astype(np.int64)
+    x, y = read_all(data.train)  # the benchmark's in-memory set, whole, as a hand-written loop holds it
+    x = pixels(x)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, tuple(x.shape[1:]), data.num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr * size, momentum=cfg.optim.momentum)
@@ -110,7 +112,8 @@ def _tensorflow_loop(cfg: Config) -> tuple[int, list[float]]:
         tf.config.experimental.set_memory_growth(gpus[hvd.local_rank() % len(gpus)], True)
         tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
     data = load_dataset(cfg.data, cfg.seed)
-    x, y = data.x_train, data.y_train.astype(np.int64)
+    x, y = read_all(data.train)  # the benchmark's in-memory set, whole, as a hand-written loop holds it
+    x = pixels(x)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.model, tuple(x.shape[1:]), data.num_classes)
     optimizer = keras.optimizers.SGD(cfg.optim.lr * hvd.size(), momentum=cfg.optim.momentum)

@@ -34,7 +34,7 @@ def steps_per_epoch(overrides: tuple[str, ...], np_: int) -> int:
     from hvdtrain.data import load_dataset
 
     cfg = load_config(None, list(overrides))
-    return len(load_dataset(cfg.data, cfg.seed).y_train) // (cfg.train.batch_size * np_)
+    return len(load_dataset(cfg.data, cfg.seed).train) // (cfg.train.batch_size * np_)
 
 
 def _later(times: list[float]) -> float:

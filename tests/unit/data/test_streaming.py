@@ -25,8 +25,8 @@ AUGMENT = ["augment.rotation_range=20", "augment.width_shift_range=0.1", "augmen
            "augment.zoom_range=0.1", "augment.featurewise_center=false"]
 
 
-def write_folder(root: Path, per_class: int = 12, classes: int = 3, sizes: tuple[tuple[int, int], ...] = ((30, 40),
-                                                                                                            (44, 33))) -> Path:
+def write_folder(root: Path, per_class: int = 12, classes: int = 3,
+                 sizes: tuple[tuple[int, int], ...] = ((30, 40), (44, 33))) -> Path:
     rng = np.random.default_rng(0)
     for c in range(classes):
         (root / f"class{c}").mkdir(parents=True)
