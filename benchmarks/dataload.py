@@ -382,9 +382,9 @@ def rss_section(args: argparse.Namespace, runs: dict[tuple[str, int], list[dict[
                                      for n in (sizes[0], sizes[-1]))
             ratios[source] = last / first
             main_ratios[source] = main_last / main_first
-    worst = max(ratios.values(), default=float("nan"))
     span = f"{args.sizes[0]:,} to {args.sizes[-1]:,}"
-    verdict = ", ".join(f"{s} {r:.3f} (main process alone {main_ratios[s]:.3f})" for s, r in ratios.items())
+    verdict = "; ".join(f"{s}: {'met' if r <= 1.10 else 'not met'}, {r:.3f} (main process alone "
+                        f"{main_ratios[s]:.3f})" for s, r in ratios.items())
     return f"""### Peak RSS per rank vs dataset size
 
 `{_command(args, 'rss', sizes=True)}`: one epoch (every image once, data.val_fraction=0; full batches,
@@ -402,14 +402,17 @@ the children are the W workers (started with `spawn`) and multiprocessing's reso
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Target (peak RSS per rank flat, within 10% from {span}): {'met' if worst <= 1.10 else 'not met'}; \
-ratio of the totals, {span}: {verdict or '-'}."""
+Target (peak RSS per rank flat, within 10% from {span}; the ratio of the totals): {verdict or '-'}."""
 
 
 def machine_line() -> str:
+    """The suite's machine line, plus the hvdtrain commit measured (and whether the tree had changes)."""
     from benchmarks.report import machine
 
-    return machine()
+    git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "hvdtrain"], capture_output=True, text=True).stdout
+    return f"{machine()}, hvdtrain {commit or 'unknown'}{' + local changes' if dirty.strip() else ''}"
 
 
 def emit(body: str, report: Path | None) -> None:

@@ -64,5 +64,5 @@ def test_sections_state_the_ratios_and_whether_the_targets_are_met(tmp_path: Pat
     runs = {("image_folder", 1000): epoch(50, 100), ("image_folder", 50000): epoch(55, 105),
             ("shards", 1000): epoch(50, 100), ("shards", 50000): epoch(70, 120)}
     text = dataload.rss_section(_args(sizes=[1000, 50000], sources=["image_folder", "shards"]), runs)
-    assert "within 10% from 1,000 to 50,000): not met; ratio of the totals" in text
-    assert "image_folder 1.067 (main process alone 1.100), shards 1.267" in text
+    assert ("within 10% from 1,000 to 50,000; the ratio of the totals): image_folder: met, 1.067 (main process "
+            "alone 1.100); shards: not met, 1.267 (main process alone 1.400)." in text)
