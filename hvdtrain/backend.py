@@ -150,6 +150,21 @@ class Backend(Protocol):
 
 
 # --- optional capabilities ---------------------------------------------------------------------------------
+@runtime_checkable
+class Inference(Protocol):
+    """What the commands after training need (evaluate, predict, export, convert): the model's outputs."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The model's logits (float32, (n, classes)) for a batch (uint8 or float32 NHWC), in inference mode."""
+
+
+def require_inference(backend: Backend) -> Inference:
+    """The backend as an Inference (both built-in backends are)."""
+    if not isinstance(backend, Inference):
+        raise TypeError(f"backend {backend.name} cannot predict")
+    return backend
+
+
 @dataclass(frozen=True)
 class PrunableWeight:
     """A conv or dense kernel (a copy) and the axis that indexes its output channels or units."""

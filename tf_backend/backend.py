@@ -75,6 +75,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         self._accumulate_fn: Any = None
         self._step_fn: Any = None
         self._eval_fn: Any = None
+        self._predict_fn: Any = None
         self._trainable: list[Any] = []
         self._masks: list[tuple[Any, tf.Tensor]] = []
         self.threads, self.device = 1, "cpu"
@@ -297,7 +298,11 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             logits = tf.cast(model(x, training=False), tf.float32)
             return tf.reduce_sum(cross_entropy(logits, y)), correct_of(logits, y)
 
-        self._accumulate_fn, self._step_fn, self._eval_fn = accumulate, step, evaluate
+        @tf.function(input_signature=signature[:1], reduce_retracing=True)
+        def predict(x: tf.Tensor) -> tf.Tensor:
+            return tf.cast(model(x, training=False), tf.float32)
+
+        self._accumulate_fn, self._step_fn, self._eval_fn, self._predict_fn = accumulate, step, evaluate, predict
 
     def train_step(self, batches: Sequence[Batch], lr: float) -> StepStats:
         spec, _, optimizer, _ = self._parts()
@@ -326,6 +331,9 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
         loss_sum, correct = self._eval_fn(_pixels(x), y)
         return StepStats(float(loss_sum), float(correct), len(y))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._predict_fn(_pixels(x)))
 
     def step_info(self) -> StepInfo:
         _, _, optimizer, precision = self._parts()

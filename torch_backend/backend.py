@@ -285,6 +285,13 @@ class TorchBackend(Backend, Prunable, Penalized):
         loss = F.cross_entropy(logits, labels, reduction="sum")
         return StepStats(loss.item(), (logits.argmax(1) == labels).sum().item(), len(labels))
 
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        _, model, _, _ = self._parts()
+        images, _ = self._tensors((x, np.zeros(len(x), dtype=np.int64)))
+        model.eval()
+        return self._forward(images, model).cpu().numpy()  # type: ignore[no-any-return]
+
     def step_info(self) -> StepInfo:
         _, _, optimizer, precision = self._parts()
         group = optimizer.param_groups[0]

@@ -355,6 +355,8 @@ class Engine:
             "model": cfg.model.name,
             "num_parameters": self.num_params,
             "dataset": cfg.data.name,
+            "class_names": list(self.dataset.class_names),
+            "image_shape": list(self.dataset.image_shape),
             "epochs": len(history),
             "steps": steps_per_rank[0],
             "steps_per_rank": steps_per_rank,

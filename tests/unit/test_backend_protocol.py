@@ -12,18 +12,18 @@ import sys
 import pytest
 from conftest import REPO
 
-from hvdtrain.backend import Backend, Penalized, Prunable
+from hvdtrain.backend import Backend, Inference, Penalized, Prunable
 
 MAX_PROTOCOL_METHODS = 13
 
 CONFORMANCE = """
 import inspect, json, sys
-from hvdtrain.backend import Backend, Penalized, Prunable
+from hvdtrain.backend import Backend, Inference, Penalized, Prunable
 from hvdtrain.distributed.communicator import Communicator
 module, cls_name = sys.argv[1].split(":")
 cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
 backend = cls()
-protocols = {"Backend": Backend, "Prunable": Prunable, "Penalized": Penalized}
+protocols = {"Backend": Backend, "Prunable": Prunable, "Penalized": Penalized, "Inference": Inference}
 report = {
     "isinstance": {name: isinstance(backend, proto) for name, proto in protocols.items()},
     # every protocol method is the class's own, not the protocol's empty body
@@ -49,6 +49,7 @@ def test_protocol_is_about_a_dozen_methods() -> None:
     assert 10 <= len(methods) <= MAX_PROTOCOL_METHODS, methods
     assert protocol_methods(Prunable) == ["prunable", "set_masks"]
     assert protocol_methods(Penalized) == ["regularization_penalty"]
+    assert protocol_methods(Inference) == ["predict"]
 
 
 @pytest.mark.parametrize("target", ["torch_backend.backend:TorchBackend", "tf_backend.backend:TensorFlowBackend"])
@@ -57,7 +58,7 @@ def test_backend_conforms_and_does_not_import_the_loop(target: str) -> None:
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.split("REPORT", 1)[1])
-    assert report["isinstance"] == {"Backend": True, "Prunable": True, "Penalized": True}
+    assert report["isinstance"] == {"Backend": True, "Prunable": True, "Penalized": True, "Inference": True}
     assert report["not_overridden"] == []
     assert report["signatures_differ"] == []
     assert report["comm"] is True
