@@ -10,7 +10,8 @@ import time
 from hvdtrain.distributed.environment import under_launcher
 from hvdtrain.errors import JobAborted, UserError
 
-COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack")
+COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack", "evaluate",
+            "predict", "export", "convert")
 ERROR_GRACE_S = 2.0
 
 
@@ -19,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="hvdtrain", description="Horovod data-parallel training for PyTorch and TensorFlow/Keras 3. "
                                      "Launch under horovodrun or mpirun for several ranks.")
     sub = parser.add_subparsers(dest="command",
-                                metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep,pack}")
+                                metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep,pack,evaluate,predict,"
+                                        "export,convert}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     train.add_argument("--profile", action="store_true",
@@ -68,6 +70,32 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     pack.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the shuffle across shards (default 0)")
     pack.add_argument("--overwrite", action="store_true", help="replace a previous pack's output in OUT_DIR")
+    evaluate = sub.add_parser("evaluate", help="score a finished run on its validation split or other data "
+                                               "(docs/lifecycle.md); under a launcher like training")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    evaluate.add_argument("--checkpoint", help="a checkpoint directory of the run instead of its final model")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="data.* overrides (other data: data.path=... data.val_fraction=...), "
+                               "train.eval_batch_size")
+    predict = sub.add_parser("predict", help="classify images with a finished run's model (docs/lifecycle.md)")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or an .npz "
+                                                                   "with an array x")
+    predict.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    predict.add_argument("--top-k", type=int, default=1, help="classes and probabilities per image (default 1)")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    predict.add_argument("--checkpoint", help="a checkpoint directory of the run instead of its final model")
+    export = sub.add_parser("export", help="export a finished run's model: onnx, torch-export (torch runs), "
+                                           "savedmodel, onnx (TensorFlow runs); checked after writing")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    export.add_argument("--format", required=True, help="onnx, torch-export or savedmodel")
+    export.add_argument("--out", help="file or folder to write (default: under RUN_DIR/export/)")
+    export.add_argument("--checkpoint", help="a checkpoint directory of the run instead of its final model")
+    convert = sub.add_parser("convert", help="convert a finished run of a built-in model to the other framework, "
+                                             "as a new run directory (checked on the validation set)")
+    convert.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    convert.add_argument("--to", required=True, choices=("torch", "tensorflow"), help="the target backend")
+    convert.add_argument("--out", required=True, help="the new run directory to write")
     return parser
 
 
@@ -97,6 +125,27 @@ def _train(args: argparse.Namespace) -> int:
                          "it) or failed: read that rank's log") from None
     finally:
         backend.comm.shutdown()
+    return 0
+
+
+def _after_training(args: argparse.Namespace) -> int:
+    """evaluate, predict, export, convert (docs/lifecycle.md)."""
+    if args.command == "evaluate":
+        from hvdtrain.lifecycle.evaluate import run_evaluate
+
+        run_evaluate(args.run_dir, args.overrides, args.checkpoint)
+    elif args.command == "predict":
+        from hvdtrain.lifecycle.predict import run_predict
+
+        run_predict(args.run_dir, args.inputs, args.out, args.top_k, args.batch_size, args.checkpoint)
+    elif args.command == "export":
+        from hvdtrain.lifecycle.export import export_run
+
+        print(export_run(args.run_dir, args.format, args.out, args.checkpoint).line())
+    else:
+        from hvdtrain.lifecycle.convert import convert_run
+
+        print(convert_run(args.run_dir, args.to, args.out).line())
     return 0
 
 
@@ -149,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             print(pack_folder(Path(args.folder), Path(args.out_dir), args.shard_size, args.seed,
                               args.overwrite).line())
             return 0
+        if args.command in ("evaluate", "predict", "export", "convert"):
+            return _after_training(args)
         if args.command == "config-docs":
             from hvdtrain.config import reference_markdown
             print(reference_markdown())

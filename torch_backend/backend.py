@@ -290,7 +290,7 @@ class TorchBackend(Backend, Prunable, Penalized):
         _, model, _, _ = self._parts()
         images, _ = self._tensors((x, np.zeros(len(x), dtype=np.int64)))
         model.eval()
-        return self._forward(images, model).cpu().numpy()  # type: ignore[no-any-return]
+        return self._forward(images, model).cpu().numpy()
 
     def step_info(self) -> StepInfo:
         _, _, optimizer, precision = self._parts()

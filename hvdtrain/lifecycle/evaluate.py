@@ -1,0 +1,148 @@
+"""`python -m hvdtrain evaluate RUN_DIR [--checkpoint PATH] [key=value ...]`: a finished run's model scored on
+its validation split (default) or on other data (`data.*` overrides), under a launcher like training: every
+sample once across ranks, the sums reduced exactly. Writes RUN_DIR/eval.json and RUN_DIR/eval-confusion.png.
+
+Evaluating a run on its own split repeats the run's last evaluation: the same samples, model, preprocessing
+and eval_step, so val_accuracy is equal (a count of correct samples) and val_loss equal up to the order of
+float summation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hvdtrain.data import Dataset, load_dataset
+from hvdtrain.data.pipeline import InputPipeline, resolve_workers
+from hvdtrain.errors import DataError
+from hvdtrain.files import write_atomic
+from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open_run
+from hvdtrain.lifecycle.trained_model import TrainedModel, load_trained_model
+from hvdtrain.training import collectives
+
+EVAL_FILE, CONFUSION_PNG = "eval.json", "eval-confusion.png"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Sums over every evaluated sample, on every rank."""
+
+    loss_sum: float
+    correct: int
+    count: int
+    confusion: np.ndarray  # (classes, classes): rows true class, columns predicted
+    skipped: int
+
+    def report(self, run: FinishedRun, source: str, weights: str, world_size: int) -> dict[str, Any]:
+        per_class = self.confusion.sum(axis=1)
+        return {
+            "val_loss": self.loss_sum / self.count if self.count else None,
+            "val_accuracy": self.correct / self.count if self.count else None,
+            "samples": self.count,
+            "skipped_samples": self.skipped,
+            "per_class_accuracy": {name: (float(self.confusion[i, i] / per_class[i]) if per_class[i] else None)
+                                   for i, name in enumerate(run.class_names)},
+            "confusion_matrix": self.confusion.astype(int).tolist(),
+            "class_names": list(run.class_names),
+            "data": source,
+            "weights": weights,
+            "world_size": world_size,
+        }
+
+
+def _check_matches(run: FinishedRun, dataset: Dataset) -> None:
+    if dataset.class_names != run.class_names:
+        raise DataError(f"evaluate: the data has classes {list(dataset.class_names)[:6]}... but the model was trained "
+                        f"on {list(run.class_names)[:6]}...: give data with the run's class folders (same names)"
+                        if len(run.class_names) > 6 else
+                        f"evaluate: the data has classes {list(dataset.class_names)} but the model was trained on "
+                        f"{list(run.class_names)}: give data with the same classes")
+    if dataset.image_shape != run.image_shape:
+        raise DataError(f"evaluate: the data's images are {list(dataset.image_shape)} but the model takes "
+                        f"{list(run.image_shape)}: set data.image_size=[{run.image_shape[0]},{run.image_shape[1]}] "
+                        "(and the same channels)")
+
+
+def evaluate(model: TrainedModel, dataset: Dataset) -> Evaluation:
+    """The model on this rank's share of `dataset.val`, reduced over all ranks (a collective)."""
+    cfg, comm = model.run.cfg, model.backend.comm
+    world = comm.world()
+    classes = len(model.run.class_names)
+    workers = resolve_workers(cfg.data.workers, dataset.val.on_disk, 1, world.local_size)
+    sums, confusion, failure = np.zeros(3), np.zeros((classes, classes)), None
+    with InputPipeline(cfg, dataset, workers) as inputs:
+        loader = inputs.eval_loader(world.rank, world.size, model.preprocess())
+        try:
+            for batch in loader:
+                x, y = batch[0], batch[1]
+                sums += model.backend.eval_step(x, y).as_array()
+                predicted = model.inference.predict(x).argmax(axis=1)
+                np.add.at(confusion, (y, predicted), 1)
+        except Exception as exc:  # noqa: BLE001 - agreed on below, then raised on every rank
+            failure = exc
+    flat = np.concatenate([sums, [len(loader.skipped), failure is not None], confusion.ravel()])
+    total = comm.allreduce_sum(flat)
+    if total[4]:
+        collectives.raise_agreed_failure(comm, failure)
+    return Evaluation(float(total[0]), int(round(total[1])), int(round(total[2])),
+                      total[5:].reshape(classes, classes), int(total[3]))
+
+
+def write_confusion_png(path: Path, confusion: np.ndarray, names: tuple[str, ...]) -> None:
+    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 8 else 0)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(names) <= 30:
+        top = confusion.max() or 1
+        for (i, j), value in np.ndenumerate(confusion):
+            ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=8,
+                    color="white" if value > top / 2 else "black")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def run_evaluate(run_dir: str, overrides: list[str], checkpoint: str | None) -> dict[str, Any]:
+    """The command: evaluates, prints the metrics (rank 0), writes eval.json and the PNG (rank 0)."""
+    run = open_run(run_dir, "evaluate", overrides)
+    source = checkpoint_source(run, checkpoint, "evaluate")
+    model = load_trained_model(run, source)
+    comm = model.backend.comm
+    try:
+        dataset = comm.agree(lambda: load_dataset(run.cfg.data, run.cfg.seed))
+        comm.agree(lambda: _check_matches(run, dataset))
+        result = evaluate(model, dataset)
+        if result.count == 0:
+            raise DataError("evaluate: there is no validation sample to evaluate (data.val_fraction=0 and no "
+                            "val/ set): point data.path at data with a validation set, or set data.val_fraction")
+        world = comm.world()
+        data = f"{run.cfg.data.name}" + (f" {run.cfg.data.path}" if run.cfg.data.path else "") + \
+            " (validation split)"
+        report = result.report(run, data, str(source), world.size)
+        if world.rank == 0:
+            write_atomic(run.dir / EVAL_FILE, json.dumps(report, indent=1) + "\n")
+            write_confusion_png(run.dir / CONFUSION_PNG, result.confusion, run.class_names)
+            print(f"evaluated {run.dir} ({run.backend}, {source.name}) on {result.count} samples of {data}: "
+                  f"val_loss {report['val_loss']:.6f} val_accuracy {report['val_accuracy']:.6f}; wrote "
+                  f"{run.dir / EVAL_FILE} and {run.dir / CONFUSION_PNG}", flush=True)
+        return report
+    finally:
+        comm.shutdown()
