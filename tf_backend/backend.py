@@ -129,6 +129,10 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             "build() first"
         return spec, model, optimizer, precision
 
+    def framework_model(self) -> keras.Model:
+        """The built model itself, on its device (export writes it in TensorFlow's and ONNX's formats)."""
+        return self._parts()[1]
+
     # --- state -------------------------------------------------------------------------------------------
     def _variables(self) -> list[Any]:
         """Everything a step changes: model variables, optimizer slots, iterations and loss scale."""

@@ -9,7 +9,11 @@ bottom/right).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -156,14 +160,36 @@ def _user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
     return model
 
 
+# Each layer a built-in builder creates carries its creation index under this attribute. The builders create
+# layers in the order torch_backend/models.py registers its modules (a residual body before its shortcut), which
+# Keras' functional `model.layers` does not keep (it sorts by graph depth); tf_backend/portable.py maps weights
+# between the frameworks in this order.
+CREATION_INDEX = "_hvdtrain_creation_index"
+
+
+@contextlib.contextmanager
+def _stamping_creation_order() -> Iterator[None]:
+    """Every Keras layer created inside gets its creation index (stored on the layer: an id() could be reused)."""
+    counter = itertools.count()
+    original = keras.layers.Layer.__init__
+
+    def init(self: keras.layers.Layer, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if not hasattr(self, CREATION_INDEX):
+            setattr(self, CREATION_INDEX, next(counter))
+
+    keras.layers.Layer.__init__ = init
+    try:
+        yield
+    finally:
+        keras.layers.Layer.__init__ = original
+
+
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """The model named by `cfg.name` for NHWC input of `image_shape` (H, W, C)."""
+    """The model named by `cfg.name` for NHWC input of `image_shape` (H, W, C); a built-in one's layers carry
+    their creation order (CREATION_INDEX)."""
     if ":" in cfg.name:
         return _user_model(cfg, image_shape, num_classes)
-    if cfg.name == "mobilenet":
-        return _mobilenet(cfg, image_shape, num_classes)
-    if cfg.name == "resnet":
-        return _resnet(cfg, image_shape, num_classes)
-    if cfg.name == "resnet50":
-        return _resnet50(cfg, image_shape, num_classes)
-    return _plain(cfg, image_shape, num_classes)
+    builders = {"mobilenet": _mobilenet, "resnet": _resnet, "resnet50": _resnet50}
+    with _stamping_creation_order():
+        return builders.get(cfg.name, _plain)(cfg, image_shape, num_classes)

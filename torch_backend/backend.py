@@ -130,6 +130,10 @@ class TorchBackend(Backend, Prunable, Penalized):
             "build() first"
         return spec, model, optimizer, precision
 
+    def framework_model(self) -> torch.nn.Module:
+        """The built model itself, on its device (export writes it in torch's and ONNX's formats)."""
+        return self._parts()[1]
+
     # --- state -------------------------------------------------------------------------------------------
     def _live_state(self) -> dict[str, Any]:
         _, model, optimizer, precision = self._parts()
