@@ -151,6 +151,15 @@ class Backend(Protocol):
 
 # --- optional capabilities ---------------------------------------------------------------------------------
 @runtime_checkable
+class BatchNormStatistics(Protocol):
+    """Models with BatchNorm layers: running statistics that every rank must agree on (docs/batchnorm.md)."""
+
+    def sync_batchnorm_statistics(self, mode: str) -> int:
+        """Makes every BatchNorm layer's running statistics identical on every rank (a collective): "average"
+        over the ranks or "rank0"'s. Returns the number of layers (0: nothing to do)."""
+
+
+@runtime_checkable
 class Inference(Protocol):
     """What the commands after training need (evaluate, predict, export, convert): the model's outputs."""
 

@@ -124,6 +124,12 @@ class ModelConfig:
     depth: int = option(20, "resnet: layers, 6n + 2 (n basic blocks per stage): 8, 14, 20, 32, 56... "
                             "(resnet50 is always [3, 4, 6, 3] bottlenecks).", min=8)
 
+    batchnorm_stats: str = option("average", "BatchNorm running statistics made identical on every rank before "
+                                             "each evaluation, checkpoint and final save: average (over the "
+                                             "ranks) or rank0 (docs/batchnorm.md).", choices=("average", "rank0"))
+    sync_batchnorm: bool = option(False, "BatchNorm statistics of each training batch computed over the global "
+                                         "batch (all ranks), for built-in and user models (docs/batchnorm.md).")
+
     def __post_init__(self) -> None:
         if self.name not in BUILTIN_MODELS and ":" not in self.name:
             raise ConfigError(f"config key model.name: {self.name!r} is neither a built-in model "

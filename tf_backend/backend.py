@@ -39,8 +39,9 @@ from hvdtrain.distributed.environment import gpu_for_rank, no_gpu_support_error,
 from hvdtrain.errors import CheckpointError, ConfigError  # noqa: E402
 from hvdtrain.features.finetune import frozen, lr_multipliers  # noqa: E402
 from tf_backend.augment import augment_on_device  # noqa: E402
+from tf_backend.batchnorm import sync_statistics, with_sync_batchnorm  # noqa: E402
 from tf_backend.losses import cross_entropy, distillation_loss  # noqa: E402
-from tf_backend.models import build_model  # noqa: E402
+from tf_backend.models import CREATION_INDEX, build_model  # noqa: E402
 from tf_backend.optimizers import TorchAdam, TorchSGD  # noqa: E402
 from tf_backend.precision import Precision, make_precision  # noqa: E402
 
@@ -109,6 +110,8 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         self.precision = precision = make_precision(spec.step)
         with precision.build_context():
             model = build_model(spec.model, spec.image_shape, spec.num_classes)
+            if spec.model.sync_batchnorm:
+                model = with_sync_batchnorm(model, keep=CREATION_INDEX)
             if spec.teacher is not None:  # its weights come from load(..., "teacher") on rank 0, then sync
                 self.teacher = build_model(spec.teacher, spec.image_shape, spec.num_classes)
         fixed = frozen((v.path for v in model.trainable_variables), spec.freeze)
@@ -335,6 +338,9 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
         loss_sum, correct = self._eval_fn(_pixels(x), y)
         return StepStats(float(loss_sum), float(correct), len(y))
+
+    def sync_batchnorm_statistics(self, mode: str) -> int:
+        return sync_statistics(self._parts()[1], mode)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._predict_fn(_pixels(x)))

@@ -15,6 +15,7 @@ import numpy as np
 
 from tf_backend.models import CREATION_INDEX
 
+# By class, subclasses included (tf_backend.batchnorm's synchronised BatchNormalization).
 _VARIABLES = {keras.layers.Conv2D: ("kernel", "bias"), keras.layers.DepthwiseConv2D: ("kernel", "bias"),
               keras.layers.Dense: ("kernel", "bias"),
               keras.layers.BatchNormalization: ("gamma", "beta", "moving_mean", "moving_variance")}
@@ -28,11 +29,11 @@ def _variables(model: keras.Model, architecture: str) -> list[Any]:
                          "tf_backend.models.build_model (a built-in architecture)")
     out = []
     for layer in sorted(layers, key=lambda la: getattr(la, CREATION_INDEX)):
-        kind = next((cls for cls in _VARIABLES if type(layer) is cls), None)
-        if kind is None:
+        names = next((names for cls, names in _VARIABLES.items() if isinstance(layer, cls)), None)
+        if names is None:
             raise ValueError(f"{architecture}: {type(layer).__name__} layer {layer.name} has no portable layout")
         by_name = {v.name: v for v in layer.weights}
-        ordered = [by_name.pop(name) for name in _VARIABLES[kind] if name in by_name]
+        ordered = [by_name.pop(name) for name in names if name in by_name]
         if by_name:
             raise ValueError(f"{architecture}: layer {layer.name} holds {', '.join(by_name)}, which have no "
                              "portable layout")

@@ -35,6 +35,7 @@ from hvdtrain.errors import ConfigError
 from hvdtrain.features.finetune import frozen, lr_multipliers
 from hvdtrain.files import write_atomic
 from torch_backend.augment import augment_on_device
+from torch_backend.batchnorm import sync_statistics, with_sync_batchnorm
 from torch_backend.losses import distillation_loss
 from torch_backend.models import build_model
 from torch_backend.precision import Precision, make_precision
@@ -107,6 +108,8 @@ class TorchBackend(Backend, Prunable, Penalized):
         torch.manual_seed(spec.seed)
         self.spec = spec
         model = build_model(spec.model, spec.image_shape, spec.num_classes).to(self.device)
+        if spec.model.sync_batchnorm:
+            model = with_sync_batchnorm(model)
         if self.device.type == "cuda":  # NHWC memory: what the batches are, and what tensor cores want
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing in torch's stub
         if spec.teacher is not None:  # its weights come from load(..., "teacher") on rank 0, then sync
@@ -288,6 +291,10 @@ class TorchBackend(Backend, Prunable, Penalized):
         logits = self._forward(images, model)
         loss = F.cross_entropy(logits, labels, reduction="sum")
         return StepStats(loss.item(), (logits.argmax(1) == labels).sum().item(), len(labels))
+
+    @torch.no_grad()
+    def sync_batchnorm_statistics(self, mode: str) -> int:
+        return sync_statistics(self._parts()[1], mode)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:

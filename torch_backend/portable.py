@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm  # BatchNorm2d, and torch_backend.batchnorm's synchronised one
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -44,14 +45,15 @@ def _dense_transforms(flattened: tuple[int, ...] | None) -> tuple[Transform, Tra
     """(out, in) <-> (in, out); after a Flatten of (C, H, W), inputs C-H-W (torch) <-> H-W-C (Keras)."""
     if flattened is None or len(flattened) != 3:
         return (lambda w: w.T), (lambda a: a.T)
-    c, h, w_ = flattened
+    channels, height, width = flattened
 
     def to_keras(w: np.ndarray) -> np.ndarray:
-        return w.reshape(-1, c, h, w_).transpose(0, 2, 3, 1).reshape(w.shape[0], -1).T
+        per_pixel = w.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
+        return np.asarray(per_pixel.reshape(w.shape[0], -1).T)
 
     def from_keras(a: np.ndarray) -> np.ndarray:
-        w = a.T
-        return w.reshape(-1, h, w_, c).transpose(0, 3, 1, 2).reshape(w.shape[0], -1)
+        per_channel: np.ndarray = a.T.reshape(-1, height, width, channels).transpose(0, 3, 1, 2)
+        return per_channel.reshape(a.shape[1], -1)
 
     return to_keras, from_keras
 
@@ -107,7 +109,7 @@ def _slots(model: nn.Module, image_shape: tuple[int, int, int], architecture: st
             slots.append(_Slot(prefix + "weight", module.weight, to_keras, from_keras))
             if module.bias is not None:
                 slots.append(_Slot(prefix + "bias", module.bias, _same, _same))
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, _BatchNorm):
             if not module.affine or module.running_mean is None or module.running_var is None:
                 raise ValueError(f"{architecture}: BatchNorm {path} without affine parameters or running "
                                  "statistics has no Keras counterpart here")
@@ -151,7 +153,7 @@ def load_portable(model: nn.Module, arrays: list[np.ndarray], image_shape: tuple
     for slot, value in zip(slots, values, strict=True):
         slot.tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d) and module.num_batches_tracked is not None:
+        if isinstance(module, _BatchNorm) and module.num_batches_tracked is not None:
             module.num_batches_tracked.fill_(batches_tracked)
     return len(slots)
 

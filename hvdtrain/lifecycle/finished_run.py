@@ -74,7 +74,7 @@ def open_run(path: str | Path, command: str, overrides: tuple[str, ...] | list[s
         raise UserError(f"{command}: '{root / 'summary.json'}' is not readable JSON ({exc}): the run directory is "
                         "damaged; train it again") from None
     run = FinishedRun(root, cfg, summary, tuple(summary.get("class_names", ())),
-                      tuple(summary.get("image_shape", ())))  # type: ignore[arg-type]
+                      tuple(summary.get("image_shape", ())))
     if not run.class_names or len(run.image_shape) != 3:  # written before these were recorded
         from hvdtrain.data import load_dataset
 

@@ -69,7 +69,7 @@ class _Inputs:
                 if "x" not in data.files:
                     raise DataError(f"predict: '{path}' holds {sorted(data.files)} but no array 'x' of images: save "
                                     "it with numpy.savez(path, x=images)")
-                x = data["x"]
+                x: np.ndarray = data["x"]
         except (OSError, ValueError) as exc:
             raise DataError(f"predict: '{path}' is not a readable .npz ({exc}): save it with "
                             "numpy.savez(path, x=images)") from None

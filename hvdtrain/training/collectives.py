@@ -13,6 +13,7 @@ engine.py) calls them in this order:
     every step                                   the backend's gradient allreduce (inside train_step);
                                                  masks_from_rank0 at pruning steps
     checkpoints, elastic commits, epoch ends     fold_sums
+    before evaluations, checkpoints, final save  backend.sync_batchnorm_statistics (model.batchnorm_stats)
     every epoch end                              evaluate, any_rank; gather (data.log_samples)
     run end                                      gather (steps per rank, mask digests, profile totals)
 

@@ -16,7 +16,7 @@ from hvdtrain import __version__
 from hvdtrain.augment import native
 from hvdtrain.augment.pipeline import AugmentPipeline, pixels
 from hvdtrain.augment.standardize import FeatureStats, featurewise_stats
-from hvdtrain.backend import Backend, Placement, require_prunable
+from hvdtrain.backend import Backend, BatchNormStatistics, Placement, require_prunable
 from hvdtrain.callbacks import Callback, CallbackContext, CallbackList, StepReport
 from hvdtrain.config import Config, config_hash, lower_is_better, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, plan_epoch
@@ -93,6 +93,7 @@ class Engine:
                 comm.stop_timeline()
                 self.profiler.timeline_on = False
             start = time.perf_counter()
+            self._consistent_batchnorm()  # the model evaluated is the one every rank holds, and saves
             with self.inputs.eval_loader(world.rank, world.size, augment.eval_transform()) as batches:
                 loss_sum, correct, count, skipped = collectives.evaluate(comm, backend, batches,
                                                                          lambda: len(batches.skipped))
@@ -109,7 +110,7 @@ class Engine:
                                     f"{', '.join(asked) or 'a callback on another rank'}")
             if checkpointer.due_at_epoch_end(run_state.epoch,
                                              last=run_state.epoch == cfg.train.epochs or run_state.stopped_early):
-                checkpointer.save(backend, run_state)
+                checkpointer.save(backend, run_state)  # statistics made consistent by the evaluation above
             state.commit()
         if self.profiler.timeline_on:
             comm.stop_timeline()
@@ -121,6 +122,7 @@ class Engine:
         cfg, backend, comm, outputs, world = self.cfg, self.backend, self.comm, self.outputs, plan.world
         # Every rank reports how many steps it really took: equal counts are what keeps collectives paired.
         steps_per_rank = collectives.gather(comm, run_state.step)
+        self._consistent_batchnorm()
         outputs.save_weights(backend.weights())
         if world.rank == 0:
             backend.save(outputs.dir, "model")
@@ -290,6 +292,7 @@ class Engine:
                 last = taken == epoch_plan.steps  # the epoch end follows: its own checkpoint and commit
                 if not last and checkpointer.due_at_step(run_state.step):
                     fold()
+                    self._consistent_batchnorm()
                     checkpointer.save(backend, run_state)
                 if self.elastic and not last and run_state.step % cfg.elastic.commit_every_steps == 0:
                     fold()
@@ -311,6 +314,12 @@ class Engine:
         if self.inputs.checks_reads:
             record["skipped_samples"] = int(skipped)
         return record
+
+    def _consistent_batchnorm(self) -> None:
+        """Every rank's BatchNorm running statistics made identical (model.batchnorm_stats), a collective: what
+        is evaluated, checkpointed and saved is then one model, whichever rank holds it."""
+        if isinstance(self.backend, BatchNormStatistics):
+            self.backend.sync_batchnorm_statistics(self.cfg.model.batchnorm_stats)
 
     def _agreed(self, loader: BatchLoader) -> Iterator[tuple[Any, ...]]:
         """The loader's batches; when reads can fail (on-disk data), every rank learns at each micro-batch
