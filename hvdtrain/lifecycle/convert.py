@@ -138,8 +138,7 @@ def logit_limit(logits: np.ndarray) -> float:
     """The largest difference a conversion may show: TOLERANCE, relative to the largest logit where that exceeds
     1 (float32 round-off grows with the values: an immature network's logits in the hundreds differ in the
     fourth decimal while agreeing to 1e-6 of their size)."""
-    largest = float(np.max(np.abs(logits))) if logits.size else 0.0
-    return TOLERANCE * max(1.0, largest) if math.isfinite(largest) else TOLERANCE
+    return TOLERANCE * max(1.0, float(np.max(np.abs(logits))) if logits.size else 0.0)
 
 
 def _summary(run: FinishedRun, cfg: Config, framework_version: str, diff: float, limit: float, images: int,
@@ -177,6 +176,9 @@ def convert_run(run_dir: str, to: str, out: str) -> ConvertResult:
         steps = int(run.summary.get("steps", 0) or 0) * int(run.summary.get("accumulation_steps", 1) or 1)
         imported = _run_worker(["import", str(run.dir), str(work), str(scratch), str(steps)], scratch, to)
         source_logits, target_logits = np.load(scratch / worker.SOURCE_LOGITS), np.load(scratch / worker.TARGET_LOGITS)
+        if not np.isfinite(source_logits).all():
+            raise UserError(f"convert: the {run.backend} run's model gives non-finite logits (NaN or inf) on its "
+                            f"{split} images, so a conversion cannot be checked: convert a run that trained stably")
         diff = float(np.max(np.abs(source_logits - target_logits)))
         limit = logit_limit(source_logits)
         if not math.isfinite(diff) or diff > limit:

@@ -60,7 +60,7 @@ def test_a_user_model_by_import_path_trains(tmp_path: Path, backend: str, builde
 def write_coloured_cifar(directory: Path, batches: int, per_batch: int) -> None:
     """CIFAR-10 python batches (Python 2 pickles, as the real files) that a working model can learn in a few
     steps: each class has its own colour, each pixel that colour plus uniform noise of +-30 levels."""
-    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    sys.path.insert(0, str(REPO / "tests" / "unit" / "data"))
     from test_standard_datasets import py2_pickle
 
     directory.mkdir(parents=True)

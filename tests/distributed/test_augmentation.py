@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import read_summary, run_hvdtrain
+from dataset_arrays import arrays
 
 from hvdtrain.config import load_config
 from hvdtrain.data import load_dataset
@@ -26,7 +27,7 @@ def test_augmented_digits_train_on_two_ranks(tmp_path: Path, backend: str) -> No
     assert summary["final"]["val_accuracy"] >= ACCURACY_FLOOR
     # Featurewise statistics cover the whole training set, not one rank's half of it.
     cfg = load_config("configs/digits_augment.yaml")
-    x = load_dataset(cfg.data, cfg.seed).x_train
+    x = arrays(load_dataset(cfg.data, cfg.seed)).x_train
     assert np.allclose(summary["featurewise_mean"], x.mean(axis=(0, 1, 2)), atol=1e-5)
     assert np.allclose(summary["featurewise_std"], x.std(axis=(0, 1, 2)), atol=1e-5)
     assert not np.allclose(summary["featurewise_mean"], x[0::2].mean(axis=(0, 1, 2)), atol=1e-5)

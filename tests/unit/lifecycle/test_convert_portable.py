@@ -217,3 +217,10 @@ def test_the_limit_is_relative_to_large_logits(tmp_path: Path, monkeypatch: pyte
     assert "max |logit diff| 2.0e-02 (limit 3.0e-02: large logits) on 359 validation images" in result.line()
     assert json.loads((tmp_path / "new" / "summary.json").read_text())["converted_from"]["logit_diff_limit"] == \
         pytest.approx(0.03)
+
+
+def test_a_diverged_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stub_workers(monkeypatch, 0.0, float("nan"))
+    assert "model gives non-finite logits (NaN or inf) on its validation images" in \
+        refusal(fake_run(tmp_path / "run"), "tensorflow", tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
