@@ -53,8 +53,10 @@ def validation_arrays(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.x_val, data.y_val
 
 
-@pytest.mark.parametrize("launcher, np_", [("mpirun", 2), ("single", 1)])
-def test_evaluate_repeats_the_runs_final_validation(trained: Path, launcher: str, np_: int) -> None:
+def test_evaluate_repeats_the_runs_final_validation(trained: Path) -> None:
+    """Under mpirun at np=2; evaluations in one process repeat runs' numbers too (tests/distributed/test_batchnorm.py,
+    and test_evaluate_other_data below)."""
+    launcher, np_ = "mpirun", 2
     out = run_hvdtrain(["evaluate", str(trained)], launcher=launcher, np_=np_)
     report = json.loads((trained / "eval.json").read_text())
     final = read_metrics(trained)[-1]
