@@ -19,7 +19,7 @@ import numpy as np
 
 from hvdtrain.data.images import IMAGE_SUFFIXES, channels_of, decode_image, probe_image
 from hvdtrain.data.sharding import epoch_order
-from hvdtrain.data.source import PathList, SampleError, as_path_list
+from hvdtrain.data.source import PathList, SampleError
 from hvdtrain.errors import DataError
 
 VAL_FOLDERS = ("val", "validation")
@@ -57,8 +57,7 @@ def list_classes(root: Path, shown: str) -> FolderListing:
         if not found:
             raise DataError(f"{shown}: class folder '{name}' has no .png/.jpg/.jpeg images: add images or remove "
                             "the folder")
-        folder = os.path.join(root, name)
-        parts.append(as_path_list(os.path.join(folder, f) for f in found))
+        parts.append(PathList((os.path.join(name, f) for f in found), prefix=os.path.join(root, "")))
         counts.append(len(found))
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
     return FolderListing(PathList.concat(parts), labels, tuple(classes))

@@ -192,7 +192,8 @@ class PathList(Sequence[str]):
     Python strings, in every rank and in every data worker, and a few tens of MB like this, pickled in one
     piece. Indexing returns a str."""
 
-    def __init__(self, paths: Iterable[str] = ()) -> None:
+    def __init__(self, paths: Iterable[str] = (), prefix: str = "") -> None:
+        self.prefix = prefix  # shared by every path (the dataset's folder): stored once
         encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
@@ -200,8 +201,9 @@ class PathList(Sequence[str]):
 
     @classmethod
     def concat(cls, parts: Sequence[PathList]) -> PathList:
-        """The lists one after the other, without unpacking them."""
-        out = cls()
+        """The lists (of one prefix) one after the other, without unpacking them."""
+        assert len({p.prefix for p in parts}) <= 1, "concatenated path lists share their prefix"
+        out = cls(prefix=parts[0].prefix if parts else "")
         out._blob = np.concatenate([p._blob for p in parts]) if parts else np.zeros(0, dtype=np.uint8)
         sizes = np.concatenate([np.diff(p._offsets) for p in parts]) if parts else np.zeros(0, dtype=np.int64)
         out._offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
@@ -225,7 +227,7 @@ class PathList(Sequence[str]):
         if not 0 <= index < len(self):
             raise IndexError(index)
         raw: bytes = self._blob[self._offsets[index]:self._offsets[index + 1]].tobytes()
-        return raw.decode("utf-8", "surrogateescape")
+        return self.prefix + raw.decode("utf-8", "surrogateescape")
 
 
 def as_path_list(paths: Iterable[Path | str]) -> PathList:
