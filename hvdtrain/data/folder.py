@@ -9,6 +9,8 @@ The channel count comes from the first image (grey: 1, anything else: 3).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import numpy as np
 
 from hvdtrain.data.images import IMAGE_SUFFIXES, channels_of, decode_image, probe_image
 from hvdtrain.data.sharding import epoch_order
-from hvdtrain.data.source import SampleError, as_path_list
+from hvdtrain.data.source import PathList, SampleError
 from hvdtrain.errors import DataError
 
 VAL_FOLDERS = ("val", "validation")
@@ -27,7 +29,7 @@ VAL_FOLDERS = ("val", "validation")
 class FolderListing:
     """The files of one class-folder tree, in class then name order, with their class indices."""
 
-    files: list[str]
+    files: Sequence[str]  # a PathList: compact in memory and in pickles
     labels: np.ndarray
     classes: tuple[str, ...]
 
@@ -45,17 +47,20 @@ def list_classes(root: Path, shown: str) -> FolderListing:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{shown} has no class sub-folders: put each class's images in {shown}/<class name>/")
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    parts: list[PathList] = []
+    counts: list[int] = []
+    for name in classes:
+        # One class at a time, as plain names (os.scandir): listing a million files builds no Path objects.
+        with os.scandir(root / name) as entries:
+            found = sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                           and not e.name.startswith(".") and e.is_file())
         if not found:
             raise DataError(f"{shown}: class folder '{name}' has no .png/.jpg/.jpeg images: add images or remove "
                             "the folder")
-        files += found
-        labels += [label] * len(found)
-    return FolderListing(as_path_list(files), np.asarray(labels, dtype=np.int64), tuple(classes))
+        parts.append(PathList((os.path.join(name, f) for f in found), prefix=os.path.join(root, "")))
+        counts.append(len(found))
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
+    return FolderListing(PathList.concat(parts), labels, tuple(classes))
 
 
 def list_folder(path: str) -> FolderLayout:

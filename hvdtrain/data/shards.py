@@ -57,7 +57,7 @@ class ShardIndex:
     """The samples of one shard in stored order: key, offset and size of the image bytes, class index."""
 
     path: str
-    keys: list[str]
+    keys: np.ndarray     # (n,) bytes: one buffer, not a Python string per sample
     offsets: np.ndarray  # (n,) int64, byte offset of the image member's data in the tar
     sizes: np.ndarray    # (n,) int64
     labels: np.ndarray   # (n,) int64
@@ -116,7 +116,7 @@ def scan_shard(path: str) -> ShardIndex:
             raise DataError(f"unknown shard layout: shard {path} sample '{key}' ({', '.join(names)}) has no "
                             f"{missing}: {_EXPECTED}")
     keys = list(images)
-    return ShardIndex(path, keys, np.asarray([images[k][0] for k in keys], dtype=np.int64).reshape(-1),
+    return ShardIndex(path, _packed(keys), np.asarray([images[k][0] for k in keys], dtype=np.int64).reshape(-1),
                       np.asarray([images[k][1] for k in keys], dtype=np.int64).reshape(-1),
                       np.asarray([labels[k] for k in keys], dtype=np.int64).reshape(-1))
 
@@ -137,8 +137,8 @@ def write_index(index: ShardIndex) -> Path:
     """Writes the index next to its shard (X.tar.idx.json), recording the tar's size to detect changes."""
     target = index_path(index.path)
     document = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "tar_bytes": os.path.getsize(index.path),
-                "keys": index.keys, "offsets": index.offsets.tolist(), "sizes": index.sizes.tolist(),
-                "labels": index.labels.tolist()}
+                "keys": [k.decode() for k in index.keys], "offsets": index.offsets.tolist(),
+                "sizes": index.sizes.tolist(), "labels": index.labels.tolist()}
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(document, separators=(",", ":")))
     os.replace(tmp, target)
@@ -164,7 +164,11 @@ def load_index(path: str) -> ShardIndex | None:
             or not len(keys) == len(offsets) == len(sizes) == len(labels)
             or np.any(offsets < 0) or np.any(sizes < 0) or np.any(offsets + sizes > tar_bytes) or np.any(labels < 0)):
         return None
-    return ShardIndex(path, keys, offsets, sizes, labels)
+    return ShardIndex(path, _packed(keys), offsets, sizes, labels)
+
+
+def _packed(keys: list[str]) -> np.ndarray:
+    return np.asarray([k.encode() for k in keys] or [b""], dtype=np.bytes_)[:len(keys)]
 
 
 def open_index(path: str) -> ShardIndex:
@@ -209,7 +213,7 @@ class ShardSource:
         self.sizes = np.concatenate([s.sizes for s in shards]).astype(np.int64)
         self.labels = np.concatenate([s.labels for s in shards]).astype(np.int64)
         # Keys as one fixed-width bytes array: compact, and pickled as a single buffer.
-        self.keys = np.asarray([k.encode() for s in shards for k in s.keys] or [b""], dtype=np.bytes_)
+        self.keys = np.concatenate([s.keys for s in shards])
         self.image_shape = image_shape
         self.size = image_shape[:2] if resize else None
         self._local = threading.local()
@@ -378,8 +382,8 @@ def _probe(shards: list[ShardIndex]) -> tuple[int, int, str]:
 
     from PIL import Image, UnidentifiedImageError
 
-    first = next(s for s in shards if s.keys)
-    what = f"{first.path}:{first.keys[0]}"
+    first = next(s for s in shards if len(s.keys))
+    what = f"{first.path}:{first.keys[0].decode()}"
     try:
         with open(first.path, "rb") as f:
             f.seek(int(first.offsets[0]))
@@ -407,7 +411,7 @@ def open_shards(cfg: Any) -> tuple[ShardSource, ShardSource | None, tuple[str, .
     if layout.val is not None:
         splits["validation"] = [open_index(p) for p in layout.val]
     for split, shards in splits.items():
-        if not any(s.keys for s in shards):
+        if not any(len(s.keys) for s in shards):
             raise DataError(f"data.path={path}: the {split} shards hold no samples: {_EXPECTED}")
 
     height, width, mode = _probe(splits["training"])

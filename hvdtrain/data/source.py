@@ -15,10 +15,10 @@ labels in memory, or arrays that are memory-mapped or small):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 import numpy as np
 
@@ -187,6 +187,49 @@ def read_all(source: Source) -> tuple[np.ndarray, np.ndarray]:
     return source.read(np.arange(len(source)))
 
 
-def as_path_list(paths: Sequence[Path | str]) -> list[str]:
-    """Paths as plain strings (they pickle small and fast for worker processes)."""
-    return [str(p) for p in paths]
+class PathList(Sequence[str]):
+    """File paths packed into one byte buffer and an offset array: a million ImageNet paths take about 60 MB as
+    Python strings, in every rank and in every data worker, and a few tens of MB like this, pickled in one
+    piece. Indexing returns a str."""
+
+    def __init__(self, paths: Iterable[str] = (), prefix: str = "") -> None:
+        self.prefix = prefix  # shared by every path (the dataset's folder): stored once
+        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+
+    @classmethod
+    def concat(cls, parts: Sequence[PathList]) -> PathList:
+        """The lists (of one prefix) one after the other, without unpacking them."""
+        assert len({p.prefix for p in parts}) <= 1, "concatenated path lists share their prefix"
+        out = cls(prefix=parts[0].prefix if parts else "")
+        out._blob = np.concatenate([p._blob for p in parts]) if parts else np.zeros(0, dtype=np.uint8)
+        sizes = np.concatenate([np.diff(p._offsets) for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        out._offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=out._offsets[1:])
+        return out
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        raw: bytes = self._blob[self._offsets[index]:self._offsets[index + 1]].tobytes()
+        return self.prefix + raw.decode("utf-8", "surrogateescape")
+
+
+def as_path_list(paths: Iterable[Path | str]) -> PathList:
+    """Paths packed into a PathList (small in memory, pickled fast for worker processes)."""
+    return PathList(str(p) for p in paths)

@@ -52,10 +52,10 @@ def test_sections_state_the_ratios_and_whether_the_targets_are_met(tmp_path: Pat
              "torch": [{"img_s": 900.0, **run}]}
     text = dataload.throughput_section(_args(), rates, tmp_path, (0.5, 0.6))
     assert "| 1,000 | 1.00 |" in text and "| 150 | 6.67 |" in text and "| 900 | 1.11 |" in text
-    assert "flow_from_directory): met: 1.11x the fastest peer (torch), 6.7x flow_from_directory." in text
+    assert "fastest peer: met, 1.11x (torch); 5x flow_from_directory: met, 6.7x." in text
     rates["torch"][0]["img_s"] = 1100.0
-    assert ": not met: 0.91x the fastest peer (torch)" in dataload.throughput_section(_args(), rates, tmp_path,
-                                                                                      (0.5, 0.6))
+    text = dataload.throughput_section(_args(), rates, tmp_path, (0.5, 0.6))
+    assert "fastest peer: not met, 0.91x (torch); 5x flow_from_directory: met, 6.7x." in text
 
     def epoch(main: float, children: float) -> list[dict[str, float]]:
         return [{"images": 10.0, "seconds": 1.0, "main_mb": main, "workers_mb": children,
