@@ -21,6 +21,9 @@ RUNS = {
     "digits (configs/digits.yaml)": ("--config", "configs/digits.yaml"),
     "synthetic 32x32x3, cnn": ("data.name=synthetic", "train.epochs=3"),
     "digits + augmentation (configs/digits_augment.yaml)": ("--config", "configs/digits_augment.yaml"),
+    "synthetic 32x32x3, cnn + augmentation": ("data.name=synthetic", "train.epochs=3", "augment.rotation_range=15",
+                                              "augment.width_shift_range=0.1", "augment.zoom_range=0.1",
+                                              "augment.horizontal_flip=true"),
 }
 QUICK = ("train.epochs=2", "train.max_steps_per_epoch=3")
 PARTS = ("data_wait", "compute", "communication", "other")
@@ -47,12 +50,14 @@ def main(argv: list[str] | None = None) -> None:
                                                                             run_dir))
                     print(f"datawait: repeat {rep} {name} {backend}: {results[(name, backend)][-1]}",
                           file=sys.stderr)
-    rows, worst = [], 0.0
+    rows, worst, worst_augmented = [], 0.0, 0.0
     for (name, backend), found in results.items():
         med = {key: statistics.median(r[key] for r in found) for key in ("mean_step_s",
                                                                         *(f"{p}_fraction" for p in PARTS))}
         if "augment" not in name:
             worst = max(worst, med["data_wait_fraction"])
+        if name.startswith("synthetic") and "augmentation" in name:
+            worst_augmented = max(worst_augmented, med["data_wait_fraction"])
         rows.append(f"| {name} | {backend} | {med['mean_step_s'] * 1000:.2f} | "
                     + " | ".join(f"{med[f'{p}_fraction']:.1%}" for p in PARTS) + " |")
     command = f"python -m benchmarks.datawait --repeats {args.repeats} --np {args.np_}" + (
@@ -68,7 +73,8 @@ allreduce; torch overlaps it with the backward pass), medians over {args.repeats
 {chr(10).join(rows)}
 
 Target (data wait < 5% of step time in the default digits and synthetic runs): {'met' if worst < 0.05 else
-'not met'}, highest {worst:.1%}.""")
+'not met'}, highest {worst:.1%}. Target (data wait < 2% of step time in the synthetic-size CNN runs with
+augmentation): {'met' if worst_augmented < 0.02 else 'not met'}, highest {worst_augmented:.1%}.""")
 
 
 if __name__ == "__main__":
