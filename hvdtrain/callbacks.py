@@ -13,7 +13,6 @@ is made of callbacks too; besides the hooks below they use `on_step_report`, whi
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from hvdtrain.config import CallbacksConfig, Config, lower_is_better
 from hvdtrain.errors import ConfigError
+from hvdtrain.imports import import_by_path
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,7 @@ def load_user_callback(path: str, cfg: Config) -> object:
     if not sep or not module_name or not attr:
         raise ConfigError(f"callbacks.user entry {path!r} is not 'package.module:name': write it like "
                           "my_pkg.callbacks:MyCallback")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"callbacks.user entry {path!r} cannot be imported ({exc}): check the name and "
-                          "that its package is on PYTHONPATH on every node") from None
+    factory: Any = import_by_path(path, f"callbacks.user entry {path!r}", ConfigError)
     callback = factory(cfg)
     hooks = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_step_report", "on_epoch_end", "on_train_end")
     if not any(callable(getattr(callback, h, None)) for h in hooks):

@@ -12,7 +12,6 @@ An exception raised while reading a sample is a bad sample (data.on_error decide
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 from hvdtrain.data.sharding import epoch_order
 from hvdtrain.data.source import SampleError
 from hvdtrain.errors import DataError
+from hvdtrain.imports import import_by_path
 
 
 class UserSource:
@@ -111,12 +111,7 @@ class UserSource:
 
 
 def _build(cfg: Any) -> Any:
-    module_name, _, attr = cfg.name.partition(":")
-    try:
-        builder = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise DataError(f"data.name={cfg.name!r} cannot be imported ({exc}): check the name and that its package "
-                        "is on PYTHONPATH on every node") from None
+    builder = import_by_path(cfg.name, f"data.name={cfg.name!r}", DataError)
     if not callable(builder):
         raise DataError(f"data.name={cfg.name!r} names a {type(builder).__name__}, not a function: name a function "
                         "build(data_cfg)")

@@ -9,13 +9,13 @@ This module imports no framework: each backend passes its model class and probes
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hvdtrain.config import ModelConfig
 from hvdtrain.errors import ConfigError
+from hvdtrain.imports import import_by_path
 
 _Model = TypeVar("_Model")
 
@@ -29,12 +29,8 @@ def load_user_model(path: str) -> Callable[..., Any]:
     if not ModelConfig.is_import_path(path):
         raise ConfigError(f"model.name={path!r} is not an import path 'package.module:function': write e.g. "
                           "model.name=my_pkg.models:build")
-    module_name, _, attr = path.partition(":")
-    try:
-        builder: object = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"model.name={path!r} cannot be imported ({exc}): check the name and that its package "
-                          "is on PYTHONPATH on every node") from None
+    attr = path.partition(":")[2]
+    builder = import_by_path(path, f"model.name={path!r}", ConfigError)
     if not callable(builder):
         raise ConfigError(f"model.name={path!r} names a {type(builder).__name__} object, not a function: name a "
                           "function build(model_cfg, input_shape, num_classes)")
