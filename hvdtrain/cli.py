@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from hvdtrain.distributed.environment import under_launcher
+from hvdtrain.distributed.error_exit import announce, ending_with_errors_reported, wait_for_every_rank_before_start
 from hvdtrain.errors import JobAborted, UserError
 
 COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack", "evaluate",
             "predict", "export", "convert")
-ERROR_GRACE_S = 2.0
+# The commands that run under launchers, one process per rank: their errors are reported on every rank.
+LAUNCHED_COMMANDS = ("train", "bench", "evaluate", "predict")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,23 +110,34 @@ def _train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *(["run.profile=true"] if getattr(args, "profile", False) else [])]
     cfg = load_config(args.config, overrides)  # before Horovod starts: bad input fails fast
     backend = get_backend(cfg.backend)
-    try:
-        if args.command == "bench":
-            from hvdtrain.commands.bench import run_bench
-            run_bench(cfg, backend, args.warmup_batches, args.batches_per_iter, args.iters,
-                      Path(args.json) if args.json else None)
-        else:
-            from hvdtrain.training.loop import train
-            train(cfg, backend)
-    except Exception as exc:
-        if not backend.comm.is_collective_failure(exc):
-            raise
-        raise JobAborted("Horovod shut the job down: a collective could not complete because another rank "
-                         "stalled (longer than horovod.stall_shutdown_time_s; Horovod's stall report above names "
-                         "it) or failed: read that rank's log") from None
-    finally:
-        backend.comm.shutdown()
+    with ending_with_errors_reported(backend.comm):
+        try:
+            if args.command == "bench":
+                from hvdtrain.commands.bench import run_bench
+                run_bench(cfg, backend, args.warmup_batches, args.batches_per_iter, args.iters,
+                          Path(args.json) if args.json else None)
+            else:
+                from hvdtrain.training.loop import train
+                train(cfg, backend)
+        except Exception as exc:
+            if not backend.comm.is_collective_failure(exc):
+                raise
+            raise JobAborted("Horovod shut the job down: a collective could not complete because another rank "
+                             "stalled (longer than horovod.stall_shutdown_time_s; Horovod's stall report above "
+                             "names it) or failed: read that rank's log") from None
     return 0
+
+
+def _named_backend(args: argparse.Namespace) -> str:
+    """The framework the command's input names (its config, or the finished run's), torch where it names none:
+    the Horovod that reports an error found before training started on every rank."""
+    from pathlib import Path
+
+    from hvdtrain.config import named_backend
+
+    if args.command in ("train", "bench"):
+        return named_backend(args.config, args.overrides) or "torch"
+    return named_backend(Path(args.run_dir) / "config.yaml", []) or "torch"
 
 
 def _after_training(args: argparse.Namespace) -> int:
@@ -206,11 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _train(args)  # train or bench
     except UserError as exc:
-        print(f"hvdtrain: error: {exc}", file=sys.stderr, flush=True)
-        if under_launcher():
-            # The launcher stops the whole job when the first rank exits; a short grace period lets
-            # every rank, which parses the same input at about the same time, report the error too.
-            time.sleep(ERROR_GRACE_S)
+        announce(exc)
+        if under_launcher() and args.command in LAUNCHED_COMMANDS:
+            # Found before Horovod started (or after it stopped): every rank's line out before any rank exits.
+            wait_for_every_rank_before_start(exc, _named_backend(args))
         return exc.exit_code
     except KeyboardInterrupt:
         print("hvdtrain: interrupted", file=sys.stderr)

@@ -510,6 +510,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return _build(Config, tree, prefix="")
 
 
+def named_backend(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> str | None:
+    """The `backend` that a config file and overrides name, if they name a valid one; never raises (it serves
+    the reporting of an error in that same input)."""
+    try:
+        tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+        for item in overrides:
+            key, value = _parse_override(item)
+            if key == "backend":
+                tree["backend"] = value
+    except (ConfigError, ValueError, TypeError):
+        return None
+    name = tree.get("backend", Config.backend)
+    return name if name in ("torch", "tensorflow") else None
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found: pass an existing file to --config")

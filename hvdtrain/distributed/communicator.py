@@ -68,6 +68,10 @@ class Communicator:
     def shutdown(self) -> None:
         self._hvd.shutdown()
 
+    def running(self) -> bool:
+        """Whether Horovod is initialised (and not shut down) in this process."""
+        return bool(self._hvd.is_initialized())
+
     def nccl_built(self) -> bool:
         return bool(self._hvd.nccl_built())
 
@@ -84,6 +88,10 @@ class Communicator:
         """Element-wise sum of a small float64 vector over all ranks."""
         tensor = self._as_tensor(np.asarray(values, dtype=np.float64))
         return np.asarray(self._hvd.allreduce(tensor, op=self._hvd.Sum, name="hvdtrain.metrics"))
+
+    def barrier(self) -> None:
+        """Returns once every rank has called it."""
+        self._hvd.allreduce(self._as_tensor(np.zeros(1)), op=self._hvd.Sum, name="hvdtrain.barrier")
 
     def allgather_object(self, obj: Any) -> list[Any]:
         """Every rank's picklable `obj`, in rank order, on every rank."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from hvdtrain.data import Dataset, load_dataset
 from hvdtrain.data.pipeline import InputPipeline, resolve_workers
+from hvdtrain.distributed.error_exit import ending_with_errors_reported
 from hvdtrain.errors import DataError
 from hvdtrain.files import write_atomic
 from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open_run
@@ -126,7 +127,7 @@ def run_evaluate(run_dir: str, overrides: list[str], checkpoint: str | None) -> 
     source = checkpoint_source(run, checkpoint, "evaluate")
     model = load_trained_model(run, source)
     comm = model.backend.comm
-    try:
+    with ending_with_errors_reported(comm):
         dataset = comm.agree(lambda: load_dataset(run.cfg.data, run.cfg.seed))
         comm.agree(lambda: _check_matches(run, dataset))
         result = evaluate(model, dataset)
@@ -144,5 +145,3 @@ def run_evaluate(run_dir: str, overrides: list[str], checkpoint: str | None) -> 
                   f"val_loss {report['val_loss']:.6f} val_accuracy {report['val_accuracy']:.6f}; wrote "
                   f"{run.dir / EVAL_FILE} and {run.dir / CONFUSION_PNG}", flush=True)
         return report
-    finally:
-        comm.shutdown()

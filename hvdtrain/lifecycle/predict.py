@@ -19,6 +19,7 @@ from hvdtrain.data.folder import FolderListing, FolderSource
 from hvdtrain.data.images import IMAGE_SUFFIXES
 from hvdtrain.data.loader import BatchLoader
 from hvdtrain.data.source import Source
+from hvdtrain.distributed.error_exit import ending_with_errors_reported
 from hvdtrain.errors import DataError, UserError
 from hvdtrain.files import write_atomic
 from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open_run
@@ -99,7 +100,7 @@ def run_predict(run_dir: str, inputs: list[str], out: str, top_k: int, batch_siz
     images = _Inputs(inputs, run)
     model = load_trained_model(run, checkpoint_source(run, checkpoint, "predict"))
     comm = model.backend.comm
-    try:
+    with ending_with_errors_reported(comm):
         world = comm.world()
         mine = shard_for_eval(len(images.source), world.rank, world.size)
         rows: list[tuple[int, list[int], list[float]]] = []
@@ -121,8 +122,6 @@ def run_predict(run_dir: str, inputs: list[str], out: str, top_k: int, batch_siz
         if world.rank == 0:
             _write_csv(Path(out), everyone, images.names, run, top_k)
             print(f"predicted {len(everyone)} image(s) with {run.dir} ({run.backend}); wrote {out}", flush=True)
-    finally:
-        comm.shutdown()
 
 
 def _write_csv(path: Path, rows: list[tuple[int, list[int], list[float]]], names: list[str], run: FinishedRun,

@@ -67,6 +67,9 @@ class FakeCommunicator(Communicator):
     def shutdown(self) -> None:
         self.calls.append(("shutdown", None))
 
+    def running(self) -> bool:
+        return ("init", None) in self.calls and ("shutdown", None) not in self.calls
+
     def nccl_built(self) -> bool:
         return False
 
@@ -81,6 +84,9 @@ class FakeCommunicator(Communicator):
             self.votes += 1
             return mine + (1.0 if self.votes in self.other_ranks_stop_at else 0.0)
         return mine * self.size
+
+    def barrier(self) -> None:
+        self.calls.append(("barrier", None))
 
     def allgather_object(self, obj: Any) -> list[Any]:
         self.calls.append(("allgather_object", obj))
