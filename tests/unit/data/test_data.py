@@ -31,6 +31,25 @@ def load_dataset(cfg: DataConfig, seed: int) -> Any:
 
 # ------------------------------------------------------------------------------------------ sources
 
+def test_digits_are_scikit_learns_without_importing_it() -> None:
+    """The file is read directly (scikit-learn's import costs a second in every rank): the same images and
+    labels as `load_digits`, in the same order, and no sklearn module loaded by the read itself."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    ds = load_sources(Data(val_fraction=0.0), seed=0)
+    reference = load_digits()
+    x, y = arrays(ds).x_train, arrays(ds).y_train
+    assert np.array_equal(x[..., 0], (reference.images / 16.0).astype(np.float32))
+    assert np.array_equal(y, reference.target) and y.dtype == reference.target.dtype
+    probe = ("import sys; from hvdtrain.config import DataConfig; from hvdtrain.data import load_dataset; "
+             "load_dataset(DataConfig(), 0); print(sorted(m for m in sys.modules if m.startswith('sklearn')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_digits_split_is_deterministic_and_disjoint() -> None:
     ds = load_dataset(Data(), seed=1)
     assert ds.x_train.shape[1:] == (8, 8, 1) and ds.x_train.dtype == np.float32
