@@ -6,7 +6,7 @@ CONFIG ?= configs/digits.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-unit test-distributed doctor docs lint check-plain-pypi
+.PHONY: setup train test test-fast test-unit test-distributed doctor docs lint check-plain-pypi
 
 # The CPU stack, or on a machine with an NVIDIA GPU the CUDA one (Horovod with NCCL); HVDTRAIN_DEVICE=cuda|cpu
 # forces the choice. `bash scripts/setup_env.sh --plan` shows what it would do (docs/setup.md).
@@ -18,8 +18,13 @@ train: setup
 	$(VENV)/bin/horovodrun -np $(NP) $(PY) -m hvdtrain --config $(CONFIG) run.overwrite=true $(ARGS)
 
 # The whole test suite: lint and types first, then unit tests, then real horovodrun/mpirun multi-process tests.
+# It ends with the 15 slowest tests, the total and the processes the tests started (docs/testing.md).
 test: setup lint
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS)
+
+# The edit loop: lint, the unit tests and one 2-rank run per backend (tests marked smoke), a few minutes.
+test-fast: setup lint
+	$(PY) -m pytest -ra --durations=15 -m "not distributed or smoke" $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest -ra -m "not distributed" $(PYTEST_ARGS)
