@@ -6,10 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from launch_count import LaunchCounter
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,6 +51,13 @@ def run_hvdtrain(args: list[str], *, launcher: str = "single", np_: int = 1, cwd
     return proc
 
 
+def together(*jobs: Callable[[], Any]) -> list[Any]:
+    """Runs the jobs (each starts processes and waits) at the same time; their results in order. For independent
+    one-process runs: most of a run's start is one core importing its framework, and the machine has two."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return [f.result() for f in [pool.submit(job) for job in jobs]]
+
+
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -65,14 +76,42 @@ def max_weight_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
+# A fast, dropout-free digits config for equivalence tests.
+SMALL_CONFIG = ("data: {name: digits, val_fraction: 0.2}\n"
+                "model: {name: cnn, channels: [8], hidden_units: [32]}\n"
+                "train: {epochs: 1, max_steps_per_epoch: 5}\n"
+                "optim: {name: sgd, lr: 0.1, momentum: 0.9}\n"
+                "run: {progress: 'off'}\n")
+
+
 @pytest.fixture
 def small_config(tmp_path: Path) -> Path:
-    """A fast, dropout-free digits config for equivalence tests."""
+    """SMALL_CONFIG as a file."""
     path = tmp_path / "small.yaml"
-    path.write_text(
-        "data: {name: digits, val_fraction: 0.2}\n"
-        "model: {name: cnn, channels: [8], hidden_units: [32]}\n"
-        "train: {epochs: 1, max_steps_per_epoch: 5}\n"
-        "optim: {name: sgd, lr: 0.1, momentum: 0.9}\n"
-        "run: {progress: 'off'}\n")
+    path.write_text(SMALL_CONFIG)
     return path
+
+
+# Every run ends with the processes the tests started (tests/launch_count.py); `make test` adds pytest's 15
+# slowest tests, so that drift in the suite's time shows in every CI log.
+_LAUNCHES = LaunchCounter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _LAUNCHES.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _LAUNCHES.uninstall()
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    _LAUNCHES.current = nodeid
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.section("launches")
+    for line in _LAUNCHES.summary_lines():
+        terminalreporter.write_line(line)
+    if os.environ.get("HVDTRAIN_LAUNCH_LOG"):
+        _LAUNCHES.write(Path(os.environ["HVDTRAIN_LAUNCH_LOG"]))

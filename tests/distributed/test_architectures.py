@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, read_metrics, read_summary, run_hvdtrain
+from conftest import REPO, read_metrics, read_summary, run_hvdtrain, together
 
 pytestmark = pytest.mark.distributed
 
@@ -45,14 +45,16 @@ def test_a_user_model_by_import_path_trains(tmp_path: Path, backend: str, builde
     (tmp_path / "my_models.py").write_text(USER_MODELS)
     env = {"PYTHONPATH": str(tmp_path)}
     run_dir = tmp_path / "run"
-    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", f"model.name=my_models:{builder}",
-                  "train.epochs=3", "run.progress=off", f"run.dir={run_dir}"], launcher="horovodrun", np_=2, env=env)
+    other = "build_keras" if builder == "build_torch" else "build_torch"
+    digits = ["--config", "configs/digits.yaml", f"backend={backend}"]
+    _, wrong = together(
+        lambda: run_hvdtrain([*digits, f"model.name=my_models:{builder}", "train.epochs=3", "run.progress=off",
+                              f"run.dir={run_dir}"], launcher="horovodrun", np_=2, env=env),
+        lambda: run_hvdtrain([*digits, f"model.name=my_models:{other}", f"run.dir={tmp_path / 'wrong'}"], env=env,
+                             check=False))
     summary = read_summary(run_dir)
     assert summary["num_parameters"] == 64 * 40 + 40 + 40 * 10 + 10
     assert summary["final"]["val_accuracy"] >= 0.6  # chance is 0.1
-    other = "build_keras" if builder == "build_torch" else "build_torch"
-    wrong = run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", f"model.name=my_models:{other}",
-                          f"run.dir={tmp_path / 'wrong'}"], env=env, check=False)
     switch = "tensorflow" if backend == "torch" else "torch"
     assert wrong.returncode == 2 and f"or set backend={switch}" in wrong.stderr and "Traceback" not in wrong.stderr
 

@@ -5,11 +5,12 @@ user models, in fp32 and bf16."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import max_weight_diff, read_metrics, read_weights, run_hvdtrain
+from conftest import max_weight_diff, read_metrics, read_weights, run_hvdtrain, together
 
 pytestmark = pytest.mark.distributed
 
@@ -28,23 +29,27 @@ def test_reported_validation_is_the_saved_models(backend: str, mode: str, tmp_pa
     run_hvdtrain([*RESNET, f"backend={backend}", f"model.batchnorm_stats={mode}", "train.epochs=1",
                   f"run.dir={run_dir}"], launcher="mpirun", np_=2)
     final = read_metrics(run_dir)[-1]
-    run_hvdtrain(["evaluate", str(run_dir)])  # one process, the saved model
+    # One process each, at once: the saved model, and the last checkpoint (which must hold the same statistics).
+    # Both would write eval.json into the run: each evaluates its own copy.
+    shutil.copytree(run_dir, tmp_path / "copy")
+    together(lambda: run_hvdtrain(["evaluate", str(run_dir)]),
+             lambda: run_hvdtrain(["evaluate", str(tmp_path / "copy"), "--checkpoint",
+                                   str(tmp_path / "copy" / "checkpoints" / "epoch-0001")]))
     saved = json.loads((run_dir / "eval.json").read_text())
     print(f"{backend}/{mode}: reported {final['val_loss']:.6f}/{final['val_accuracy']:.6f}, saved model "
           f"{saved['val_loss']:.6f}/{saved['val_accuracy']:.6f}")
     assert saved["val_accuracy"] == final["val_accuracy"]
     assert saved["val_loss"] == pytest.approx(final["val_loss"], rel=1e-6)
-    # The last checkpoint holds the same statistics as the final model.
-    run_hvdtrain(["evaluate", str(run_dir), "--checkpoint", str(run_dir / "checkpoints" / "epoch-0001")])
-    assert json.loads((run_dir / "eval.json").read_text())["val_loss"] == pytest.approx(final["val_loss"], rel=1e-6)
+    checkpoint = json.loads((tmp_path / "copy" / "eval.json").read_text())
+    assert checkpoint["val_loss"] == pytest.approx(final["val_loss"], rel=1e-6)
 
 
 def _parity(backend: str, precision: str, extra: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> None:
     common = [*PARITY, *extra, f"backend={backend}", f"policy.precision={precision}"]
     two, one = tmp_path / "np2", tmp_path / "np1"
-    run_hvdtrain([*common, "model.sync_batchnorm=true", "train.batch_size=16", f"run.dir={two}"], launcher="mpirun",
-                 np_=2, env=env)
-    run_hvdtrain([*common, "train.batch_size=32", f"run.dir={one}"], env=env)  # plain BatchNorm, one rank
+    together(lambda: run_hvdtrain([*common, "model.sync_batchnorm=true", "train.batch_size=16", f"run.dir={two}"],
+                                  launcher="mpirun", np_=2, env=env),
+             lambda: run_hvdtrain([*common, "train.batch_size=32", f"run.dir={one}"], env=env))  # plain BN, 1 rank
     a, b = read_weights(two), read_weights(one)
     stats = [k for k in a if "running" in k or "moving" in k]
     assert len(stats) >= 4, f"no BatchNorm statistics among {sorted(a)[:6]}"

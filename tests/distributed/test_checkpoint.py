@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain
+from conftest import max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together
 
 pytestmark = pytest.mark.distributed
 
@@ -59,10 +59,12 @@ def test_foreign_checkpoints_and_used_run_dirs_are_refused(tmp_path: Path, small
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
     other = "tensorflow" if backend == "torch" else "torch"
-    for extra, words in ([[f"backend={other}", "train.resume=auto"], "written by a different setup"],
-                         [["model.hidden_units=[64]", "train.resume=auto"], "model.hidden_units"],
-                         [[], "already holds a run"]):
-        proc = run_hvdtrain([*args, *extra, f"run.dir={run_dir}"], check=False)
+    refusals = {"written by a different setup": [f"backend={other}", "train.resume=auto"],
+                "model.hidden_units": ["model.hidden_units=[64]", "train.resume=auto"],
+                "already holds a run": []}
+    procs = together(*(lambda extra=extra: run_hvdtrain([*args, *extra, f"run.dir={run_dir}"], check=False)
+                       for extra in refusals.values()))
+    for words, proc in zip(refusals, procs, strict=True):
         assert proc.returncode == 2, proc.stderr
         assert words in proc.stderr and "Traceback" not in proc.stderr
     assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}  # nothing touched

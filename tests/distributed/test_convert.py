@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from conftest import read_metrics, read_summary, read_weights, run_hvdtrain
+from conftest import read_metrics, read_summary, read_weights, run_hvdtrain, together
 
 pytestmark = pytest.mark.distributed
 
@@ -29,12 +27,6 @@ CONFIG = ("data: {name: digits, val_fraction: 0.2}\n"
           "checkpoint: {every_epochs: 0}\n"
           "run: {progress: 'off', tensorboard: false}\n")
 CONTINUE = ["train.epochs=1", "train.max_steps_per_epoch=2"]  # a first epoch of two steps (64 samples)
-
-
-def together(*jobs: Callable[[], Any]) -> list[Any]:
-    """Runs the jobs (each starts processes and waits) at the same time; their results in order."""
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        return [f.result() for f in [pool.submit(job) for job in jobs]]
 
 
 def hvdtrain(*args: str, check: bool = True) -> Callable[[], subprocess.CompletedProcess]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, read_metrics, read_summary, read_weights, run_hvdtrain
+from conftest import REPO, read_metrics, read_summary, read_weights, run_hvdtrain, together
+from shared_runs import digits_run
 
 pytestmark = pytest.mark.distributed
 
@@ -75,31 +76,37 @@ def test_one_shot_channel_pruning_then_fine_tuning(tmp_path: Path, backend: str)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_distilled_student_beats_the_same_student_alone(tmp_path: Path, backend: str) -> None:
-    teacher = tmp_path / "teacher"
-    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=8", "run.progress=off",
-                  f"run.dir={teacher}"])
+def test_a_distilled_student_beats_the_same_student_alone(tmp_path: Path, backend: str,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    teacher = digits_run(backend, tmp_path_factory).dir  # the cnn of configs/digits.yaml, trained at np=2
     student = ["--config", "configs/digits.yaml", f"backend={backend}", "model.name=mlp", "model.hidden_units=[32]",
                "train.epochs=3", "run.progress=off"]
-    run_hvdtrain([*student, f"run.dir={tmp_path / 'alone'}"])
-    run_hvdtrain([*student, f"distill.teacher={teacher}", "distill.temperature=4", "distill.alpha=0.5",
-                  f"run.dir={tmp_path / 'distilled'}"])
-    accuracy = {name: read_summary(tmp_path / name)["final"]["val_accuracy"]
-                for name in ("teacher", "alone", "distilled")}
+    together(lambda: run_hvdtrain([*student, f"run.dir={tmp_path / 'alone'}"]),
+             lambda: run_hvdtrain([*student, f"distill.teacher={teacher}", "distill.temperature=4",
+                                   "distill.alpha=0.5", f"run.dir={tmp_path / 'distilled'}"]))
+    accuracy = {name: read_summary(run_dir)["final"]["val_accuracy"]
+                for name, run_dir in (("teacher", teacher), ("alone", tmp_path / "alone"),
+                                      ("distilled", tmp_path / "distilled"))}
     print(f"{backend}: val accuracy {accuracy}")
     # Measured: torch 0.916 alone vs 0.950 distilled, tensorflow 0.928 vs 0.947 (teacher 0.96-0.98).
     assert accuracy["distilled"] > accuracy["alone"] + 0.01
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fine_tuning_loads_weights_freezes_and_scales_lr(tmp_path: Path, backend: str) -> None:
-    source = tmp_path / "source"
-    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=2", "run.progress=off",
-                  f"run.dir={source}"])
+def test_fine_tuning_loads_weights_freezes_and_scales_lr(tmp_path: Path, backend: str,
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    source = digits_run(backend, tmp_path_factory).dir  # read only: the fine-tuned runs have their own directories
     tuned = tmp_path / "tuned"
     base = ["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=1", "run.progress=off",
             f"train.init_from={source}", "model.hidden_units=[64]", f"run.dir={tuned}"]
-    refused = run_hvdtrain(base, check=False)
+    # Three independent one-process runs at once: two refusals, and the LR-multiplier-0 run read below.
+    init = tmp_path / "init"
+    refused, bad, _ = together(
+        lambda: run_hvdtrain(base, check=False),
+        lambda: run_hvdtrain([*base, "train.init_skip_mismatched=true", "train.freeze=['nope.*']"], check=False),
+        lambda: run_hvdtrain([*base[:-1], "train.init_skip_mismatched=true", f"train.freeze=['{CONVS[backend]}']",
+                              f"optim.param_groups=['{HIDDEN[backend]}=0']", "train.max_steps_per_epoch=1",
+                              "optim.lr=0", f"run.dir={init}"]))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "differ" in refused.stderr and "train.init_skip_mismatched=true" in refused.stderr
     proc = run_hvdtrain([*base, "run.progress=lines", "train.init_skip_mismatched=true",
@@ -110,10 +117,5 @@ def test_fine_tuning_loads_weights_freezes_and_scales_lr(tmp_path: Path, backend
     assert np.array_equal(before[CONV1[backend]], after[CONV1[backend]])  # frozen: loaded, then unchanged
     assert before[HIDDEN[backend]].shape != after[HIDDEN[backend]].shape  # the new, freshly initialised layer
     # LR multiplier 0: the new hidden layer keeps its initial weights; the output layer (x1) trains.
-    init = tmp_path / "init"
-    run_hvdtrain([*base[:-1], "train.init_skip_mismatched=true", f"train.freeze=['{CONVS[backend]}']",
-                  f"optim.param_groups=['{HIDDEN[backend]}=0']", "train.max_steps_per_epoch=1", "optim.lr=0",
-                  f"run.dir={init}"])
     assert np.array_equal(read_weights(init)[HIDDEN[backend]], after[HIDDEN[backend]])
-    bad = run_hvdtrain([*base, "train.init_skip_mismatched=true", "train.freeze=['nope.*']"], check=False)
     assert bad.returncode == 2 and "matches no parameter" in bad.stderr

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_metrics, run_hvdtrain
+from conftest import read_metrics, run_hvdtrain, together
 from PIL import Image
 
 pytestmark = pytest.mark.distributed
@@ -125,23 +126,27 @@ def test_evaluate_other_data(trained: Path, tmp_path: Path) -> None:
 def test_bad_input_is_one_line_exit_2(torch_run: Path, tmp_path: Path) -> None:
     """Backend-neutral checks, on the torch run."""
     trained = torch_run
-    def fails(args: list[str], fragment: str, np_: int = 1) -> None:
-        proc = run_hvdtrain(args, launcher="mpirun" if np_ > 1 else "single", np_=np_, check=False)
-        errors = [line for line in proc.stderr.splitlines() if "hvdtrain: error:" in line]
-        assert proc.returncode == 2 and errors and fragment in errors[0], proc.stderr[-2000:]
-        assert "Traceback" not in proc.stderr
+    def fails(args: list[str], fragment: str, np_: int = 1) -> Callable[[], None]:
+        def check() -> None:
+            proc = run_hvdtrain(args, launcher="mpirun" if np_ > 1 else "single", np_=np_, check=False)
+            errors = [line for line in proc.stderr.splitlines() if "hvdtrain: error:" in line]
+            assert proc.returncode == 2 and errors and fragment in errors[0], proc.stderr[-2000:]
+            assert "Traceback" not in proc.stderr
+        return check
 
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.yaml").write_text((trained / "config.yaml").read_text())
-    fails(["evaluate", str(tmp_path / "half")], "did not finish")
-    fails(["evaluate", str(tmp_path)], "not a run directory")
-    fails(["evaluate", str(trained), "model.name=mlp"], "only data.* and train.eval_batch_size")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    fails(["predict", str(trained), str(broken), "--out", str(tmp_path / "p.csv")], f"cannot read {broken}", np_=2)
-    assert not (tmp_path / "p.csv").exists()
     other = tmp_path / "other"
-    run_hvdtrain(["model.name=mlp", "train.epochs=1", "train.max_steps_per_epoch=2", "run.progress=off",
-                  f"backend={json.loads((trained / 'summary.json').read_text())['backend']}", f"run.dir={other}"])
+    backend = json.loads((trained / "summary.json").read_text())["backend"]
+    together(fails(["evaluate", str(tmp_path / "half")], "did not finish"),
+             fails(["evaluate", str(tmp_path)], "not a run directory"),
+             fails(["evaluate", str(trained), "model.name=mlp"], "only data.* and train.eval_batch_size"),
+             fails(["predict", str(trained), str(broken), "--out", str(tmp_path / "p.csv")], f"cannot read {broken}",
+                   np_=2),
+             lambda: run_hvdtrain(["model.name=mlp", "train.epochs=1", "train.max_steps_per_epoch=2",
+                                   "run.progress=off", f"backend={backend}", f"run.dir={other}"]))
+    assert not (tmp_path / "p.csv").exists()
     checkpoint = next((other / "checkpoints").glob("epoch-*"))
-    fails(["evaluate", str(trained), "--checkpoint", str(checkpoint)], "another architecture")
+    fails(["evaluate", str(trained), "--checkpoint", str(checkpoint)], "another architecture")()

@@ -28,6 +28,12 @@ a fresh build (same seed: the same initial weights, checked). The report:
 where adasum(a, b) = (1 - a.b / (2 |a|^2)) a + (1 - a.b / (2 |b|^2)) b.
 
 OUT_DIR/overflow.json: [rank 0's report, rank 1's] of tests/scripts/overflow_step.py's fp16 overflow steps.
+
+OUT_DIR/restore.json: the LR of a step taken after load_state() (see lr_after_restore).
+
+OUT_DIR/clip.json: policy.grad_clip_norm=0.01 on the MLP, one plain-SGD step with each rank on its own batch:
+`clipped_norm`, the norm of the update / lr, which must be the bound (the averaged gradient clipped after the
+allreduce), and `unclipped_norm`, the same step's without clipping.
 """
 
 from __future__ import annotations
@@ -183,6 +189,21 @@ def lr_after_restore(backend: Backend, name: str) -> dict[str, Any]:
             "lr": backend.step_info().lr}
 
 
+def clipped_step(backend: Backend, name: str) -> dict[str, Any]:
+    """The norm of one plain-SGD step / lr, with and without policy.grad_clip_norm (see the module docstring)."""
+    clip, batch = 0.01, random_batch(300 + backend.comm.world().rank)
+
+    def step_norm(lr: float, *overrides: str) -> float:
+        build(backend, name, "model.name=mlp", "model.hidden_units=[16]", *overrides)
+        start = backend.weights()
+        backend.train_step([batch], lr)  # an LR no earlier step used: see adasum_update
+        after = backend.weights()
+        return float(np.sqrt(sum(np.sum((after[k].astype(np.float64) - start[k]) ** 2) for k in start))) / lr
+
+    return {"clip": clip, "clipped_norm": step_norm(2.0, f"policy.grad_clip_norm={clip}"),
+            "unclipped_norm": step_norm(4.0)}
+
+
 def main() -> None:
     name, out = sys.argv[1], Path(sys.argv[2])
     backend = get_backend(name)
@@ -191,7 +212,7 @@ def main() -> None:
     assert world.size == 2, "run with 2 ranks (mpirun: Adasum needs Horovod's MPI controller)"
     reports = {"dtypes": compute_dtypes(backend, name), "adasum": adasum_update(backend, name),
                "overflow": backend.comm.allgather_object(overflow_report(backend, name)),
-               "restore": lr_after_restore(backend, name)}
+               "restore": lr_after_restore(backend, name), "clip": clipped_step(backend, name)}
     if world.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for key, report in reports.items():
