@@ -1,8 +1,9 @@
 """Runs one implementation of augmentation on inputs saved by a test and saves what it produced.
 
-    python tests/scripts/augment_outputs.py {keras|torch|tensorflow} IN.npz OUT.npz
+    python tests/scripts/augment_outputs.py {keras|torch|tensorflow} IN.npz OUT.npz [IN2.npz OUT2.npz ...]
 
-Each framework runs in its own process (hvdtrain never loads torch and TensorFlow together). IN.npz holds
+Each framework runs in its own process (hvdtrain never loads torch and TensorFlow together); one process takes
+any number of input files, since importing the framework is what costs. Each IN.npz holds
 `images` (N, H, W, C) float32, `params` (JSON list of Keras parameter dicts), `config` (JSON dict of
 augment keys). `keras` writes tf_keras' ImageDataGenerator.apply_transform per image, its
 get_random_transform draws (`draws`, JSON), and its standardize after fit (`standardized`).
@@ -20,7 +21,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main() -> None:
-    which, src, dst = sys.argv[1:4]
+    which, *paths = sys.argv[1:]
+    assert paths and len(paths) % 2 == 0, __doc__
+    for src, dst in zip(paths[::2], paths[1::2], strict=True):
+        run(which, src, dst)
+
+
+def run(which: str, src: str, dst: str) -> None:
     data = np.load(src)
     images = data["images"]
     params = json.loads(str(data["params"]))

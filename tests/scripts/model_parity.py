@@ -5,6 +5,8 @@ saved to DIR; with `tensorflow DIR` the Keras models load those weights and repo
 are from torch's. Tests only (tests/unit/backends/test_architecture_parity.py).
 
 Usage: python model_parity.py torch|tensorflow DIR
+  `tensorflow` reads a line on stdin before it loads the weights, so that it can be started (and import
+  TensorFlow) while `torch` runs: the test sends the line once torch has written them.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def tf_side(in_dir: Path) -> dict:
 
     keras.layers.Layer.__init__ = recording_init
     keras.utils.set_random_seed(0)
+    sys.stdin.readline()  # torch's weights are in in_dir
     report = {}
     for key, overrides, shape, classes in cases():
         model = build_model(load_config(None, overrides).model, shape, classes)

@@ -12,7 +12,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +30,12 @@ from hvdtrain.config import AugmentConfig
 PIXEL_TOL = 1e-5
 SCRIPT = REPO / "tests" / "scripts" / "augment_outputs.py"
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
-
-
-def run_impl(which: str, inputs: Path, tmp_path: Path) -> dict[str, np.ndarray]:
-    out = tmp_path / f"{which}.npz"
-    proc = subprocess.run([sys.executable, str(SCRIPT), which, str(inputs), str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with np.load(out) as data:
-        return {k: data[k] for k in data.files}
+SAMPLER = {"rotation_range": 30, "width_shift_range": [0.1, 0.2], "height_shift_range": 3, "shear_range": 10,
+           "zoom_range": [0.7, 1.2], "horizontal_flip": True, "channel_shift_range": 0.1,
+           "brightness_range": [0.5, 1.5]}
+SAMPLER_DRAWS = 2000
+SAMPLER_SHAPE = (20, 30, 3)
+Outputs = dict[tuple[str, str], dict[str, np.ndarray]]
 
 
 def parity_case(mode: str, seed: int) -> tuple[np.ndarray, list[dict], AugmentConfig]:
@@ -51,19 +51,94 @@ def parity_case(mode: str, seed: int) -> tuple[np.ndarray, list[dict], AugmentCo
     return images, params, cfg
 
 
-@pytest.mark.parametrize("mode", FILL_MODES)
-def test_both_backends_match_keras_pixel_for_pixel(tmp_path: Path, mode: str) -> None:
-    images, params, cfg = parity_case(mode, seed=FILL_MODES.index(mode))
-    inputs = tmp_path / "in.npz"
+def pixel_parity_case(mode: str) -> tuple[np.ndarray, list[dict], AugmentConfig]:
+    return parity_case(mode, seed=FILL_MODES.index(mode))
+
+
+def pixel_parity_inputs(mode: str) -> dict[str, object]:
+    images, params, cfg = pixel_parity_case(mode)
     sampler = {"rotation_range": 30, "width_shift_range": [2, 4], "height_shift_range": 3, "zoom_range": 0.2}
     config = {"fill_mode": mode, "cval": cfg.cval, "kernel": "framework"}  # the backends' own ops
-    np.savez(inputs, images=images, params=json.dumps(params), config=json.dumps(config),
-             sampler_config=json.dumps(sampler), draws=10)
-    keras = run_impl("keras", inputs, tmp_path)["applied"]
+    return {"images": images, "params": json.dumps(params), "config": json.dumps(config),
+            "sampler_config": json.dumps(sampler), "draws": 10}
+
+
+def period_shifts() -> tuple[np.ndarray, list[dict]]:
+    """Whole-pixel shifts whose integer coordinates land exactly on SciPy's wrap/reflect period boundaries."""
+    h, w = 11, 14
+    images = np.random.default_rng(5).random((1, h, w, 3)).astype(np.float32)
+    base = {"theta": 0, "shear": 0, "zx": 1, "zy": 1, "flip_horizontal": False, "flip_vertical": False,
+            "channel_shift_intensity": None, "brightness": None}
+    shifts = [(tx, ty) for tx in (-(2 * h - 2), -(h - 1), -h, 3, h - 1, 2 * h) for ty in (-(w - 1), 0, 2 * w - 2)]
+    params = [{**base, "tx": float(tx), "ty": float(ty)} for tx, ty in shifts]
+    return np.repeat(images, len(params), axis=0), params
+
+
+def period_inputs(mode: str) -> dict[str, object]:
+    batch, params = period_shifts()
+    return {"images": batch, "params": json.dumps(params), "config": json.dumps({"fill_mode": mode}),
+            "sampler_config": "{}", "draws": 1}
+
+
+def sampler_inputs() -> dict[str, object]:
+    return {"images": np.zeros((1, *SAMPLER_SHAPE), dtype=np.float32), "params": "[]", "config": "{}",
+            "sampler_config": json.dumps(SAMPLER), "draws": SAMPLER_DRAWS}
+
+
+def standardize_images() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.random((16, 5, 6, 3)).astype(np.float32) * np.array([1.0, 0.5, 2.0], dtype=np.float32)
+
+
+def standardize_inputs() -> dict[str, object]:
+    return {"images": standardize_images(), "params": "[]", "config": "{}", "sampler_config": "{}", "draws": 1}
+
+
+# Every input that a test compares with Keras, by name; the `pixels-*` ones also with the torch and TensorFlow
+# kernels.
+CASES: dict[str, Callable[[], dict[str, object]]] = {
+    **{f"pixels-{mode}": partial(pixel_parity_inputs, mode) for mode in FILL_MODES},
+    **{f"periods-{mode}": partial(period_inputs, mode) for mode in FILL_MODES},
+    "sampler": sampler_inputs,
+    "standardize": standardize_inputs,
+}
+PIXEL_CASES = [f"pixels-{mode}" for mode in FILL_MODES]
+IMPLEMENTATIONS = {"keras": list(CASES), "torch": PIXEL_CASES, "tensorflow": PIXEL_CASES}
+
+
+def run_impl(which: str, cases: list[str], directory: Path) -> dict[str, dict[str, np.ndarray]]:
+    """`which`'s outputs on the named cases (inputs saved in `directory`), all in one process."""
+    paths = [str(directory / f"{name}{suffix}.npz") for name in cases for suffix in ("", f"-{which}")]
+    proc = subprocess.run([sys.executable, str(SCRIPT), which, *paths], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = {}
+    for name in cases:
+        with np.load(directory / f"{name}-{which}.npz") as data:
+            out[name] = {k: data[k] for k in data.files}
+    return out
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> Outputs:
+    """(implementation, case) -> what it produced. One process per implementation for every case, the three
+    side by side: importing TensorFlow (tf_keras) or torch costs seconds, the cases themselves milliseconds."""
+    directory = tmp_path_factory.mktemp("augment")
+    for name, inputs in CASES.items():
+        np.savez(directory / f"{name}.npz", **inputs())
+    with ThreadPoolExecutor(len(IMPLEMENTATIONS)) as pool:
+        runs = {which: pool.submit(run_impl, which, cases, directory) for which, cases in IMPLEMENTATIONS.items()}
+    return {(which, name): out for which, run in runs.items() for name, out in run.result().items()}
+
+
+@pytest.mark.parametrize("mode", FILL_MODES)
+def test_both_backends_match_keras_pixel_for_pixel(outputs: Outputs, mode: str) -> None:
+    images, params, cfg = pixel_parity_case(mode)
+    keras = outputs["keras", f"pixels-{mode}"]["applied"]
     ours = {"numpy": apply_batch(NUMPY_OPS, images, params, mode, cfg.cval),
             "native": native.apply_transforms(images, params, replace(cfg, kernel="native"))}
     for which in ("torch", "tensorflow"):
-        result = run_impl(which, inputs, tmp_path)
+        result = outputs[which, f"pixels-{mode}"]
         other = "tensorflow" if which == "torch" else "torch"
         assert other not in json.loads(str(result["modules"]))
         ours[which] = result["applied"]
@@ -118,35 +193,20 @@ def test_native_kernel_builds_without_march_native_where_the_compiler_refuses_it
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
-def test_whole_pixel_shifts_onto_period_boundaries_match_keras(tmp_path: Path) -> None:
+def test_whole_pixel_shifts_onto_period_boundaries_match_keras(outputs: Outputs) -> None:
     """Integer coordinates that land exactly on SciPy's wrap/reflect period boundaries."""
-    h, w = 11, 14
-    images = np.random.default_rng(5).random((1, h, w, 3)).astype(np.float32)
-    base = {"theta": 0, "shear": 0, "zx": 1, "zy": 1, "flip_horizontal": False, "flip_vertical": False,
-            "channel_shift_intensity": None, "brightness": None}
-    shifts = [(tx, ty) for tx in (-(2 * h - 2), -(h - 1), -h, 3, h - 1, 2 * h) for ty in (-(w - 1), 0, 2 * w - 2)]
-    params = [{**base, "tx": float(tx), "ty": float(ty)} for tx, ty in shifts]
-    batch = np.repeat(images, len(params), axis=0)
+    batch, params = period_shifts()
     for mode in FILL_MODES:
-        inputs = tmp_path / f"{mode}.npz"
-        np.savez(inputs, images=batch, params=json.dumps(params), config=json.dumps({"fill_mode": mode}),
-                 sampler_config="{}", draws=1)
-        keras = run_impl("keras", inputs, tmp_path)["applied"]
+        keras = outputs["keras", f"periods-{mode}"]["applied"]
         assert np.max(np.abs(apply_batch(NUMPY_OPS, batch, params, mode, 0.0) - keras)) <= PIXEL_TOL, mode
 
 
-def test_sampler_matches_keras_distributions(tmp_path: Path) -> None:
+def test_sampler_matches_keras_distributions(outputs: Outputs) -> None:
     """Quantiles of every drawn parameter agree with Keras' own draws (2,000 each), ints stay ints."""
-    sampler = {"rotation_range": 30, "width_shift_range": [0.1, 0.2], "height_shift_range": 3,
-               "shear_range": 10, "zoom_range": [0.7, 1.2], "horizontal_flip": True,
-               "channel_shift_range": 0.1, "brightness_range": [0.5, 1.5]}
-    images = np.zeros((1, 20, 30, 3), dtype=np.float32)
-    inputs = tmp_path / "in.npz"
-    np.savez(inputs, images=images, params="[]", config="{}", sampler_config=json.dumps(sampler),
-             draws=2000)
-    keras = json.loads(str(run_impl("keras", inputs, tmp_path)["draws"]))
-    cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sampler.items()})
-    ours = sample_transforms(cfg, 2000, (20, 30, 3), np.random.default_rng(1))
+    keras = json.loads(str(outputs["keras", "sampler"]["draws"]))
+    assert len(keras) == SAMPLER_DRAWS
+    cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in SAMPLER.items()})
+    ours = sample_transforms(cfg, SAMPLER_DRAWS, SAMPLER_SHAPE, np.random.default_rng(1))
     assert set(ours[0]) == set(keras[0])
     for key in ("theta", "tx", "ty", "shear", "zx", "zy", "channel_shift_intensity", "brightness"):
         a = np.array([d[key] for d in ours], dtype=float)
@@ -207,12 +267,9 @@ def test_brightness_and_channel_shift() -> None:
     assert np.allclose(out[1], np.clip(x[1] - 0.3, x[1].min(), x[1].max()))
 
 
-def test_standardize_matches_keras(tmp_path: Path) -> None:
-    rng = np.random.default_rng(3)
-    images = rng.random((16, 5, 6, 3)).astype(np.float32) * np.array([1.0, 0.5, 2.0], dtype=np.float32)
-    inputs = tmp_path / "in.npz"
-    np.savez(inputs, images=images, params="[]", config="{}", sampler_config="{}", draws=1)
-    keras = run_impl("keras", inputs, tmp_path)["standardized"]
+def test_standardize_matches_keras(outputs: Outputs) -> None:
+    images = standardize_images()
+    keras = outputs["keras", "standardize"]["standardized"]
     cfg = AugmentConfig(featurewise_center=True, featurewise_std_normalization=True, samplewise_center=True,
                         samplewise_std_normalization=True, rescale=0.5)
     # Two "ranks" each summing half of the set, as the allreduce does, give the global statistics.

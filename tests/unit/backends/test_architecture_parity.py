@@ -26,13 +26,25 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     # PYTHONPATH: a script's own folder comes first on sys.path, so without it an installed copy of hvdtrain
     # (an editable install of another checkout) could be the one tested.
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = {}
-    for framework in ("torch", "tensorflow"):  # torch first: it writes the weights Keras loads
-        proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "model_parity.py"), framework,
-                               str(directory)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[framework] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+
+    def command(framework: str) -> list[str]:
+        return [sys.executable, str(REPO / "tests" / "scripts" / "model_parity.py"), framework, str(directory)]
+
+    # Keras loads the weights that torch writes: its process starts first and waits on its stdin for them, so
+    # that importing TensorFlow overlaps torch's whole run.
+    with subprocess.Popen(command("tensorflow"), cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as tf_side:
+        try:
+            torch_side = subprocess.run(command("torch"), cwd=REPO, env=env, capture_output=True, text=True,
+                                        timeout=300)
+            assert torch_side.returncode == 0, torch_side.stderr[-3000:]
+            tf_out, tf_err = tf_side.communicate("torch is done\n", timeout=300)
+        except BaseException:
+            tf_side.kill()
+            raise
+    assert tf_side.returncode == 0, tf_err[-3000:]
+    return {framework: json.loads(out.strip().splitlines()[-1])
+            for framework, out in (("torch", torch_side.stdout), ("tensorflow", tf_out))}
 
 
 def test_same_variables_in_the_same_order(reports: dict[str, dict]) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import REPO
 
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras")
+BACKENDS = ("torch", "tensorflow")
+T = TypeVar("T")
 
 RUN_AND_LIST_MODULES = f"""
 import json, runpy, sys
@@ -22,22 +27,27 @@ except SystemExit as exc:
 print("MODULES", json.dumps(sorted(m for m in {FRAMEWORK_MODULES!r} if m in sys.modules)))
 """
 
+# Every case's per-variable counts, one backend per process.
 COUNT_PARAMETERS = """
 import json, sys
 from hvdtrain.config import load_config
-backend, overrides = sys.argv[1], json.loads(sys.argv[2])
-cfg = load_config(None, overrides)
+backend, cases = sys.argv[1], json.loads(sys.argv[2])
 if backend == "torch":
     from torch_backend.models import build_model
-    model = build_model(cfg.model, (32, 32, 3), 10)
-    counts = [p.numel() for p in model.parameters()]
+    count = lambda model: [p.numel() for p in model.parameters()]
 else:
     import numpy as np
     from tf_backend.models import build_model
-    model = build_model(cfg.model, (32, 32, 3), 10)
-    counts = [int(np.prod(v.shape)) for v in model.trainable_variables]
-print("COUNTS", json.dumps(counts))
+    count = lambda model: [int(np.prod(v.shape)) for v in model.trainable_variables]
+print("COUNTS", json.dumps({name: count(build_model(load_config(None, overrides).model, (32, 32, 3), 10))
+                            for name, overrides in cases.items()}))
 """
+MODEL_CASES = {
+    "cnn": ["model.name=cnn", "model.channels=[16,32,64]", "model.hidden_units=[128,64]"],
+    "cnn-no-hidden": ["model.name=cnn", "model.channels=[8]", "model.hidden_units=[]", "model.dropout=0.3"],
+    "mlp": ["model.name=mlp", "model.hidden_units=[256,128]", "model.dropout=0.5"],
+}
+Counts = dict[str, list[int]]
 
 
 def last_json(out: str, tag: str) -> object:
@@ -45,30 +55,58 @@ def last_json(out: str, tag: str) -> object:
     return json.loads(line[len(tag) + 1:])
 
 
-@pytest.mark.parametrize("backend, forbidden", [("torch", {"tensorflow", "keras"}), ("tensorflow", {"torch"})])
-def test_run_imports_only_its_framework(tmp_path: Path, backend: str, forbidden: set[str]) -> None:
+def for_both_backends(work: Callable[[str], T]) -> dict[str, T]:
+    """backend -> work(backend), the two side by side (each starts a process that imports its framework)."""
+    with ThreadPoolExecutor(len(BACKENDS)) as pool:
+        futures = {backend: pool.submit(work, backend) for backend in BACKENDS}
+    return {backend: future.result() for backend, future in futures.items()}
+
+
+def run_and_list_modules(backend: str, run_dir: Path) -> set[str]:
+    """Trains a tiny run of `backend` in a fresh process; returns the framework modules it loaded."""
     args = [f"backend={backend}", "train.epochs=1", "train.max_steps_per_epoch=2", "run.progress=off",
-            f"run.dir={tmp_path / 'run'}"]
+            f"run.dir={run_dir}"]
     proc = subprocess.run([sys.executable, "-c", RUN_AND_LIST_MODULES, json.dumps(args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    loaded = set(last_json(proc.stdout, "MODULES"))
+    assert (run_dir / "summary.json").is_file()
+    loaded = last_json(proc.stdout, "MODULES")
+    assert isinstance(loaded, list)
+    return set(loaded)
+
+
+def count_parameters(backend: str) -> Counts:
+    proc = subprocess.run([sys.executable, "-c", COUNT_PARAMETERS, backend, json.dumps(MODEL_CASES)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = last_json(proc.stdout, "COUNTS")
+    assert isinstance(counts, dict) and counts.keys() == MODEL_CASES.keys()
+    return counts
+
+
+@pytest.fixture(scope="module")
+def loaded_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    root = tmp_path_factory.mktemp("runs")
+    return for_both_backends(lambda backend: run_and_list_modules(backend, root / backend))
+
+
+@pytest.fixture(scope="module")
+def parameter_counts() -> dict[str, Counts]:
+    """backend -> the counts of every case in MODEL_CASES, one process per backend (not per case: importing the
+    framework is what costs)."""
+    return for_both_backends(count_parameters)
+
+
+@pytest.mark.parametrize("backend, forbidden", [("torch", {"tensorflow", "keras"}), ("tensorflow", {"torch"})])
+def test_run_imports_only_its_framework(loaded_modules: dict[str, set[str]], backend: str,
+                                        forbidden: set[str]) -> None:
+    loaded = loaded_modules[backend]
     assert loaded & forbidden == set()
     assert ("torch" if backend == "torch" else "tensorflow") in loaded
-    assert (tmp_path / "run" / "summary.json").is_file()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.name=cnn", "model.channels=[16,32,64]", "model.hidden_units=[128,64]"],
-    ["model.name=cnn", "model.channels=[8]", "model.hidden_units=[]", "model.dropout=0.3"],
-    ["model.name=mlp", "model.hidden_units=[256,128]", "model.dropout=0.5"],
-])
-def test_same_layers_and_parameter_counts_on_both_backends(overrides: list[str]) -> None:
-    counts = {}
-    for backend in ("torch", "tensorflow"):
-        proc = subprocess.run([sys.executable, "-c", COUNT_PARAMETERS, backend, json.dumps(overrides)],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        counts[backend] = last_json(proc.stdout, "COUNTS")
-    assert counts["torch"] == counts["tensorflow"]
-    assert sum(counts["torch"]) > 0
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_same_layers_and_parameter_counts_on_both_backends(parameter_counts: dict[str, Counts], case: str) -> None:
+    torch_counts, tf_counts = parameter_counts["torch"][case], parameter_counts["tensorflow"][case]
+    assert torch_counts == tf_counts
+    assert sum(torch_counts) > 0

@@ -110,17 +110,23 @@ def test_a_killed_worker_is_an_error_naming_it(tmp_path: Path) -> None:
 
 
 class SlowSource(ArraySource):
-    """Sleeps on one sample: a hung read."""
+    """Hangs on one sample until the file `release` exists (60 s at most): a hung read."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, name: str, release: Path) -> None:
+        super().__init__(images, labels, name)
+        self.release = release
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if 7 in indices:
-            time.sleep(60)
+            deadline = time.monotonic() + 60
+            while not self.release.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         return super().read(indices)
 
 
-def test_a_hung_worker_is_an_error_after_the_timeout() -> None:
+def test_a_hung_worker_is_an_error_after_the_timeout(tmp_path: Path) -> None:
     cfg = load_config(None, ["data.worker_timeout_s=2", "train.batch_size=4"])
-    source = SlowSource(np.zeros((16, 4, 4, 1), np.float32), np.zeros(16, np.int64), "slow")
+    source = SlowSource(np.zeros((16, 4, 4, 1), np.float32), np.zeros(16, np.int64), "slow", tmp_path / "release")
     dataset = load_dataset(cfg.data, 0).__class__(source, source, ("a",))
     with InputPipeline(cfg, dataset, 1) as inputs:
         loader = inputs.train_loader(np.arange(16), None)
@@ -128,6 +134,8 @@ def test_a_hung_worker_is_an_error_after_the_timeout() -> None:
         with pytest.raises(DataError, match=r"has not delivered batch 1 in [23] s \(data.worker_timeout_s=2\)"):
             list(loader)
         assert time.monotonic() - start < 20
+        # The hang is proven: let the worker go, or closing the pool would wait 5 s for it before killing it.
+        source.release.touch()
 
 
 @pytest.mark.parametrize("workers", [0, 1])

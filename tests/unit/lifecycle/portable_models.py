@@ -3,15 +3,17 @@ through the portable arrays (torch_backend/portable.py, tf_backend/portable.py),
 Tests only (tests/unit/lifecycle/test_convert_portable.py).
 
 Usage: python portable_models.py torch|tensorflow DIR
-  writes DIR/<framework>-<case>.npz (its portable arrays and its logits on a fixed batch), and for each
-  DIR/<other framework>-<case>.npz already there loads those arrays into a fresh model of its own and reports
-  (JSON, last line) how far its logits are from the other framework's, with the other checks of the test.
+  writes DIR/<framework>-<case>.npz (its portable arrays and its logits on a fixed batch), then DIR/<framework>.done;
+  once DIR/<other framework>.done is there (the test runs both at once), loads each DIR/<other framework>-<case>.npz
+  into a fresh model of its own and reports (JSON, last line) how far its logits are from the other framework's,
+  with the other checks of the test.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,19 @@ CLASSES, BATCHES_TRACKED = 10, 7
 
 def batch(shape: tuple[int, int, int]) -> np.ndarray:
     return np.random.default_rng(1).random((4, *shape), dtype=np.float32)
+
+
+def exchange(directory: Path, framework: str, other: str) -> None:
+    """Says that this side's arrays are written, and waits until the other side's are."""
+    (directory / f"{framework}.done").touch()
+    while not (directory / f"{other}.done").exists():
+        time.sleep(0.02)
+
+
+def read_case(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """The portable arrays and the logits saved in `path`."""
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)], saved["logits"]
 
 
 def torch_side(directory: Path) -> dict[str, Any]:
@@ -64,30 +79,13 @@ def torch_side(directory: Path) -> dict[str, Any]:
                     module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, size).astype(np.float32)))
         arrays = portable_arrays(model, shape, cfg.name)
         np.savez(directory / f"torch-{case}.npz", *arrays, logits=logits(model, batch(shape)))
-        entry: dict[str, Any] = {"tensors": len(arrays), "names": portable_names(model, shape, cfg.name),
-                                 "state": len(model.state_dict())}
-        other = directory / f"tensorflow-{case}.npz"
-        if other.is_file():
-            with np.load(other) as saved:
-                tf_logits = saved["logits"]
-                tf_arrays = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
-            torch.manual_seed(1)
-            fresh = build_model(cfg, shape, CLASSES)
-            entry["loaded"] = load_portable(fresh, tf_arrays, shape, cfg.name, BATCHES_TRACKED)
-            entry["max_abs_diff"] = float(np.abs(logits(fresh, batch(shape)) - tf_logits).max())
-            entry["logit_scale"] = float(np.abs(tf_logits).max())
-            entry["batches_tracked"] = sorted({int(b) for n, b in fresh.state_dict().items()
-                                               if n.endswith("num_batches_tracked")})
-            entry["round_trip"] = all(np.array_equal(a, b) for a, b in
-                                      zip(portable_arrays(fresh, shape, cfg.name), tf_arrays, strict=True))
-        report[case] = entry
+        report[case] = {"tensors": len(arrays), "names": portable_names(model, shape, cfg.name),
+                        "state": len(model.state_dict())}
     # A mismatch is refused with the architecture and the first differing tensor named, nothing changed.
     cnn = build_model(load_config(None, CASES["cnn"][0]).model, CASES["cnn"][1], CLASSES)
     before = [p.detach().clone() for p in cnn.parameters()]
-    with np.load(directory / "torch-cnn-digits.npz") as saved:
-        fewer = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
-    with np.load(directory / "torch-cnn.npz") as saved:
-        right = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+    fewer, _ = read_case(directory / "torch-cnn-digits.npz")
+    right, _ = read_case(directory / "torch-cnn.npz")
     errors = []
     for arrays in (fewer, [*right[:2], np.zeros((3, 3, 8, 32), np.float32), *right[3:]]):
         try:
@@ -96,6 +94,21 @@ def torch_side(directory: Path) -> dict[str, Any]:
             errors.append(str(exc))
     report["errors"] = errors
     report["unchanged_after_error"] = all(torch.equal(a, b) for a, b in zip(before, cnn.parameters(), strict=True))
+
+    exchange(directory, "torch", "tensorflow")
+    for case, (overrides, shape) in CASES.items():
+        cfg = load_config(None, overrides).model
+        tf_arrays, tf_logits = read_case(directory / f"tensorflow-{case}.npz")
+        torch.manual_seed(1)
+        fresh = build_model(cfg, shape, CLASSES)
+        entry = report[case]
+        entry["loaded"] = load_portable(fresh, tf_arrays, shape, cfg.name, BATCHES_TRACKED)
+        entry["max_abs_diff"] = float(np.abs(logits(fresh, batch(shape)) - tf_logits).max())
+        entry["logit_scale"] = float(np.abs(tf_logits).max())
+        entry["batches_tracked"] = sorted({int(b) for n, b in fresh.state_dict().items()
+                                           if n.endswith("num_batches_tracked")})
+        entry["round_trip"] = all(np.array_equal(a, b) for a, b in
+                                  zip(portable_arrays(fresh, shape, cfg.name), tf_arrays, strict=True))
     return report
 
 
@@ -125,34 +138,32 @@ def tf_side(directory: Path) -> dict[str, Any]:
                 layer.moving_variance.assign(rng.uniform(0.5, 2.0, size).astype(np.float32))
         arrays = portable_arrays(model, shape, cfg.name)
         np.savez(directory / f"tensorflow-{case}.npz", *arrays, logits=logits(model, batch(shape)))
-        entry: dict[str, Any] = {"tensors": len(arrays), "names": portable_names(model, shape, cfg.name),
-                                 "variables": len(model.variables)}
-        other = directory / f"torch-{case}.npz"
-        if other.is_file():
-            with np.load(other) as saved:
-                torch_logits = saved["logits"]
-                torch_arrays = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
-            fresh = build_model(cfg, shape, CLASSES)
-            entry["loaded"] = load_portable(fresh, torch_arrays, shape, cfg.name)
-            entry["max_abs_diff"] = float(np.abs(logits(fresh, batch(shape)) - torch_logits).max())
-            entry["logit_scale"] = float(np.abs(torch_logits).max())
-            entry["round_trip"] = all(np.array_equal(a, b) for a, b in
-                                      zip(portable_arrays(fresh, shape, cfg.name), torch_arrays, strict=True))
-        report[case] = entry
+        report[case] = {"tensors": len(arrays), "names": portable_names(model, shape, cfg.name),
+                        "variables": len(model.variables)}
     errors = []
     mobilenet = build_model(load_config(None, CASES["mobilenet"][0]).model, CASES["mobilenet"][1], CLASSES)
-    with np.load(directory / "tensorflow-cnn.npz") as saved:
-        try:
-            load_portable(mobilenet, [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)], (32, 32, 3),
-                          "model.name=mobilenet")
-        except ValueError as exc:
-            errors.append(str(exc))
+    try:
+        load_portable(mobilenet, read_case(directory / "tensorflow-cnn.npz")[0], (32, 32, 3), "model.name=mobilenet")
+    except ValueError as exc:
+        errors.append(str(exc))
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])  # not built by build_model
     try:
         portable_arrays(plain, (4, 1, 1), "a Sequential")
     except ValueError as exc:
         errors.append(str(exc))
     report["errors"] = errors
+
+    exchange(directory, "tensorflow", "torch")
+    for case, (overrides, shape) in CASES.items():
+        cfg = load_config(None, overrides).model
+        torch_arrays, torch_logits = read_case(directory / f"torch-{case}.npz")
+        fresh = build_model(cfg, shape, CLASSES)
+        entry = report[case]
+        entry["loaded"] = load_portable(fresh, torch_arrays, shape, cfg.name)
+        entry["max_abs_diff"] = float(np.abs(logits(fresh, batch(shape)) - torch_logits).max())
+        entry["logit_scale"] = float(np.abs(torch_logits).max())
+        entry["round_trip"] = all(np.array_equal(a, b) for a, b in
+                                  zip(portable_arrays(fresh, shape, cfg.name), torch_arrays, strict=True))
     return report
 
 

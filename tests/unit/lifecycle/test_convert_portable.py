@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +25,45 @@ from hvdtrain.lifecycle import convert_worker as worker
 from hvdtrain.lifecycle.convert import ConvertResult, convert_run
 
 SCRIPT = Path(__file__).with_name("portable_models.py")
+FRAMEWORKS = ("torch", "tensorflow")
 ARCHITECTURES = ("mlp", "mlp-rgb", "cnn", "cnn-digits", "mobilenet", "resnet", "resnet50")
 BATCHNORMS = {"mobilenet": 5, "resnet": 9, "resnet50": 53}  # the rest have none
 TORCH_TO_KERAS = {"weight": ("kernel", "gamma"), "bias": ("bias", "beta"), "running_mean": ("moving_mean",),
                   "running_var": ("moving_variance",)}
 
 
+def wait_side_by_side(sides: dict[str, subprocess.Popen], timeout: float) -> list[str]:
+    """Waits until every process has exited, one has failed, or `timeout` s have passed (a side that fails or
+    hangs leaves the other waiting for it); ends the rest and returns the names of those that did not succeed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        codes = [proc.poll() for proc in sides.values()]
+        if None not in codes or any(code not in (None, 0) for code in codes):
+            break
+        time.sleep(0.05)
+    for proc in sides.values():
+        proc.kill()  # nothing for those that have exited
+        proc.wait()
+    return [name for name, proc in sides.items() if proc.returncode != 0]
+
+
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """torch writes its arrays; Keras loads them and writes its own; torch loads those."""
+    """torch and Keras each write their arrays, then each loads the other's: the two processes run side by side
+    (importing the frameworks is most of their time) and wait for each other in between (portable_models.py)."""
     directory = tmp_path_factory.mktemp("portable")
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = {}
-    for step, framework in enumerate(("torch", "tensorflow", "torch")):
-        proc = subprocess.run([sys.executable, str(SCRIPT), framework, str(directory)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[f"{framework}{step}"] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"tensorflow": out["tensorflow1"], "torch": out["torch2"]}
+    with ExitStack() as stack:
+        sides = {framework: subprocess.Popen(
+                     [sys.executable, str(SCRIPT), framework, str(directory)], cwd=REPO, env=env,
+                     stdout=stack.enter_context((directory / f"{framework}.stdout").open("w")),
+                     stderr=stack.enter_context((directory / f"{framework}.stderr").open("w")))
+                 for framework in FRAMEWORKS}
+        failed = wait_side_by_side(sides, timeout=300)
+    assert not failed, "\n".join(f"{framework} side exited {sides[framework].returncode}:\n"
+                                 f"{(directory / f'{framework}.stderr').read_text()[-3000:]}" for framework in failed)
+    return {framework: json.loads((directory / f"{framework}.stdout").read_text().strip().splitlines()[-1])
+            for framework in FRAMEWORKS}
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
