@@ -6,7 +6,7 @@ CONFIG ?= configs/digits.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-fast test-unit test-distributed doctor docs lint check-plain-pypi
+.PHONY: setup train test test-fast test-races test-unit test-distributed doctor docs lint check-plain-pypi
 
 # The CPU stack, or on a machine with an NVIDIA GPU the CUDA one (Horovod with NCCL); HVDTRAIN_DEVICE=cuda|cpu
 # forces the choice. `bash scripts/setup_env.sh --plan` shows what it would do (docs/setup.md).
@@ -25,6 +25,16 @@ test: setup lint
 # The edit loop: lint, the unit tests and one 2-rank run per backend (tests marked smoke), a few minutes.
 test-fast: setup lint
 	$(PY) -m pytest -ra --durations=15 -m "not distributed or smoke" $(PYTEST_ARGS)
+
+# Every test that kills, stops or races processes (marked races), REPEATS rounds in a row; stops at the first
+# failing round and shows its output (docs/testing.md records the last count).
+REPEATS ?= 20
+test-races: setup
+	@log=$$(mktemp); for i in $$(seq $(REPEATS)); do \
+	  $(PY) -m pytest -q -p no:cacheprovider -m races $(PYTEST_ARGS) > $$log 2>&1 || \
+	    { cat $$log; echo "races: round $$i of $(REPEATS) failed"; rm -f $$log; exit 1; }; \
+	  echo "races: round $$i of $(REPEATS) passed: $$(grep -E '[0-9]+ passed' $$log | tail -n 1)"; \
+	done; rm -f $$log
 
 test-unit: setup
 	$(PY) -m pytest -ra -m "not distributed" $(PYTEST_ARGS)

@@ -123,6 +123,7 @@ def test_evaluate_other_data(trained: Path, tmp_path: Path) -> None:
     assert "100 samples" in out.stdout
 
 
+@pytest.mark.races
 def test_bad_input_is_one_line_exit_2(torch_run: Path, tmp_path: Path) -> None:
     """Backend-neutral checks, on the torch run."""
     trained = torch_run

@@ -33,6 +33,7 @@ def fault_env(**values: object) -> dict[str, str]:
     return {"PYTHONPATH": str(SCRIPTS), **{f"HVDTRAIN_TEST_{k.upper()}": str(v) for k, v in values.items()}}
 
 
+@pytest.mark.races
 @pytest.mark.parametrize("backend,kills", [("torch", 4), ("tensorflow", 2)])
 def test_kill_9_during_checkpoint_writes_then_resume_equals_uninterrupted(tmp_path: Path, small_config: Path,
                                                                           backend: str, kills: int) -> None:
@@ -80,6 +81,7 @@ def test_kill_9_during_checkpoint_writes_then_resume_equals_uninterrupted(tmp_pa
     assert len(list((cut / "checkpoints").glob("epoch-*"))) == 2  # keep_last
 
 
+@pytest.mark.races
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path, backend: str) -> None:
     """Two "hosts" on this machine (localhost and 127.0.0.1, one slot each). Rank 1 is killed with SIGKILL at
@@ -117,6 +119,7 @@ def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path, bac
     assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 2} == {0.05}
 
 
+@pytest.mark.races
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_early_stopping_stops_every_rank_after_the_same_epoch(tmp_path: Path, small_config: Path, backend: str) -> None:
     base = ["--config", str(small_config), f"backend={backend}", "train.epochs=10"]
@@ -138,6 +141,7 @@ def test_early_stopping_stops_every_rank_after_the_same_epoch(tmp_path: Path, sm
     assert summary["steps_per_rank"] == [10, 10]
 
 
+@pytest.mark.races
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_stalled_rank_is_shut_down_with_a_message(tmp_path: Path, small_config: Path, backend: str) -> None:
     start = time.monotonic()

@@ -295,6 +295,7 @@ def test_two_ranks_print_one_policy_line_with_scaled_lr(tmp_path_factory: pytest
     assert "2 rank(s) x micro-batch 8 x accumulation 2 = global batch 32; LR 0.05 -> 0.2 (x4)" in lines[0]
 
 
+@pytest.mark.races
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_adasum_trains_under_mpi_and_is_refused_on_gloo(tmp_path: Path, backend: str) -> None:
     # Fails if policy.reduce_op=adasum does not reach Horovod from the command line: the timeline must show

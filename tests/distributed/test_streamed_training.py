@@ -93,6 +93,7 @@ def test_workers_do_not_change_the_weights(reference: Path, folder: Path, tmp_pa
     assert diff == 0.0
 
 
+@pytest.mark.races
 def test_kill_9_and_resume_mid_epoch_gives_the_uninterrupted_weights(reference: Path, folder: Path,
                                                                       tmp_path: Path) -> None:
     cut = tmp_path / "cut"
@@ -132,6 +133,7 @@ def test_tar_shards_train_with_every_sample_once(folder: Path, tmp_path: Path) -
     assert read_metrics(run_dir)[-1]["val_accuracy"] >= 0.9
 
 
+@pytest.mark.races
 def test_a_truncated_jpeg_stops_every_rank_or_is_skipped(folder: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     subprocess.run(["cp", "-r", str(folder), str(broken)], check=True)

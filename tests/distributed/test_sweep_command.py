@@ -129,6 +129,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, small_co
     assert [r["status"] for r in read_csv(out2)] == ["failed"] and not (out2 / "best.yaml").exists()
 
 
+@pytest.mark.races
 def test_timeout_and_unknown_metric(tmp_path: Path, small_config: Path) -> None:
     out = tmp_path / "slow"
     proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "optim.lr=0.1", "--timeout", "0.5",
@@ -147,6 +148,7 @@ def test_timeout_and_unknown_metric(tmp_path: Path, small_config: Path) -> None:
     assert len(read_csv(out)) == 1 and not (out / "trial-002.log").exists()
 
 
+@pytest.mark.races
 def test_stopped_sweep_leaves_valid_partial_results(tmp_path: Path, small_config: Path) -> None:
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "hvdtrain", "sweep", "--config", str(small_config), *TINY, "--grid",

@@ -78,6 +78,7 @@ def test_digits_reaches_95_percent(backend: str, tmp_path_factory: pytest.TempPa
     assert proc.stdout.count("done: loss") == 12
 
 
+@pytest.mark.races
 def test_bad_config_refused_on_every_rank(tmp_path: Path) -> None:
     proc = run_hvdtrain(["train.batch_size=0", f"run.dir={tmp_path / 'r'}"], launcher="gloo", np_=2,
                         check=False)
@@ -89,6 +90,7 @@ def test_bad_config_refused_on_every_rank(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.races
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ranks_with_different_configs_are_stopped(tmp_path: Path, backend: str) -> None:
     # The config check goes through each framework's Horovod module (hvdtrain/distributed/communicator.py):

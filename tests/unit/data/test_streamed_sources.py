@@ -91,6 +91,7 @@ def test_train_and_val_folders_are_the_split_and_must_have_the_same_classes(tmp_
         load_dataset(load_config(None, ["data.name=image_folder", f"data.path={tmp_path / 'e'}"]).data, 0)
 
 
+@pytest.mark.races
 def test_a_killed_worker_is_an_error_naming_it(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "imgs")
     cfg = load_config(None, ["data.name=image_folder", f"data.path={root}", "data.image_size=[24,24]",
@@ -124,6 +125,7 @@ class SlowSource(ArraySource):
         return super().read(indices)
 
 
+@pytest.mark.races
 def test_a_hung_worker_is_an_error_after_the_timeout(tmp_path: Path) -> None:
     cfg = load_config(None, ["data.worker_timeout_s=2", "train.batch_size=4"])
     source = SlowSource(np.zeros((16, 4, 4, 1), np.float32), np.zeros(16, np.int64), "slow", tmp_path / "release")

@@ -51,6 +51,7 @@ def test_no_barrier_once_horovod_is_down() -> None:
     assert ("barrier", None) not in comm.calls
 
 
+@pytest.mark.races
 def test_a_barrier_no_peer_joins_gives_up_after_the_timeout() -> None:
     comm = FakeCommunicator(size=2)
     comm.init()
