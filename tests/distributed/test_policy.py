@@ -295,14 +295,17 @@ def test_two_ranks_print_one_policy_line_with_scaled_lr(tmp_path_factory: pytest
     assert "2 rank(s) x micro-batch 8 x accumulation 2 = global batch 32; LR 0.05 -> 0.2 (x4)" in lines[0]
 
 
-@pytest.mark.races
+def adasum_args(backend: str) -> list[str]:
+    return ["--config", "configs/digits.yaml", f"backend={backend}", "policy.reduce_op=adasum", "optim.lr=0.05"]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_adasum_trains_under_mpi_and_is_refused_on_gloo(tmp_path: Path, backend: str) -> None:
+def test_adasum_trains_under_mpi(tmp_path: Path, backend: str) -> None:
     # Fails if policy.reduce_op=adasum does not reach Horovod from the command line: the timeline must show
     # every gradient reduced by an ADASUM operation (an average would show ALLREDUCE), the metric sums still
-    # allreduced. What Adasum computes is checked against its formula in the next test.
-    cfg = ["--config", "configs/digits.yaml", f"backend={backend}", "policy.reduce_op=adasum", "optim.lr=0.05"]
-    run_hvdtrain([*cfg, "horovod.timeline=timeline.json", f"run.dir={tmp_path / 'mpi'}"], launcher="mpirun", np_=2)
+    # allreduced. What Adasum computes is checked against its formula in test_adasum_step_follows_its_formula.
+    run_hvdtrain([*adasum_args(backend), "horovod.timeline=timeline.json", f"run.dir={tmp_path / 'mpi'}"],
+                 launcher="mpirun", np_=2)
     summary = read_summary(tmp_path / "mpi")
     gradients = wire_dtypes(tmp_path / "mpi" / "timeline.json", gradients=True)
     print(f"{backend} adasum: val_accuracy {summary['final']['val_accuracy']:.4f}, gradient collectives "
@@ -313,7 +316,12 @@ def test_adasum_trains_under_mpi_and_is_refused_on_gloo(tmp_path: Path, backend:
     reductions = reductions_per_gradient(tmp_path / "mpi" / "timeline.json")
     assert len(reductions) >= 4 and set(reductions.values()) == {summary["steps"]}, reductions
     assert set(wire_dtypes(tmp_path / "mpi" / "timeline.json", gradients=False)) == {("ALLREDUCE", "float64")}
-    proc = run_hvdtrain([*cfg, f"run.dir={tmp_path / 'gloo'}"], launcher="gloo", np_=2, check=False)
+
+
+@pytest.mark.races
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adasum_is_refused_on_gloo(tmp_path: Path, backend: str) -> None:
+    proc = run_hvdtrain([*adasum_args(backend), f"run.dir={tmp_path / 'gloo'}"], launcher="gloo", np_=2, check=False)
     assert proc.returncode != 0
     assert "<stderr>:Traceback" not in proc.stderr  # (horovodrun itself reports the exit with a traceback)
     errors = [line for line in proc.stderr.splitlines() if "hvdtrain: error: policy.reduce_op=adasum needs" in line]
