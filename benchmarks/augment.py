@@ -5,8 +5,9 @@
 Batches of 128 float32 RGB images, the same parameter ranges for all (rotation 20 degrees, shifts 0.1,
 shear 10 degrees, zoom 0.1, horizontal flips, nearest fill), one process each (hvdtrain's rows: the native
 kernel, then each framework kernel): every measurement runs in
-a fresh worker process (torch and TensorFlow never share one), interleaved over the repeats. Timed: drawing
-the parameters and transforming the batch, after two warm-up batches. Reports median images/s and ratios.
+a fresh worker process (torch and TensorFlow never share one), interleaved over the repeats; --quick runs
+one worker process per framework instead. Timed: drawing the parameters and transforming the batch, after
+two warm-up batches. Reports median images/s and ratios.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 import numpy as np
 
 IMPLS = ("keras", "kornia", "hvdtrain-native", "hvdtrain-native-1thread", "hvdtrain-torch", "hvdtrain-tensorflow")
+ON_TENSORFLOW = ("keras", "hvdtrain-tensorflow")  # the others import torch
 BATCH = 128
 RANGES = {"rotation_range": 20.0, "width_shift_range": 0.1, "height_shift_range": 0.1, "shear_range": 10.0,
           "zoom_range": 0.1, "horizontal_flip": True, "fill_mode": "nearest"}
@@ -73,27 +75,42 @@ def worker(impl: str, size: int) -> float:
     return count * BATCH / (time.perf_counter() - start)
 
 
+def measure(impls: list[str], size: int) -> list[float]:
+    """`worker` for each implementation in turn in this process, each in the environment the process had."""
+    rates = []
+    for impl in impls:
+        env = dict(os.environ)
+        rates.append(worker(impl, size))
+        os.environ.clear()
+        os.environ.update(env)
+    return rates
+
+
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.launch import section_parser
     from benchmarks.report import machine, update_section
 
     parser = section_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
-    parser.add_argument("--worker", nargs=2, metavar=("IMPL", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("IMPL[,IMPL...]", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]))))
+        print(json.dumps(measure(args.worker[0].split(","), int(args.worker[1]))))
         return
     if args.quick:
         args.sizes = [16]
+        groups = [[i for i in IMPLS if (i in ON_TENSORFLOW) == tf] for tf in (True, False)]
+    else:
+        groups = [[impl] for impl in IMPLS]
     rates: dict[tuple[str, int], list[float]] = {}
     for rep in range(args.repeats):
         for size in args.sizes:
-            for impl in IMPLS:
-                proc = subprocess.run([sys.executable, "-m", "benchmarks.augment", "--worker", impl, str(size)],
-                                      capture_output=True, text=True, check=True)
-                rates.setdefault((impl, size), []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                print(f"repeat {rep} {impl} {size}: {rates[(impl, size)][-1]:,.0f} img/s", file=sys.stderr)
+            for group in groups:
+                proc = subprocess.run([sys.executable, "-m", "benchmarks.augment", "--worker", ",".join(group),
+                                       str(size)], capture_output=True, text=True, check=True)
+                for impl, rate in zip(group, json.loads(proc.stdout.strip().splitlines()[-1]), strict=True):
+                    rates.setdefault((impl, size), []).append(rate)
+                    print(f"repeat {rep} {impl} {size}: {rate:,.0f} img/s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in rates.items()}
     rows = []
     for impl in IMPLS:
@@ -109,10 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     head = " | ".join(f"{s}x{s} img/s | vs Keras | vs kornia" for s in args.sizes)
     command = f"python -m benchmarks.augment --repeats {args.repeats} --sizes {' '.join(map(str, args.sizes))}"
     command += " --quick" if args.quick else ""
+    processes = "one process per framework" if args.quick else "each measurement in a fresh single process"
     update_section("augment", f"""## Augmentation throughput
 
 `{command}`: batches of {BATCH} float32 RGB images; rotation 20, shifts 0.1, shear 10, zoom 0.1,
-horizontal flip, nearest fill; each measurement in a fresh single process, {args.repeats} interleaved
+horizontal flip, nearest fill; {processes}, {args.repeats} interleaved
 repeats, medians. {machine()}.
 
 | implementation | {head} |

@@ -20,19 +20,29 @@ from benchmarks.report import machine, update_section
 
 BACKENDS = ("torch", "tensorflow")
 QUICK = ("train.epochs=2", "train.max_steps_per_epoch=3")  # --quick: checks the runner, measures nothing
+_REUSABLE: dict[tuple[str, str, int, tuple[str, ...]], dict] = {}  # run_once(reuse=True)'s results
 
 
-def run_once(backend: str, config: str, np_: int, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
-    """One `horovodrun` training run; medians over its epochs after the first."""
+def run_once(backend: str, config: str, np_: int, run_dir: Path, overrides: tuple[str, ...] = (), *,
+             reuse: bool = False) -> dict:
+    """One `horovodrun` training run; medians over its epochs after the first. With `reuse` (--quick, whose
+    numbers mean nothing), a run with the same arguments made earlier in this process is not launched
+    again: under `python -m benchmarks --quick` this section takes the policy section's fp32 runs."""
+    key = (backend, config, np_, overrides)
+    if reuse and key in _REUSABLE:
+        return _REUSABLE[key]
     horovodrun = Path(sys.executable).parent / "horovodrun"
     cmd = [str(horovodrun), "-np", str(np_), "-H", f"localhost:{np_}", sys.executable, "-m", "hvdtrain",
            "--config", config, f"backend={backend}", "run.progress=off", f"run.dir={run_dir}", *overrides]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     later = epochs[1:] or epochs
-    return {"epoch_s": statistics.median(e["epoch_time_s"] for e in later),
-            "samples_s": statistics.median(e["samples_per_s"] for e in later),
-            "val_acc": epochs[-1]["val_accuracy"]}
+    result = {"epoch_s": statistics.median(e["epoch_time_s"] for e in later),
+              "samples_s": statistics.median(e["samples_per_s"] for e in later),
+              "val_acc": epochs[-1]["val_accuracy"]}
+    if reuse:
+        _REUSABLE[key] = result
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.repeats):
             for backend in BACKENDS:  # interleaved, so drifts in machine load hit both alike
                 results[backend].append(run_once(backend, args.config, args.np_, Path(tmp) / f"{backend}{i}",
-                                                    quick))
+                                                    quick, reuse=args.quick))
                 print(backend, i, results[backend][-1], file=sys.stderr)
     med = {b: {k: statistics.median(r[k] for r in results[b]) for k in results[b][0]} for b in BACKENDS}
     command = (f"python -m benchmarks.backends --repeats {args.repeats} --config {args.config} --np {args.np_}"

@@ -26,6 +26,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "fp16 compression": ("policy.compression=fp16",),
     "accumulation 4": ("policy.accumulation_steps=4",),
 }
+# --quick checks the runner (one run per backend; the levers themselves: tests/distributed/test_policy.py).
+QUICK_VARIANTS = ("fp32",)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,13 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--np", type=int, default=2, dest="np_")
     args = parser.parse_args(argv)
     quick = QUICK if args.quick else ()
-    runs = [(b, v) for b in BACKENDS for v in VARIANTS]
+    runs = [(b, v) for b in BACKENDS for v in (QUICK_VARIANTS if args.quick else VARIANTS)]
     results: dict[tuple[str, str], list[dict]] = {run: [] for run in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             for backend, variant in runs:  # interleaved, so drifts in machine load hit every variant alike
                 run_dir = Path(tmp) / f"{backend}-{len(results[(backend, variant)])}-{abs(hash(variant))}"
-                result = run_once(backend, args.config, args.np_, run_dir, VARIANTS[variant] + quick)
+                result = run_once(backend, args.config, args.np_, run_dir, VARIANTS[variant] + quick,
+                                  reuse=args.quick)
                 results[(backend, variant)].append(result)
                 print(backend, variant, i, result, file=sys.stderr)
     med = {run: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for run, rs in results.items()}
