@@ -92,7 +92,11 @@ def _torch_loop(cfg: Config, loop: str) -> tuple[int, list[float]]:
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
 
-    return rank, _time_epochs(cfg.train.epochs, epoch, barrier)
+    times = _time_epochs(cfg.train.epochs, epoch, barrier)
+    if loop == "torch-ddp":
+        # Gloo's process group left to the interpreter's exit can abort the process (SIGABRT) at teardown.
+        dist.destroy_process_group()
+    return rank, times
 
 
 def _tensorflow_loop(cfg: Config) -> tuple[int, list[float]]:
