@@ -48,13 +48,18 @@ esac
 command -v mpicxx >/dev/null 2>&1 || die "mpicxx not found: install OpenMPI (apt-get install libopenmpi-dev openmpi-bin) or load an MPI module"
 
 versions="$("$PY" - "$DEVICE" <<'EOF'
-import importlib.metadata as md, sys
-import torch  # its CUDA version too: a CUDA and a CPU wheel of one release may share a version string
+import importlib.metadata as md, importlib.util, sys
+# torch's CUDA version too (a CUDA and a CPU wheel of one release may share a version string), read from its
+# version.py alone: importing torch for it costs seconds
+spec = importlib.util.find_spec("torch")
+version = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+    "torch_version", spec.submodule_search_locations[0] + "/version.py"))
+version.__spec__.loader.exec_module(version)
 try:  # the CPU stack's TensorFlow is tensorflow-cpu (and tf-keras brings tensorflow too), the CUDA stack's tensorflow
     tf = md.version("tensorflow" if sys.argv[1] == "cuda" else "tensorflow-cpu")
 except md.PackageNotFoundError:
     tf = md.version("tensorflow")
-print("py%d.%d" % sys.version_info[:2], "torch" + md.version("torch"), "cuda" + str(torch.version.cuda), "tf" + tf)
+print("py%d.%d" % sys.version_info[:2], "torch" + md.version("torch"), "cuda" + str(version.cuda), "tf" + tf)
 EOF
 )"
 mpi_version="$(mpirun --version 2>/dev/null | head -1)"
@@ -77,7 +82,8 @@ else
   # The wheels' files: nvidia/cu13/{bin,include,nvvm,lib} (nvcc, runtime, crt, cccl) and nvidia/nccl.
   # HVDTRAIN_NVIDIA_DIR points elsewhere (the tests' fake layout).
   nvidia="${HVDTRAIN_NVIDIA_DIR:-$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia}"
-  torch_cuda="$("$PY" -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null || true)"
+  torch_cuda="$(sed -n 's/.* cuda\([^ ]*\) .*/\1/p' <<<"$versions")"
+  [ "$torch_cuda" != None ] || torch_cuda=""
   if [ -n "${HVDTRAIN_CUDA_HOME:-}" ]; then
     toolkit="system:$HVDTRAIN_CUDA_HOME"
     nvcc="$HVDTRAIN_CUDA_HOME/bin/nvcc"

@@ -40,8 +40,7 @@ def test_quick_suite_writes_every_section(tmp_path: Path) -> None:
         assert re.search(r"\d+ cores \(.*\), Python 3\.\d+", sections[name]), "machine line missing"
 
     overhead = _table(sections["overhead"])
-    assert [(r[0], r[1]) for r in overhead] == [("torch", "1"), ("torch", "2"), ("tensorflow", "1"),
-                                                ("tensorflow", "2"), ("torch", "2")]
+    assert [(r[0], r[1]) for r in overhead] == [("torch", "2"), ("tensorflow", "2"), ("torch", "2")]  # --quick: np=2
     for row in overhead:  # baseline ms/step, hvdtrain ms/step, ratio = hvdtrain / baseline
         baseline, ours, ratio = (float(v) for v in row[3:6])
         assert baseline > 0 and ours > 0 and ratio == pytest.approx(ours / baseline, rel=0.02, abs=0.002)
@@ -63,7 +62,8 @@ def test_quick_suite_writes_every_section(tmp_path: Path) -> None:
         assert min(ideal, copy) > 0 and min(gloo, mpi) >= 0
 
     datawait = _table(sections["datawait"])
-    assert len(datawait) == 6
+    assert [(r[0].split(" (")[0], r[1]) for r in datawait] == [  # --quick: each config on one backend in turn
+        ("digits", "torch"), ("synthetic 32x32x3, cnn", "tensorflow"), ("digits + augmentation", "torch")]
     for row in datawait:
         shares = [float(v.rstrip("%")) for v in row[3:7]]
         assert sum(shares) == pytest.approx(100.0, abs=0.3)
