@@ -38,7 +38,7 @@ class InputPipeline:
                               "augments in worker processes: set augment.kernel=auto (or native), or data.workers=0")
         self.pool: WorkerPool | None = None
         if workers:
-            batch = max(cfg.train.batch_size, cfg.train.eval_batch_size)
+            batch = max(cfg.train.batch_size, cfg.train.eval_batch())
             pixels = batch * math.prod(dataset.image_shape) * 4  # float32 after augmentation, at most
             self.pool = WorkerPool({"train": dataset.train, "val": dataset.val}, workers,
                                    slot_bytes=pixels + batch * 8 + 256, timeout_s=cfg.data.worker_timeout_s)
@@ -57,7 +57,7 @@ class InputPipeline:
     def eval_loader(self, rank: int, world_size: int, transform: Transform | None) -> BatchLoader:
         """This rank's validation batches: every validation sample once across ranks."""
         indices = shard_for_eval(len(self.dataset.val), rank, world_size)
-        return BatchLoader(self.dataset.val, None, indices, self.cfg.train.eval_batch_size,
+        return BatchLoader(self.dataset.val, None, indices, self.cfg.train.eval_batch(),
                            prefetch=self.cfg.data.prefetch_batches, transform=transform,
                            pool=self.pool, source_key="val", skip_errors=self.cfg.data.on_error == "skip")
 

@@ -56,7 +56,7 @@ def _framework_model(backend: Backend) -> Any:
 
 
 def _logits(model: TrainedModel, images: np.ndarray) -> np.ndarray:
-    batch = max(1, model.run.cfg.train.eval_batch_size)
+    batch = max(1, model.run.cfg.train.eval_batch())
     parts = [model.logits(images[i:i + batch]) for i in range(0, len(images), batch)]
     return np.concatenate(parts).astype(np.float32)
 
