@@ -214,7 +214,7 @@ slope is the least-squares growth of a rank's RSS over the steps after the first
 {SLOPE_TARGET} MB per step). Two numbers in a cell are rank 0 / rank 1. {machine_line()}.
 
 {head}
-|------|---|---|---|---|---|---|---|---|---|---|---|
+{"|---" * head.count(" | ")}|---|
 {chr(10).join(rows)}{verdict}"""
 
 
