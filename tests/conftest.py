@@ -36,11 +36,12 @@ def launcher_prefix(launcher: str, np_: int) -> list[str]:
 
 def run_hvdtrain(args: list[str], *, launcher: str = "single", np_: int = 1, cwd: Path | None = None,
                  check: bool = True, timeout: float = LAUNCH_TIMEOUT_S, prefix: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Runs `python -m hvdtrain ARGS` under a launcher (or the command words `prefix`), with `env` added to
-    the environment; returns the finished process (text output)."""
+                 env: dict[str, str] | None = None, program: tuple[str, ...] = ("-m", "hvdtrain")
+                 ) -> subprocess.CompletedProcess:
+    """Runs `python -m hvdtrain ARGS` (or `python PROGRAM ARGS`) under a launcher (or the command words
+    `prefix`), with `env` added to the environment; returns the finished process (text output)."""
     words = launcher_prefix(launcher, np_) if prefix is None else prefix
-    cmd = [*words, sys.executable, "-m", "hvdtrain", *args]
+    cmd = [*words, sys.executable, *program, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
@@ -49,6 +50,15 @@ def run_hvdtrain(args: list[str], *, launcher: str = "single", np_: int = 1, cwd
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
+
+
+def train_many(runs: list[list[str]], job_file: Path, *, launcher: str = "single", np_: int = 1,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Trains every run (its config overrides) one after another in one start of each rank
+    (tests/scripts/train_many.py): for runs that differ only in config, the framework and Horovod start once."""
+    job_file.write_text(json.dumps(runs))
+    return run_hvdtrain([str(job_file)], launcher=launcher, np_=np_, env=env,
+                        program=(str(REPO / "tests" / "scripts" / "train_many.py"),))
 
 
 def together(*jobs: Callable[[], Any]) -> list[Any]:

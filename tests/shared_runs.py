@@ -13,7 +13,7 @@ from pathlib import Path
 from subprocess import CompletedProcess
 
 import pytest
-from conftest import SMALL_CONFIG, run_hvdtrain
+from conftest import SMALL_CONFIG, run_hvdtrain, together, train_many
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,13 @@ def batching_runs(backend: str, factory: pytest.TempPathFactory) -> BatchingRuns
         root = factory.mktemp(f"batching-{backend}")
         cfg = ["--config", str(small_config_file(factory)), f"backend={backend}"]
         timeline = "horovod.timeline=timeline.json"
-        run_hvdtrain([*cfg, "train.batch_size=32", "optim.lr=0.2", f"run.dir={root / 'reference'}"])
-        run_hvdtrain([*cfg, "train.batch_size=16", "optim.lr=0.2", f"run.dir={root / 'batch16'}"])
-        run_hvdtrain([*cfg, "train.batch_size=8", "policy.accumulation_steps=4", "optim.lr=0.05",
-                      f"run.dir={root / 'acc4'}"])
-        run_hvdtrain([*cfg, "train.batch_size=16", timeline, f"run.dir={root / 'gloo'}"], launcher="gloo", np_=2)
+        # The three np=1 runs in one process (conftest.train_many), at the same time as the Gloo job.
+        one = [[*cfg, "train.batch_size=32", "optim.lr=0.2", f"run.dir={root / 'reference'}"],
+               [*cfg, "train.batch_size=16", "optim.lr=0.2", f"run.dir={root / 'batch16'}"],
+               [*cfg, "train.batch_size=8", "policy.accumulation_steps=4", "optim.lr=0.05", f"run.dir={root / 'acc4'}"]]
+        together(lambda: train_many(one, root / "np1.json"),
+                 lambda: run_hvdtrain([*cfg, "train.batch_size=16", timeline, f"run.dir={root / 'gloo'}"],
+                                      launcher="gloo", np_=2))
         mpi_proc = run_hvdtrain([*cfg, "train.batch_size=8", "policy.accumulation_steps=2", "optim.lr=0.05", timeline,
                                  "horovod.fusion_threshold_mb=0", "horovod.cycle_time_ms=2",
                                  "horovod.stall_check_time_s=30", "run.progress=lines", f"run.dir={root / 'mpi'}"],

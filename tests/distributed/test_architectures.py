@@ -1,4 +1,7 @@
-"""Built-in architectures and user models by import path on both backends, with real training runs."""
+"""Built-in architectures and user models by import path on both backends, with real training runs.
+
+Every np=2 run of a backend is one horovodrun job (conftest.train_many: the runs differ only in config, so each
+rank starts its framework and Horovod once); the tests read their run directories."""
 
 from __future__ import annotations
 
@@ -7,23 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, read_metrics, read_summary, run_hvdtrain, together
+from conftest import REPO, read_metrics, read_summary, run_hvdtrain, train_many
 
 pytestmark = pytest.mark.distributed
 
 BACKENDS = ["torch", "tensorflow"]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("model", [["model.name=mobilenet"], ["model.name=resnet", "model.depth=8"]])
-def test_compact_architectures_train_on_digits(tmp_path: Path, backend: str, model: list[str]) -> None:
-    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", *model, "train.epochs=3",
-                  "run.progress=off", f"run.dir={tmp_path}"], launcher="horovodrun", np_=2)
-    summary = read_summary(tmp_path)
-    print(f"{backend} {model}: {summary['num_parameters']} parameters, "
-          f"val accuracy {summary['final']['val_accuracy']:.3f}")
-    # Measured after 3 epochs on one process: 0.92-0.97; at np=2 (global batch 64) a little lower.
-    assert summary["final"]["val_accuracy"] >= 0.80
 
 
 USER_MODELS = '''
@@ -39,24 +30,10 @@ def build_keras(cfg, input_shape, num_classes):  # no keras.Input: hvdtrain buil
                              keras.layers.Dense(num_classes)])
 '''
 
-
-@pytest.mark.parametrize("backend,builder", [("torch", "build_torch"), ("tensorflow", "build_keras")])
-def test_a_user_model_by_import_path_trains(tmp_path: Path, backend: str, builder: str) -> None:
-    (tmp_path / "my_models.py").write_text(USER_MODELS)
-    env = {"PYTHONPATH": str(tmp_path)}
-    run_dir = tmp_path / "run"
-    other = "build_keras" if builder == "build_torch" else "build_torch"
-    digits = ["--config", "configs/digits.yaml", f"backend={backend}"]
-    _, wrong = together(
-        lambda: run_hvdtrain([*digits, f"model.name=my_models:{builder}", "train.epochs=3", "run.progress=off",
-                              f"run.dir={run_dir}"], launcher="horovodrun", np_=2, env=env),
-        lambda: run_hvdtrain([*digits, f"model.name=my_models:{other}", f"run.dir={tmp_path / 'wrong'}"], env=env,
-                             check=False))
-    summary = read_summary(run_dir)
-    assert summary["num_parameters"] == 64 * 40 + 40 + 40 * 10 + 10
-    assert summary["final"]["val_accuracy"] >= 0.6  # chance is 0.1
-    switch = "tensorflow" if backend == "torch" else "torch"
-    assert wrong.returncode == 2 and f"or set backend={switch}" in wrong.stderr and "Traceback" not in wrong.stderr
+COMPACT = {"mobilenet": ["model.name=mobilenet"], "resnet": ["model.name=resnet", "model.depth=8"]}
+BUILDER = {"torch": "build_torch", "tensorflow": "build_keras"}
+CIFAR = ["data.name=cifar10", "model.name=mobilenet", "model.width_multiplier=0.5", "train.epochs=5",
+         "train.batch_size=16", "optim.lr=0.025"]
 
 
 def write_coloured_cifar(directory: Path, batches: int, per_batch: int) -> None:
@@ -76,15 +53,50 @@ def write_coloured_cifar(directory: Path, batches: int, per_batch: int) -> None:
                                                    "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}))
 
 
-def test_cifar10_files_train_a_mobilenet(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every np=2 run of the module, one horovodrun job per backend: root/<backend>/<name> (and root/my_models.py,
+    root/cifar)."""
+    root = tmp_path_factory.mktemp("architectures")
+    (root / "my_models.py").write_text(USER_MODELS)
+    write_coloured_cifar(root / "cifar", batches=4, per_batch=64)
+    for backend in BACKENDS:
+        digits = ["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=3", "run.progress=off"]
+        jobs = [[*digits, *model, f"run.dir={root / backend / name}"] for name, model in COMPACT.items()]
+        jobs.append([*digits, f"model.name=my_models:{BUILDER[backend]}", f"run.dir={root / backend / 'user'}"])
+        if backend == "torch":  # the default backend
+            jobs.append([*CIFAR, f"data.path={root / 'cifar'}", "run.progress=off", f"run.dir={root / 'cifar-run'}"])
+        train_many(jobs, root / f"{backend}.json", launcher="horovodrun", np_=2, env={"PYTHONPATH": str(root)})
+    return root
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model", COMPACT)
+def test_compact_architectures_train_on_digits(runs: Path, backend: str, model: str) -> None:
+    summary = read_summary(runs / backend / model)
+    print(f"{backend} {model}: {summary['num_parameters']} parameters, "
+          f"val accuracy {summary['final']['val_accuracy']:.3f}")
+    # Measured after 3 epochs on one process: 0.92-0.97; at np=2 (global batch 64) a little lower.
+    assert summary["final"]["val_accuracy"] >= 0.80
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_user_model_by_import_path_trains(runs: Path, tmp_path: Path, backend: str) -> None:
+    summary = read_summary(runs / backend / "user")
+    assert summary["num_parameters"] == 64 * 40 + 40 + 40 * 10 + 10
+    assert summary["final"]["val_accuracy"] >= 0.6  # chance is 0.1
+    other = BUILDER["tensorflow" if backend == "torch" else "torch"]
+    wrong = run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", f"model.name=my_models:{other}",
+                          f"run.dir={tmp_path / 'wrong'}"], env={"PYTHONPATH": str(runs)}, check=False)
+    switch = "tensorflow" if backend == "torch" else "torch"
+    assert wrong.returncode == 2 and f"or set backend={switch}" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_cifar10_files_train_a_mobilenet(runs: Path) -> None:
     # Fails if the files are misread (labels detached from images), or the MobileNet does not learn: classes
     # told apart by colour reach a validation accuracy of 0.98 on the test batch after 40 steps (chance: 0.1).
-    write_coloured_cifar(tmp_path / "cifar", batches=4, per_batch=64)
-    run_hvdtrain(["data.name=cifar10", f"data.path={tmp_path / 'cifar'}", "model.name=mobilenet",
-                  "model.width_multiplier=0.5", "train.epochs=5", "train.batch_size=16", "optim.lr=0.025",
-                  "run.progress=off", f"run.dir={tmp_path / 'run'}"], launcher="horovodrun", np_=2)
-    summary = read_summary(tmp_path / "run")
-    metrics = read_metrics(tmp_path / "run")
+    summary = read_summary(runs / "cifar-run")
+    metrics = read_metrics(runs / "cifar-run")
     print(f"mobilenet on coloured CIFAR-10 files: {[(m['train_loss'], m['val_accuracy']) for m in metrics]}")
     assert summary["steps"] == 40  # 256 images / (2 ranks x 16) = 8 steps, 5 epochs
     assert summary["final"]["val_accuracy"] >= 0.6

@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, launcher_prefix, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain
+from conftest import (
+    REPO,
+    launcher_prefix,
+    max_weight_diff,
+    read_metrics,
+    read_summary,
+    read_weights,
+    run_hvdtrain,
+    train_many,
+)
 from shared_runs import batching_runs
 
 pytestmark = pytest.mark.distributed
@@ -178,17 +187,31 @@ def test_fp16_overflow_skips_the_step_on_every_rank(backend: str, step_probe: Ca
     assert reports[0]["checksum"] == reports[1]["checksum"]  # the ranks stayed identical
 
 
+PRECISIONS = {"bf16+compression": ["policy.precision=bf16", "policy.compression=fp16"],
+              "fp16": ["policy.precision=fp16"]}
+_PRECISION_RUNS: dict[str, Path] = {}
+
+
+def precision_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
+    """Both PRECISIONS runs of configs/digits.yaml at np=2 under horovodrun, one job (conftest.train_many)."""
+    if backend not in _PRECISION_RUNS:
+        root = factory.mktemp(f"precision-{backend}")
+        runs = [["--config", "configs/digits.yaml", f"backend={backend}", *options, "horovod.timeline=timeline.json",
+                 "run.progress=off", f"run.dir={root / name}"] for name, options in PRECISIONS.items()]
+        train_many(runs, root / "job.json", launcher="horovodrun", np_=2)
+        _PRECISION_RUNS[backend] = root
+    return _PRECISION_RUNS[backend]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("options", [["policy.precision=bf16", "policy.compression=fp16"], ["policy.precision=fp16"]],
-                         ids=["bf16+compression", "fp16"])
-def test_reduced_precision_trains_digits(tmp_path: Path, backend: str, options: list[str]) -> None:
+@pytest.mark.parametrize("name", PRECISIONS)
+def test_reduced_precision_trains_digits(tmp_path_factory: pytest.TempPathFactory, backend: str, name: str) -> None:
     # One run serves two features: bf16 compute with fp16 compression, and fp16 compute (loss scaling) without.
     # Fails if either precision loses accuracy, if fp16 keeps no loss scale, or if the gradient allreduces do
     # not send float16 exactly when policy.compression=fp16 (Horovod's timeline records the dtype of every
     # collective): compression silently off would send float32, and the metric sums must stay float64.
-    run_dir = tmp_path / "run"
-    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", *options, "horovod.timeline=timeline.json",
-                  f"run.dir={run_dir}"], launcher="horovodrun", np_=2)
+    options = PRECISIONS[name]
+    run_dir = precision_runs(backend, tmp_path_factory) / name
     summary = read_summary(run_dir)
     accuracy = summary["final"]["val_accuracy"]
     gradients = wire_dtypes(run_dir / "timeline.json", gradients=True)
