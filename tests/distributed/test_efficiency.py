@@ -1,7 +1,8 @@
 """The model-efficiency toolkit on both backends, with real runs: regularisation and distillation losses
 against their formulas, pruning under horovodrun (scheduled sparsity, identical masks on every rank, zeros
 kept by the optimizer), distillation beating the same student trained alone, and fine-tuning (weights from
-another run, frozen parameters, per-group LR multipliers)."""
+another run, frozen parameters, per-group LR multipliers). Runs that differ only in config share a start
+(conftest.train_many): both pruning runs of a backend, and the student alone and distilled."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, read_metrics, read_summary, read_weights, run_hvdtrain, together
+from conftest import REPO, read_metrics, read_summary, read_weights, run_hvdtrain, together, train_many
 from shared_runs import digits_run
 
 pytestmark = pytest.mark.distributed
@@ -36,12 +37,29 @@ def test_penalty_smoothing_and_distillation_losses_match_their_formulas(backend:
     assert values["distill"] == pytest.approx(values["expected_distill"], rel=1e-5)
 
 
+_PRUNED: dict[str, Path] = {}
+
+
+def pruned_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
+    """root/gradual (unstructured, sparsity 0.75 from epoch 1 to 3, every 5 steps) and root/channels (one-shot,
+    half the channels at epoch 3): configs/digits.yaml for 4 epochs at np=2, one horovodrun job
+    (conftest.train_many)."""
+    if backend not in _PRUNED:
+        root = factory.mktemp(f"pruned-{backend}")
+        digits = ["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=4", "run.progress=off"]
+        train_many([[*digits, "prune.method=unstructured", "prune.target_sparsity=0.75", "prune.start_epoch=1",
+                     "prune.end_epoch=3", "prune.every_steps=5", f"run.dir={root / 'gradual'}"],
+                    [*digits, "prune.method=channels", "prune.schedule=oneshot", "prune.target_sparsity=0.5",
+                     "prune.start_epoch=3", f"run.dir={root / 'channels'}"]],
+                   root / "job.json", launcher="horovodrun", np_=2)
+        _PRUNED[backend] = root
+    return _PRUNED[backend]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradual_pruning_reaches_its_sparsity_with_the_same_masks_on_every_rank(tmp_path: Path, backend: str) -> None:
-    run_dir = tmp_path / "pruned"
-    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=4", "run.progress=off",
-                  "prune.method=unstructured", "prune.target_sparsity=0.75", "prune.start_epoch=1",
-                  "prune.end_epoch=3", "prune.every_steps=5", f"run.dir={run_dir}"], launcher="horovodrun", np_=2)
+def test_gradual_pruning_reaches_its_sparsity_with_the_same_masks_on_every_rank(
+        tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
+    run_dir = pruned_runs(backend, tmp_path_factory) / "gradual"
     summary = read_summary(run_dir)
     report = json.loads((run_dir / "sparsity.json").read_text())
     print(f"{backend}: sparsity {summary['sparsity']:.4f}, per layer "
@@ -61,11 +79,8 @@ def test_gradual_pruning_reaches_its_sparsity_with_the_same_masks_on_every_rank(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_one_shot_channel_pruning_then_fine_tuning(tmp_path: Path, backend: str) -> None:
-    run_dir = tmp_path / "channels"
-    run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=4", "run.progress=off",
-                  "prune.method=channels", "prune.schedule=oneshot", "prune.target_sparsity=0.5",
-                  "prune.start_epoch=3", f"run.dir={run_dir}"], launcher="horovodrun", np_=2)
+def test_one_shot_channel_pruning_then_fine_tuning(tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
+    run_dir = pruned_runs(backend, tmp_path_factory) / "channels"
     report = json.loads((run_dir / "sparsity.json").read_text())
     for layer in report["layers"][:-1]:
         assert layer["zero_channels"] == round(0.5 * layer["channels"]), layer
@@ -81,9 +96,9 @@ def test_a_distilled_student_beats_the_same_student_alone(tmp_path: Path, backen
     teacher = digits_run(backend, tmp_path_factory).dir  # the cnn of configs/digits.yaml, trained at np=2
     student = ["--config", "configs/digits.yaml", f"backend={backend}", "model.name=mlp", "model.hidden_units=[32]",
                "train.epochs=3", "run.progress=off"]
-    together(lambda: run_hvdtrain([*student, f"run.dir={tmp_path / 'alone'}"]),
-             lambda: run_hvdtrain([*student, f"distill.teacher={teacher}", "distill.temperature=4",
-                                   "distill.alpha=0.5", f"run.dir={tmp_path / 'distilled'}"]))
+    train_many([[*student, f"run.dir={tmp_path / 'alone'}"],  # one process, one run after the other
+                [*student, f"distill.teacher={teacher}", "distill.temperature=4", "distill.alpha=0.5",
+                 f"run.dir={tmp_path / 'distilled'}"]], tmp_path / "job.json")
     accuracy = {name: read_summary(run_dir)["final"]["val_accuracy"]
                 for name, run_dir in (("teacher", teacher), ("alone", tmp_path / "alone"),
                                       ("distilled", tmp_path / "distilled"))}
