@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,10 @@ def _picture(rng: np.random.Generator, width: int, height: int) -> Any:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def jpeg_folder(n: int, small: bool) -> Path:
-    """A cached folder of n JPEGs in CLASSES class folders: camera-sized (500x375 or 375x500, quality 90,
-    about 60 KB) or SMALLxSMALL. Generated once (into a temporary sibling, then renamed)."""
-    folder = cache_root() / f"{'small' if small else 'photos'}-{n}"
+def picture_folder(name: str, n: int, size: Callable[[int], tuple[int, int]]) -> Path:
+    """A cached folder `name` of n photo-like JPEGs (quality 90) in CLASSES class folders, image i of
+    size(i) = (width, height). Generated once (into a temporary sibling, then renamed)."""
+    folder = cache_root() / name
     if folder.is_dir():
         return folder
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -83,11 +83,16 @@ def jpeg_folder(n: int, small: bool) -> Path:
     for c in range(CLASSES):
         (tmp / f"class{c:02d}").mkdir(parents=True)
     for i in range(n):
-        size = (SMALL, SMALL) if small else ((500, 375) if i % 2 else (375, 500))
-        _picture(rng, *size).save(tmp / f"class{i % CLASSES:02d}" / f"img{i:06d}.jpg", quality=90)
+        _picture(rng, *size(i)).save(tmp / f"class{i % CLASSES:02d}" / f"img{i:06d}.jpg", quality=90)
     tmp.rename(folder)
-    print(f"dataload: generated {folder} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(f"generated {folder} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return folder
+
+
+def jpeg_folder(n: int, small: bool) -> Path:
+    """n JPEGs: camera-sized (500x375 or 375x500, about 60 KB) or SMALLxSMALL (picture_folder)."""
+    return picture_folder(f"{'small' if small else 'photos'}-{n}", n,
+                          lambda i: (SMALL, SMALL) if small else ((500, 375) if i % 2 else (375, 500)))
 
 
 def shard_folder(folder: Path) -> Path:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.dataload import CLASSES, _picture, cache_root, emit, machine_line, shard_folder
+from benchmarks.dataload import cache_root, emit, machine_line, picture_folder, shard_folder
 from benchmarks.launch import horovodrun, run, section_parser
 
 PROBE_DIR_ENV = "HVDTRAIN_RSS_PROBE_DIR"
@@ -106,21 +105,8 @@ class RssProbe:
 
 # ------------------------------------------------------------------------------------------------- data
 def photo_folder(n: int) -> Path:
-    """A cached folder of n 320x240 JPEGs (quality 90) in CLASSES class folders."""
-    folder = cache_root() / f"photos320-{n}"
-    if folder.is_dir():
-        return folder
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    rng = np.random.default_rng(n)
-    start = time.perf_counter()
-    for c in range(CLASSES):
-        (tmp / f"class{c:02d}").mkdir(parents=True)
-    for i in range(n):
-        _picture(rng, *PHOTO).save(tmp / f"class{i % CLASSES:02d}" / f"img{i:06d}.jpg", quality=90)
-    tmp.rename(folder)
-    print(f"trainmem: generated {folder} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return folder
+    """A cached folder of n 320x240 JPEGs in CLASSES class folders."""
+    return picture_folder(f"photos320-{n}", n, lambda i: PHOTO)
 
 
 # ---------------------------------------------------------------------------------------------- analysis
