@@ -14,6 +14,8 @@ import pytest
 from conftest import REPO
 
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras")
+# Installed, used by neither backend's training, and loaded by Keras' import unless tf_backend hides them.
+OPTIONAL_MODULES = ("sklearn", "matplotlib", "scipy")
 BACKENDS = ("torch", "tensorflow")
 T = TypeVar("T")
 
@@ -24,7 +26,7 @@ try:
     runpy.run_module("hvdtrain", run_name="__main__")
 except SystemExit as exc:
     assert exc.code == 0, exc.code
-print("MODULES", json.dumps(sorted(m for m in {FRAMEWORK_MODULES!r} if m in sys.modules)))
+print("MODULES", json.dumps(sorted(m for m in {FRAMEWORK_MODULES + OPTIONAL_MODULES!r} if m in sys.modules)))
 """
 
 # Every case's per-variable counts, one backend per process.
@@ -41,6 +43,8 @@ else:
     count = lambda model: [int(np.prod(v.shape)) for v in model.trainable_variables]
 print("COUNTS", json.dumps({name: count(build_model(load_config(None, overrides).model, (32, 32, 3), 10))
                             for name, overrides in cases.items()}))
+if backend == "tensorflow":  # hidden only while TensorFlow imports: importable as usual afterwards
+    import matplotlib.colors, scipy.sparse, sklearn.base
 """
 MODEL_CASES = {
     "cnn": ["model.name=cnn", "model.channels=[16,32,64]", "model.hidden_units=[128,64]"],
@@ -102,6 +106,7 @@ def test_run_imports_only_its_framework(loaded_modules: dict[str, set[str]], bac
                                         forbidden: set[str]) -> None:
     loaded = loaded_modules[backend]
     assert loaded & forbidden == set()
+    assert loaded & set(OPTIONAL_MODULES) == set()  # ~1.3 CPU-s of every TensorFlow rank's start (tf_backend)
     assert ("torch" if backend == "torch" else "tensorflow") in loaded
 
 
