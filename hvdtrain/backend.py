@@ -4,7 +4,8 @@ registry that imports one lazily.
 A backend gets a `BuildSpec` (model, optimizer, regularisation, distillation and one resolved
 `StepPolicy`), never the whole config, and never imports the loop (hvdtrain.training). Horovod's
 process-level API reaches the loop only through the backend's `comm` (hvdtrain.distributed.communicator).
-Batches cross the boundary as NHWC float32 numpy arrays with int64 labels: `(x, y)`, or with
+Batches cross the boundary as NHWC float32 numpy arrays with the task's targets (int64 labels, or float32
+(n, width)): `(x, y)`, or with
 augment.device=gpu `(x, y, DeviceAugment)`, whose random transforms and standardisation the step applies on
 its device before the forward pass.
 """
@@ -23,6 +24,7 @@ from hvdtrain.augment.pipeline import DeviceAugment
 from hvdtrain.config import AugmentConfig, DistillConfig, ModelConfig, OptimConfig, PolicyConfig, RegularizationConfig
 from hvdtrain.distributed.communicator import Communicator
 from hvdtrain.errors import ConfigError, UserError
+from hvdtrain.tasks.task import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class BuildSpec:
     """Everything a backend needs to build the model, its optimizer and its step."""
 
     model: ModelConfig
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]            # (H, W, C), or (F,) for feature vectors
     num_classes: int
     seed: int
     optim: OptimConfig
@@ -68,21 +70,21 @@ class BuildSpec:
     teacher: ModelConfig | None = None      # distillation: the teacher's architecture
     distill: DistillConfig = DistillConfig()
     augment: AugmentConfig | None = None    # augment.device=gpu: the transforms batches' DeviceAugment asks for
+    task: TaskSpec = TaskSpec()             # the targets' kind and the loss (num_classes: the output width)
 
 
 Batch = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, DeviceAugment]
 
 
 @dataclass(frozen=True)
-class StepStats:
-    """Sums over one batch, so that batches and ranks combine exactly."""
+class StepResult:
+    """What a training step (its window of micro-batches) or an evaluation batch gives the loop: the loss summed
+    over the samples, their number, and the model's outputs (float32, (count, width), in batch order), from which
+    the loop takes the metrics' sums (hvdtrain/tasks/), the same code for both backends."""
 
     loss_sum: float
-    correct: float
     count: int
-
-    def as_array(self) -> np.ndarray:
-        return np.array([self.loss_sum, self.correct, self.count], dtype=np.float64)
+    outputs: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,12 @@ class Backend(Protocol):
     def sync(self) -> None:
         """Every rank takes rank 0's model, optimizer and loss-scale state (broadcasts)."""
 
-    def train_step(self, batches: Sequence[Batch], lr: float) -> StepStats:
+    def train_step(self, batches: Sequence[Batch], lr: float) -> StepResult:
         """One optimizer step at learning rate `lr` over a window of micro-batches (x, y), following
         `spec.step`: gradients averaged over the window locally, then over all ranks in one reduction;
-        precision, loss scaling, clipping and compression as given. Returns the window's sums."""
+        precision, loss scaling, clipping and compression as given. Returns the window's loss sum and outputs."""
 
-    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats: ...
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepResult: ...
 
     def state(self) -> Any:
         """An in-memory copy of model, optimizer and loss-scale state (an elastic commit)."""

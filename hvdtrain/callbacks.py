@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hvdtrain.config import CallbacksConfig, Config, lower_is_better
+from hvdtrain.config import CallbacksConfig, Config
 from hvdtrain.errors import ConfigError
 from hvdtrain.imports import import_by_path
 
@@ -80,15 +80,17 @@ class Callback:
 class EarlyStopping(Callback):
     """Stops when `metric` has not improved by more than `min_delta` for `patience` epochs.
 
-    The metric is minimised if its name contains "loss", else maximised. Records are allreduced before the
+    The metric is minimised or maximised as its metric declares (`lower_is_better`). Records are allreduced before the
     callbacks see them, so every rank makes the same decision; it starts from the completed epochs'
     `history` on resume, so a resumed run stops where the uninterrupted one would have.
     """
 
     def __init__(self, metric: str, patience: int, min_delta: float = 0.0,
-                 history: list[dict[str, Any]] | None = None) -> None:
+                 history: list[dict[str, Any]] | None = None, lower_is_better: bool | None = None) -> None:
+        from hvdtrain.tasks.task import field_lower_is_better
+
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
-        self.minimise = lower_is_better(metric)
+        self.minimise = field_lower_is_better(metric) if lower_is_better is None else lower_is_better
         self.history = list(history or [])
 
     def on_epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> bool:
@@ -134,6 +136,7 @@ class CallbackList:
 
     def __init__(self, cfg: Config, user: list[object]) -> None:
         self.cfg: CallbacksConfig = cfg.callbacks
+        self.run_cfg = cfg
         self.user = user  # callback-like objects (see load_user_callback)
         self.active: list[object] = []
 
@@ -146,8 +149,10 @@ class CallbackList:
         run's own reporting) follow the user's callbacks."""
         self.active = [*self.user, *reporters]
         if self.cfg.early_stopping_metric:
-            self.active.insert(0, EarlyStopping(self.cfg.early_stopping_metric, self.cfg.early_stopping_patience,
-                                                self.cfg.early_stopping_min_delta, history))
+            metric = self.cfg.early_stopping_metric
+            self.active.insert(0, EarlyStopping(metric, self.cfg.early_stopping_patience,
+                                                self.cfg.early_stopping_min_delta, history,
+                                                self.run_cfg.lower_is_better(metric)))
         self._call("on_train_begin", ctx)
 
     def _call(self, hook: str, *args: Any) -> list[Any]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from hvdtrain.errors import ConfigError
+from hvdtrain.tasks.task import TASKS, TaskSpec, check_metric_field, check_task_keys, resolve_task
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -40,7 +41,8 @@ class DataConfig:
     """Where training samples come from and how they are split."""
 
     name: str = option("digits", "Dataset source: digits, synthetic, npz (a .npz file, or a folder of "
-                                 "x.npy/y.npy), image_folder (streamed), shards (tar shards, streamed), cifar10, "
+                                 "x.npy/y.npy: images or feature vectors), diabetes (regression), image_folder "
+                                 "(streamed), shards (tar shards, streamed), cifar10, "
                                  "mnist (docs/data.md), or 'package.module:function' returning your own map-style "
                                  "dataset.")
     path: str | None = option(None, "File (npz) or folder (npy arrays; image_folder: class sub-folders, or train/ and "
@@ -82,26 +84,8 @@ class DataConfig:
         return self.name not in BUILTIN_DATASETS
 
 
-BUILTIN_DATASETS = ("digits", "synthetic", "npz", "image_folder", "shards", "cifar10", "mnist")
+BUILTIN_DATASETS = ("digits", "synthetic", "npz", "image_folder", "shards", "cifar10", "mnist", "diabetes")
 BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet", "resnet50")
-# The fields of a metrics.jsonl record that metric-driven options may name.
-METRIC_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "loss_scale", "epoch_time_s",
-                 "samples_per_s", "data_wait_fraction", "eval_time_s")
-
-
-def lower_is_better(metric: str) -> bool:
-    """The one rule for every metric-driven choice (early stopping, checkpoint.best, sweep ranking): a metric
-    whose name contains "loss" is minimised, any other maximised."""
-    return "loss" in metric
-
-
-def _check_metric(key: str, value: str | None) -> None:
-    if value is not None and value not in METRIC_FIELDS:
-        close = difflib.get_close_matches(value, METRIC_FIELDS, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(METRIC_FIELDS)}"
-        raise ConfigError(f"config key {key}: {value!r} is not a metrics.jsonl field: {hint}")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network to build (docs/models.md)."""
@@ -266,6 +250,13 @@ class TrainConfig:
     freeze: tuple[str, ...] = option((), "Parameter-name patterns (fnmatch, e.g. 'features.*') whose parameters "
                                          "stay fixed; names are the backend's own (see docs/efficiency.md).",
                                      min_items=0)
+    loss: str | None = option(None, "The training loss: cross_entropy, mse, mae, huber, bce, or your own "
+                                    "'package.module:function' (framework tensors (outputs, targets) -> per-sample "
+                                    "losses); null: the task's (docs/tasks.md).")
+    metrics: tuple[str, ...] | None = option(None, "Metrics recorded as train_<name> and val_<name>: accuracy, "
+                                                   "top5_accuracy, mae, rmse, r2, f1_micro, f1_macro, exact_match, or "
+                                                   "your own 'package.module:name' (docs/tasks.md); null: the task's.",
+                                             min_items=0)
 
     def __post_init__(self) -> None:
         # null resolves here, so config.yaml (and evaluate on the finished run) names the batch evaluated with.
@@ -429,12 +420,10 @@ class CheckpointConfig:
                                  "from one continues inside the epoch (0: off).", min=0)
     keep_last: int = option(2, "Checkpoints kept (epoch and mid-epoch ones together); older ones are deleted "
                                "(0: keep all).", min=0)
-    best_metric: str | None = option("val_accuracy", "Keep a copy of the best epoch by this metrics.jsonl field "
-                                                     "in checkpoints/best (minimised if its name contains "
-                                                     "'loss'; null: no copy).")
-
-    def __post_init__(self) -> None:
-        _check_metric("checkpoint.best_metric", self.best_metric)
+    best_metric: str | None = option("auto", "Keep a copy of the best epoch by this metrics.jsonl field in "
+                                             "checkpoints/best (minimised or maximised as its metric says); auto: "
+                                             "val_ and the task's first metric (val_accuracy for classification); "
+                                             "null: no copy.")
 
 
 @dataclass(frozen=True)
@@ -452,16 +441,13 @@ class CallbacksConfig:
     """Callbacks run by the loop on every rank (docs/long-runs.md): early stopping and user hooks."""
 
     early_stopping_metric: str | None = option(None, "Stop when this metrics.jsonl field has not improved for "
-                                                     "early_stopping_patience epochs (minimised if its name "
-                                                     "contains 'loss'; null: off).")
+                                                     "early_stopping_patience epochs (minimised or maximised as its "
+                                                     "metric says; null: off).")
     early_stopping_patience: int = option(3, "Epochs without improvement before stopping.", min=1)
     early_stopping_min_delta: float = option(0.0, "Smallest change that counts as an improvement.", min=0.0)
     user: tuple[str, ...] = option((), "Custom callbacks by import path, 'package.module:name', where name is a "
                                        "class or function called with the Config that returns the callback "
                                        "(hooks: hvdtrain/callbacks.py).", min_items=0)
-
-    def __post_init__(self) -> None:
-        _check_metric("callbacks.early_stopping_metric", self.early_stopping_metric)
 
 
 @dataclass(frozen=True)
@@ -489,6 +475,9 @@ class Config:
     """The whole resolved configuration of one run."""
 
     backend: str = option("torch", "Framework that trains the model.", choices=("torch", "tensorflow"))
+    task: str = option("classification", "What the model learns: classification (int labels), regression (float "
+                                         "targets) or multilabel (0/1 per label); sets the default loss and metrics "
+                                         "(docs/tasks.md).", choices=TASKS)
     seed: int = option(42, "Seed for model init, the validation split and data order.", min=0)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -504,6 +493,35 @@ class Config:
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_task_keys(self.task, self.train.loss, self.train.metrics)
+        if self.task != "classification" and self.distill.teacher:
+            raise ConfigError(f"distill.teacher distils class probabilities, but task={self.task}: distil a "
+                              "classification run, or set distill.teacher=null")
+        if self.task != "classification" and self.regularization.label_smoothing:
+            raise ConfigError(f"regularization.label_smoothing smooths class labels, but task={self.task}: set "
+                              "regularization.label_smoothing=0")
+        if self.checkpoint.best_metric == "auto":  # resolved here, so config.yaml names the field
+            object.__setattr__(self, "checkpoint", dataclasses.replace(
+                self.checkpoint, best_metric="val_" + self.metric_names()[0] if self.metric_names() else "val_loss"))
+        check_metric_field(self.metric_names(), "checkpoint.best_metric", self.checkpoint.best_metric)
+        check_metric_field(self.metric_names(), "callbacks.early_stopping_metric",
+                           self.callbacks.early_stopping_metric)
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The task's metrics as named in metrics.jsonl (without train_/val_), known without importing user code."""
+        from hvdtrain.tasks.task import metric_names
+
+        return metric_names(self.task, self.train.metrics)
+
+    def task_spec(self) -> TaskSpec:
+        """The resolved task, loss and metrics (user metrics imported)."""
+        return resolve_task(self.task, self.train.loss, self.train.metrics)
+
+    def lower_is_better(self, field_name: str) -> bool:
+        """For a metrics.jsonl field: whether lower values are better (from its metric; loss and times: lower)."""
+        return self.task_spec().lower_is_better(field_name)
 
     def run_dir(self) -> Path:
         """`run.dir` with its placeholders filled in."""

@@ -3,6 +3,7 @@ optional packages that Keras and TensorFlow's bundled Keras 2 load at import for
 
 from __future__ import annotations
 
+import os
 import sys
 
 # Keras imports scikit-learn (for its scikit-learn wrappers) and matplotlib (for an image-gallery helper), and
@@ -16,6 +17,7 @@ _OPTIONAL_AT_TF_IMPORT = ("sklearn", "matplotlib", "scipy")
 def _import_tensorflow_lean() -> None:
     if "tensorflow" in sys.modules:
         return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up banner out of the logs
     hidden = [name for name in _OPTIONAL_AT_TF_IMPORT if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError

@@ -31,7 +31,7 @@ from hvdtrain.backend import (  # noqa: E402
     PrunableWeight,
     SaveKind,
     StepInfo,
-    StepStats,
+    StepResult,
 )
 from hvdtrain.config import OptimConfig  # noqa: E402
 from hvdtrain.distributed.communicator import Communicator  # noqa: E402
@@ -40,7 +40,7 @@ from hvdtrain.errors import CheckpointError, ConfigError  # noqa: E402
 from hvdtrain.features.finetune import frozen, lr_multipliers  # noqa: E402
 from tf_backend.augment import augment_on_device  # noqa: E402
 from tf_backend.batchnorm import sync_statistics, with_sync_batchnorm  # noqa: E402
-from tf_backend.losses import cross_entropy, distillation_loss  # noqa: E402
+from tf_backend.losses import cross_entropy, distillation_loss, per_sample_loss  # noqa: E402
 from tf_backend.models import CREATION_INDEX, build_model  # noqa: E402
 from tf_backend.optimizers import TorchAdam, TorchSGD  # noqa: E402
 from tf_backend.precision import Precision, make_precision  # noqa: E402
@@ -241,26 +241,28 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables] if window > 1 else []
         reduce_op = hvd.Adasum if policy.reduce_op == "adasum" else hvd.Average
         compression = hvd.Compression.fp16 if policy.compression == "fp16" else hvd.Compression.none
-        signature = [tf.TensorSpec([None, *spec.image_shape], tf.float32), tf.TensorSpec([None], tf.int64)]
+        targets = (tf.TensorSpec([None], tf.int64) if spec.task.int_targets else
+                   tf.TensorSpec([None, spec.num_classes], tf.float32))
+        signature = [tf.TensorSpec([None, *spec.image_shape], tf.float32), targets]
         smoothing, distill = spec.regularization.label_smoothing, spec.distill
-
-        def correct_of(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-            return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.float64))
+        per_sample, fused_cross_entropy = per_sample_loss(spec.task.loss), spec.task.loss == "cross_entropy"
 
         def train_loss(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             logits = tf.cast(model(x, training=True), tf.float32)  # the loss in fp32 in any precision
-            if teacher is None:
-                loss = tf.reduce_mean(cross_entropy(logits, y, smoothing))
-            else:  # the teacher sees the same (augmented) batch, in inference mode, without gradients
+            if teacher is not None:  # the teacher sees the same (augmented) batch, in inference mode, without gradients
                 teacher_logits = tf.stop_gradient(tf.cast(teacher(x, training=False), tf.float32))
                 loss = distillation_loss(logits, teacher_logits, y, distill.temperature, distill.alpha, smoothing)
-            return loss, correct_of(logits, y)
+            elif fused_cross_entropy:
+                loss = tf.reduce_mean(cross_entropy(logits, y, smoothing))
+            else:
+                loss = tf.reduce_mean(per_sample(logits, y))
+            return loss, logits
 
         def local_gradients(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
             with tf.GradientTape() as tape:
-                loss, correct = train_loss(x, y)
+                loss, logits = train_loss(x, y)
                 window_loss = precision.scale_loss(optimizer, (loss + self._penalty()) / window)  # window mean
-            return loss, correct, tape.gradient(window_loss, variables)
+            return loss, logits, tape.gradient(window_loss, variables)
 
         # Horovod's Python around its ops has no tensor-dependent control flow: AutoGraph converting it while
         # tracing costs about 1.5 s of start-up per process (measured) and changes nothing.
@@ -278,14 +280,14 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
 
         @tf.function(input_signature=signature, reduce_retracing=True)
         def accumulate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            loss, correct, grads = local_gradients(x, y)
+            loss, logits, grads = local_gradients(x, y)
             for total, g in zip(sums, grads, strict=True):
                 total.assign_add(g)
-            return loss, correct
+            return loss, logits
 
         @tf.function(input_signature=signature, reduce_retracing=True)
         def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            loss, correct, grads = local_gradients(x, y)
+            loss, logits, grads = local_gradients(x, y)
             if sums:
                 grads = [g + total for g, total in zip(grads, sums, strict=True)]
             # The allreduce's wall time (StepInfo.comm_seconds), between timestamps ordered by control
@@ -301,12 +303,12 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             optimizer.apply(grads, variables)
             for total in sums:
                 total.assign(tf.zeros_like(total))
-            return loss, correct, communication
+            return loss, logits, communication
 
         @tf.function(input_signature=signature, reduce_retracing=True)
         def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             logits = tf.cast(model(x, training=False), tf.float32)
-            return tf.reduce_sum(cross_entropy(logits, y)), correct_of(logits, y)
+            return tf.reduce_sum(cross_entropy(logits, y) if fused_cross_entropy else per_sample(logits, y)), logits
 
         @tf.function(input_signature=signature[:1], reduce_retracing=True)
         def predict(x: tf.Tensor) -> tf.Tensor:
@@ -314,13 +316,13 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
 
         self._accumulate_fn, self._step_fn, self._eval_fn, self._predict_fn = accumulate, step, evaluate, predict
 
-    def train_step(self, batches: Sequence[Batch], lr: float) -> StepStats:
+    def train_step(self, batches: Sequence[Batch], lr: float) -> StepResult:
         spec, _, optimizer, _ = self._parts()
         if lr != self._lr:
             optimizer.learning_rate = lr  # assigns the optimizer's LR variable; no retrace
             self._lr = lr
         # The window's sums stay tensors: one host synchronisation per step, not per micro-batch.
-        loss_sum, correct, count = tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64), 0
+        loss_sum, count, outputs = tf.constant(0.0, tf.float64), 0, []
         communication = tf.constant(0.0, tf.float64)
         for i, batch in enumerate(batches):
             x, y = _pixels(batch[0]), batch[1]
@@ -328,19 +330,19 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
                 assert spec.augment is not None, "build() with augment.device=gpu"
                 x = augment_on_device(tf.convert_to_tensor(x), batch[2], spec.augment)
             if i < len(batches) - 1:
-                loss, right = self._accumulate_fn(x, y)
+                loss, logits = self._accumulate_fn(x, y)
             else:
-                loss, right, communication = self._step_fn(x, y)
+                loss, logits, communication = self._step_fn(x, y)
             loss_sum += tf.cast(loss, tf.float64) * len(y)
-            correct += right
+            outputs.append(logits)
             count += len(y)
         self._comm_seconds = float(communication)
         self._apply_masks()  # pruned weights stay exactly zero whatever the optimizer did
-        return StepStats(float(loss_sum), float(correct), count)
+        return StepResult(float(loss_sum), count, np.concatenate([o.numpy() for o in outputs]))
 
-    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
-        loss_sum, correct = self._eval_fn(_pixels(x), y)
-        return StepStats(float(loss_sum), float(correct), len(y))
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepResult:
+        loss_sum, logits = self._eval_fn(_pixels(x), y)
+        return StepResult(float(loss_sum), len(y), logits.numpy())
 
     def sync_batchnorm_statistics(self, mode: str) -> int:
         return sync_statistics(self._parts()[1], mode)

@@ -38,7 +38,7 @@ def exact_math() -> None:
 
 
 def serving_function(model: keras.Model, standardization: Standardization,
-                     image_shape: tuple[int, int, int]) -> Any:
+                     image_shape: tuple[int, ...]) -> Any:
     """A tf.function: `images` (NHWC float32 in [0, 1], any batch size) -> {"logits": float32}, the
     standardisation in Keras' order (hvdtrain/augment/standardize.py) before the model."""
     s = standardization

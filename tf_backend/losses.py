@@ -1,7 +1,9 @@
-"""Training losses on TensorFlow tensors: cross-entropy (with label smoothing) and knowledge distillation,
-with the same definitions as torch_backend/losses.py."""
+"""Training losses on TensorFlow tensors, with the same definitions as torch_backend/losses.py: the built-ins per
+sample (docs/tasks.md), the user's by import path, and knowledge distillation."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -23,3 +25,42 @@ def distillation_loss(student: tf.Tensor, teacher: tf.Tensor, labels: tf.Tensor,
     soft = tf.reduce_mean(tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=1))
     hard = tf.reduce_mean(cross_entropy(student, labels, label_smoothing))
     return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
+
+
+def _per_target_mean(values: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(values, axis=1) if values.shape.rank > 1 else values
+
+
+def _huber(outputs: tf.Tensor, targets: tf.Tensor, delta: float = 1.0) -> tf.Tensor:
+    error = tf.abs(outputs - targets)
+    return tf.where(error <= delta, 0.5 * tf.square(error), delta * (error - 0.5 * delta))
+
+
+# Per-sample losses: (outputs, targets) -> (n,), the same definitions as torch_backend/losses.py.
+PER_SAMPLE: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
+    "cross_entropy": lambda out, y: cross_entropy(out, y),
+    "mse": lambda out, y: _per_target_mean(tf.square(out - y)),
+    "mae": lambda out, y: _per_target_mean(tf.abs(out - y)),
+    "huber": lambda out, y: _per_target_mean(_huber(out, y)),
+    "bce": lambda out, y: _per_target_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=out)),
+}
+
+
+def per_sample_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """The built-in `name`, or the user's function by import path, checked (when traced) to return one loss per
+    sample."""
+    if name in PER_SAMPLE:
+        return PER_SAMPLE[name]
+    from hvdtrain.errors import ConfigError
+    from hvdtrain.tasks.task import import_user_loss
+
+    user = import_user_loss(name)
+
+    def checked(outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+        losses = tf.convert_to_tensor(user(outputs, targets))
+        if losses.shape.rank != 1:
+            raise ConfigError(f"train.loss={name!r} returned shape {losses.shape.as_list()} for a batch: return one "
+                              "loss per sample (shape [batch]), not their mean; the trainer reduces them")
+        return losses
+
+    return checked

@@ -59,9 +59,10 @@ def _conv_bn(x: keras.KerasTensor, cin: int, cout: int, kernel: int, stride: int
     return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=bn_name)(conv(x))
 
 
-def _plain(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    height, width, channels = image_shape
+def _plain(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     layers: list[keras.layers.Layer] = [keras.Input(shape=image_shape)]
+    # Feature vectors (F,) are (1, 1, F) here for the head's sizes (mlp only: hvdtrain/training/setup.py checks).
+    height, width, channels = image_shape if len(image_shape) == 3 else (1, 1, image_shape[0])
     if cfg.name == "cnn":
         for out in cfg.channels:
             layers += [keras.layers.Conv2D(out, 3, padding="same", **_torch_like_init(9 * channels)),
@@ -81,7 +82,7 @@ def _plain(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int
     return keras.Sequential(layers, name=cfg.name)
 
 
-def _mobilenet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def _mobilenet(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     inputs = keras.Input(shape=image_shape)
     height, width, channels = image_shape
     stem = cfg.scaled(cfg.channels[0])
@@ -97,7 +98,7 @@ def _mobilenet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes:
     return keras.Model(inputs, _head(x, channels, cfg, num_classes), name="mobilenet")
 
 
-def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def _resnet(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     inputs = keras.Input(shape=image_shape)
     height, width, channels = image_shape
     widths = [cfg.scaled(w) for w in (16, 32, 64)]
@@ -119,7 +120,7 @@ def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: in
 RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # as torch_backend/models.py
 
 
-def _resnet50(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def _resnet50(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """torchvision's resnet50 (v1.5), layer for layer as torch_backend's ResNet50, each conv and BatchNorm named
     by its torch module path (layer2.0.conv2...). Every stride-2 layer pads symmetrically, then runs "valid":
     the 7x7 stem pads 3, the 3x3 max-pool 1 (zeros: its inputs come out of a ReLU, so a zero never wins over
@@ -145,7 +146,7 @@ def _resnet50(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: 
     return keras.Model(inputs, _head(x, channels, cfg, num_classes, output_name="fc"), name="resnet50")
 
 
-def _user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def _user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """The user's Keras model, called once on a zero batch (training=False): that builds a model given
     without an Input (otherwise it would have no variables to train yet) and checks that it maps NHWC
     images to `num_classes` logits."""
@@ -185,7 +186,7 @@ def _stamping_creation_order() -> Iterator[None]:
         keras.layers.Layer.__init__ = original
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """The model named by `cfg.name` for NHWC input of `image_shape` (H, W, C); a built-in one's layers carry
     their creation order (CREATION_INDEX)."""
     if ":" in cfg.name:

@@ -26,7 +26,7 @@ from hvdtrain.backend import (
     SaveKind,
     StepInfo,
     StepPolicy,
-    StepStats,
+    StepResult,
 )
 from hvdtrain.config import OptimConfig
 from hvdtrain.distributed.communicator import Communicator
@@ -36,7 +36,7 @@ from hvdtrain.features.finetune import frozen, lr_multipliers
 from hvdtrain.files import write_atomic
 from torch_backend.augment import augment_on_device
 from torch_backend.batchnorm import sync_statistics, with_sync_batchnorm
-from torch_backend.losses import distillation_loss
+from torch_backend.losses import distillation_loss, per_sample_loss
 from torch_backend.models import build_model
 from torch_backend.precision import Precision, make_precision
 
@@ -107,6 +107,7 @@ class TorchBackend(Backend, Prunable, Penalized):
     def build(self, spec: BuildSpec) -> int:
         torch.manual_seed(spec.seed)
         self.spec = spec
+        self._per_sample = per_sample_loss(spec.task.loss)
         model = build_model(spec.model, spec.image_shape, spec.num_classes).to(self.device)
         if spec.model.sync_batchnorm:
             model = with_sync_batchnorm(model)
@@ -222,7 +223,8 @@ class TorchBackend(Backend, Prunable, Penalized):
         if len(batch) == 3:
             assert self.spec is not None and self.spec.augment is not None, "build() with augment.device=gpu"
             images = augment_on_device(images, batch[2], self.spec.augment)
-        return images.permute(0, 3, 1, 2), labels
+        # Images (n, H, W, C) go to NCHW; feature vectors (n, F) as they are.
+        return (images.permute(0, 3, 1, 2) if images.ndim == 4 else images), labels
 
     def _forward(self, images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
         _, _, _, precision = self._parts()
@@ -246,13 +248,15 @@ class TorchBackend(Backend, Prunable, Penalized):
         spec, _, _, _ = self._parts()
         smoothing = spec.regularization.label_smoothing
         if self.teacher is None:
-            return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+            if spec.task.loss == "cross_entropy":  # the fused mean, with label smoothing
+                return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+            return self._per_sample(logits, labels).mean()
         with torch.no_grad():  # the teacher sees the same (augmented) batch, in eval mode, without gradients
             teacher_logits = self._forward(images, self.teacher)
         return distillation_loss(logits, teacher_logits, labels, spec.distill.temperature, spec.distill.alpha,
                                  smoothing)
 
-    def train_step(self, batches: Sequence[Batch], lr: float) -> StepStats:
+    def train_step(self, batches: Sequence[Batch], lr: float) -> StepResult:
         spec, model, optimizer, precision = self._parts()
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
@@ -260,7 +264,7 @@ class TorchBackend(Backend, Prunable, Penalized):
         optimizer.zero_grad()  # Horovod's override takes no arguments
         # The window's sums stay on the device: one host synchronisation per step, not per micro-batch.
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        outputs: list[torch.Tensor] = []
         count = 0
         for batch in batches:
             images, labels = self._tensors(batch)
@@ -270,7 +274,7 @@ class TorchBackend(Backend, Prunable, Penalized):
             objective = loss if penalty is None else loss + penalty
             precision.backward(objective / len(batches))  # the window's mean gradient, not Horovod's sum
             loss_sum += loss.detach().double() * len(labels)
-            correct += (logits.detach().argmax(1) == labels).sum()
+            outputs.append(logits.detach())
             count += len(labels)
         if spec.step.reduce_op == "adasum":
             # Horovod's Adasum optimizer reduces inside step() and cannot skip synchronisation (the policy
@@ -281,16 +285,17 @@ class TorchBackend(Backend, Prunable, Penalized):
         else:
             self._comm_seconds = precision.optimizer_step(optimizer, model.parameters(), spec.step.grad_clip_norm)
         self._apply_masks()  # pruned weights stay exactly zero whatever the optimizer did
-        return StepStats(float(loss_sum), float(correct), count)
+        return StepResult(float(loss_sum), count, torch.cat(outputs).cpu().numpy())
 
     @torch.no_grad()
-    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
-        _, model, _, _ = self._parts()
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepResult:
+        spec, model, _, _ = self._parts()
         images, labels = self._tensors((x, y))
         model.eval()
         logits = self._forward(images, model)
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        return StepStats(loss.item(), (logits.argmax(1) == labels).sum().item(), len(labels))
+        loss = (F.cross_entropy(logits, labels, reduction="sum") if spec.task.loss == "cross_entropy" else
+                self._per_sample(logits, labels).sum())
+        return StepResult(loss.item(), len(labels), logits.cpu().numpy())
 
     @torch.no_grad()
     def sync_batchnorm_statistics(self, mode: str) -> int:

@@ -1,6 +1,9 @@
-"""Training losses on PyTorch tensors: cross-entropy (with label smoothing) and knowledge distillation."""
+"""Training losses on PyTorch tensors: the built-ins per sample (docs/tasks.md), the user's by import path, and
+knowledge distillation."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,3 +19,37 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
                     reduction="batchmean", log_target=True)
     hard = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
     return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
+
+
+def _per_target_mean(values: torch.Tensor) -> torch.Tensor:
+    return values.mean(dim=1) if values.ndim > 1 else values
+
+
+# Per-sample losses: (outputs, targets) -> (n,). Regression and multilabel average over their columns.
+PER_SAMPLE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": lambda out, y: F.cross_entropy(out, y, reduction="none"),
+    "mse": lambda out, y: _per_target_mean(F.mse_loss(out, y, reduction="none")),
+    "mae": lambda out, y: _per_target_mean(F.l1_loss(out, y, reduction="none")),
+    "huber": lambda out, y: _per_target_mean(F.huber_loss(out, y, reduction="none", delta=1.0)),
+    "bce": lambda out, y: _per_target_mean(F.binary_cross_entropy_with_logits(out, y, reduction="none")),
+}
+
+
+def per_sample_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The built-in `name`, or the user's function by import path, checked to return one loss per sample."""
+    if name in PER_SAMPLE:
+        return PER_SAMPLE[name]
+    from hvdtrain.errors import ConfigError
+    from hvdtrain.tasks.task import import_user_loss
+
+    user = import_user_loss(name)
+
+    def checked(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = user(outputs, targets)
+        if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (len(outputs),):
+            shape = list(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            raise ConfigError(f"train.loss={name!r} returned {shape} for a batch of {len(outputs)}: return one "
+                              "loss per sample (shape [batch]), not their mean; the trainer reduces them")
+        return losses
+
+    return checked

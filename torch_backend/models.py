@@ -26,7 +26,9 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1)
             nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)]
 
 
-def _plain(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _plain(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(image_shape) == 1:  # feature vectors (mlp only: hvdtrain/training/setup.py checks)
+        return nn.Sequential(*_head(image_shape[0], cfg, num_classes))
     height, width, channels = image_shape
     layers: list[nn.Module] = []
     if cfg.name == "cnn":
@@ -39,7 +41,7 @@ def _plain(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int
     return nn.Sequential(*layers, nn.Flatten(), *_head(height * width * channels, cfg, num_classes))
 
 
-def _mobilenet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _mobilenet(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A 3x3 stem, then per entry of `channels` a depthwise 3x3 (stride 2 while the map is at least 4x4) and a
     pointwise 1x1 conv, each with BatchNorm and ReLU; global average pooling and the head."""
     height, width, channels = image_shape
@@ -70,7 +72,7 @@ class BasicBlock(nn.Module):
         return out
 
 
-def _resnet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _resnet(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """He et al.'s CIFAR ResNet: a 3x3 stem, three stages of (depth - 2) / 6 basic blocks with widths
     16, 32, 64 (x width_multiplier), stride 2 at the start of stages 2 and 3 while the map is at least 4x4."""
     height, width, channels = image_shape
@@ -149,7 +151,7 @@ class ResNet50(nn.Module):
         return out
 
 
-def _user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The user's nn.Module, run once on a zero batch in eval mode: that materialises lazy layers
     (nn.LazyLinear...) and checks that it maps NCHW images to `num_classes` logits."""
     model = build_user_model(cfg, image_shape, num_classes, nn.Module, "torch")
@@ -169,7 +171,7 @@ def _user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
     return model
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The model named by `cfg.name` for NCHW input of `image_shape` given as (H, W, C)."""
     if ":" in cfg.name:
         return _user_model(cfg, image_shape, num_classes)

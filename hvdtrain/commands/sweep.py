@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hvdtrain.config import load_config, lower_is_better
+from hvdtrain.config import load_config
 from hvdtrain.errors import UserError
 from hvdtrain.files import write_atomic
+from hvdtrain.tasks.task import field_lower_is_better as lower_is_better
 
 RESERVED_KEYS = ("run.dir",)  # set per trial from --out
 KILL_GRACE_S = 10.0

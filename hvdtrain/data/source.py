@@ -47,8 +47,12 @@ class SampleError(DataError):
 class Source(Protocol):
     """A map-style dataset: labels in memory, images read by index (see the module docstring)."""
 
-    image_shape: tuple[int, int, int]      # (H, W, C) of every image `read` returns
     on_disk: bool                          # reads can fail mid-epoch (files); in-memory reads cannot
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W, C) of every image `read` returns, or (F,) of feature vectors."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -74,8 +78,11 @@ class ArraySource:
     def __init__(self, images: np.ndarray, labels: np.ndarray, name: str = "array") -> None:
         if images.dtype != np.uint8 and images.dtype != np.float32:
             raise ValueError(f"images must be uint8 or float32, got {images.dtype}")
-        self.images, self.labels, self.name = images, np.asarray(labels, dtype=np.int64), name
-        self.image_shape: tuple[int, int, int] = tuple(images.shape[1:])
+        labels = np.asarray(labels)
+        # Class labels as int64; float targets (regression, multilabel: (n, width)) as they are.
+        self.labels = labels if np.issubdtype(labels.dtype, np.floating) else labels.astype(np.int64)
+        self.images, self.name = images, name
+        self.image_shape: tuple[int, ...] = tuple(images.shape[1:])  # (H, W, C), or (F,) for feature vectors
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -170,8 +177,8 @@ class Dataset:
         return len(self.class_names)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W, C) of one image, or (F,) of a feature vector."""
         return self.train.image_shape
 
 

@@ -23,10 +23,10 @@ from hvdtrain.errors import DataError
 Loaded = tuple[Source, Source | None, list[str] | tuple[str, ...]]
 
 
-def load_dataset(cfg: Any, seed: int) -> Dataset:
-    """The sources of `cfg` (a DataConfig); without a given validation set, `cfg.val_fraction` of the samples
-    (chosen from `seed`) is split off for validation."""
-    train, val, names = _loader(cfg)(cfg, seed)
+def load_dataset(cfg: Any, seed: int, task: str = "classification") -> Dataset:
+    """The sources of `cfg` (a DataConfig) with targets of `task`'s kind; without a given validation set,
+    `cfg.val_fraction` of the samples (chosen from `seed`) is split off for validation."""
+    train, val, names = _loader(cfg, task)(cfg, seed)
     if val is None:
         train, val = split(train, cfg.val_fraction, seed)
     if len(train) == 0:
@@ -38,15 +38,19 @@ def load_dataset(cfg: Any, seed: int) -> Dataset:
     return Dataset(train, val, tuple(names))
 
 
-def _loader(cfg: Any) -> Callable[[Any, int], Loaded]:
+def _loader(cfg: Any, task: str) -> Callable[[Any, int], Loaded]:
     from hvdtrain.data.folder import open_image_folder
     from hvdtrain.data.shards import open_shards
     from hvdtrain.data.user_data import open_user_dataset
 
     if cfg.user_dataset:
         return lambda c, s: open_user_dataset(c)
+    if task != "classification" and cfg.name not in ("npz", "diabetes"):
+        raise DataError(f"data.name={cfg.name} holds class labels, but task={task}: train it with "
+                        "task=classification, or give npz data (or your own dataset) with the task's targets")
     loaders: dict[str, Callable[[Any, int], Loaded]] = {
-        "digits": _digits, "synthetic": _synthetic, "npz": _npz,
+        "digits": _digits, "synthetic": _synthetic, "npz": lambda c, s: _npz(c, task),
+        "diabetes": lambda c, s: _diabetes(c, task),
         "image_folder": lambda c, s: open_image_folder(c), "shards": lambda c, s: open_shards(c),
         "cifar10": lambda c, s: _arrays(c, load_cifar10(c, _require_path(c, "cifar-10-batches-py directory"))),
         "mnist": lambda c, s: _arrays(c, load_mnist(c, _require_path(c, "folder of MNIST IDX files")))}
@@ -78,6 +82,19 @@ def _digits(cfg: Any, seed: int) -> Loaded:
     return _arrays(cfg, (x, table[:, -1].astype(np.int64), None, None, [str(c) for c in range(10)]))
 
 
+def _diabetes(cfg: Any, task: str) -> Loaded:
+    """scikit-learn's diabetes regression set (442 patients, 10 features, a disease progression score), read from
+    its bundled files without importing scikit-learn, as `load_diabetes()` gives it: each feature centred and
+    scaled to unit norm (standard deviation x sqrt(442)), the target as it is (25 to 346)."""
+    if task != "regression":
+        raise DataError(f"data.name=diabetes is a regression set, but task={task}: set task=regression")
+    folder = digits_file().parent
+    raw = np.loadtxt(folder / "diabetes_data_raw.csv.gz", dtype=np.float64)
+    target = np.loadtxt(folder / "diabetes_target.csv.gz", dtype=np.float64)
+    x = (raw - raw.mean(axis=0)) / raw.std(axis=0) / np.sqrt(len(raw))
+    return ArraySource(x.astype(np.float32), target.astype(np.float32).reshape(-1, 1), "diabetes"), None, ["target"]
+
+
 def _synthetic(cfg: Any, seed: int) -> Loaded:
     """Uniform noise with a class-dependent brightness offset (+0.5 * label / classes), so it is learnable."""
     rng = np.random.default_rng(seed)
@@ -97,12 +114,18 @@ def _require_path(cfg: Any, kind: str) -> Path:
     return path
 
 
-def _as_images(x: np.ndarray, what: str) -> np.ndarray:
-    """uint8 stays uint8 (a memory map stays mapped); other integers become uint8; floats float32."""
+def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
+    """Feature vectors (N, F) become float32; images: uint8 stays uint8 (a memory map stays mapped), other
+    integers become uint8, floats float32."""
+    if x.ndim == 2:
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise DataError(f"{what} has dtype {x.dtype}: expected numbers (feature vectors)")
+        return x if x.dtype == np.float32 else x.astype(np.float32)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
-        raise DataError(f"{what} has shape {x.shape}: expected (N, H, W) or (N, H, W, C) images")
+        raise DataError(f"{what} has shape {x.shape}: expected (N, F) feature vectors, or (N, H, W) or "
+                        "(N, H, W, C) images")
     if x.dtype == np.uint8 or x.dtype == np.float32:
         return x
     if np.issubdtype(x.dtype, np.integer):
@@ -155,28 +178,54 @@ def _read_arrays(cfg: Any, path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"data.path={cfg.path}: not a readable .npz file ({exc}): {fix}") from None
 
 
-def _npz(cfg: Any, seed: int) -> Loaded:
+def _npz(cfg: Any, task: str) -> Loaded:
     path = _require_path(cfg, "file.npz")
     arrays = _read_arrays(cfg, path)
     fix = ("save x.npy and y.npy in the folder" if path.is_dir() else
            "re-create it with numpy.savez(path, x=images, y=labels)")
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"data.path={cfg.path} holds {sorted(arrays)} but needs arrays 'x' and 'y': {fix}")
-    x, y = _as_images(arrays["x"], f"data.path={cfg.path}: x"), _labels(arrays["y"], len(arrays["x"]), cfg)
+    x, y = _as_inputs(arrays["x"], f"data.path={cfg.path}: x"), _targets(arrays["y"], len(arrays["x"]), cfg, task)
     val = None
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DataError(f"data.path={cfg.path} holds only one of 'x_val' and 'y_val': store both (explicit "
                         "validation set) or neither (split by data.val_fraction)")
     top = int(y.max(initial=0))
     if "x_val" in arrays:
-        x_val = _as_images(arrays["x_val"], f"data.path={cfg.path}: x_val")
-        y_val = _labels(arrays["y_val"], len(x_val), cfg)
-        if x_val.shape[1:] != x.shape[1:]:
+        x_val = _as_inputs(arrays["x_val"], f"data.path={cfg.path}: x_val")
+        y_val = _targets(arrays["y_val"], len(x_val), cfg, task)
+        if x_val.shape[1:] != x.shape[1:] or y_val.shape[1:] != y.shape[1:]:
             raise DataError(f"data.path={cfg.path}: x_val images are {x_val.shape[1:]} but x images are "
                             f"{x.shape[1:]}: store both at the same size")
         val = ArraySource(x_val, y_val, "npz validation")
         top = max(top, int(y_val.max(initial=0)))
-    return ArraySource(x, y, "npz"), val, [str(c) for c in range(top + 1)]
+    if task == "regression":
+        names = ["target"] if y.shape[1] == 1 else [f"target{i}" for i in range(y.shape[1])]
+    else:
+        names = [str(c) for c in range(y.shape[1] if task == "multilabel" else top + 1)]
+    return ArraySource(x, y, "npz"), val, names
+
+
+def _targets(y: np.ndarray, n: int, cfg: Any, task: str) -> np.ndarray:
+    """The task's targets: int labels (n,) for classification, float32 (n, T) for regression, 0/1 float32 (n, C)
+    for multilabel."""
+    if task == "classification":
+        return _labels(y, n, cfg)
+    y = np.asarray(y)
+    if task == "regression" and y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or len(y) != n or not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)
+                                          or y.dtype == np.bool_):
+        kind = "(N,) or (N, T) numbers" if task == "regression" else "(N, C) 0/1 values, one column per label"
+        raise DataError(f"data.path={cfg.path}: task={task} needs y of {kind} for {n} samples, got dtype {y.dtype} "
+                        f"shape {y.shape}")
+    y = y.astype(np.float32)
+    if task == "multilabel" and not np.isin(y, (0.0, 1.0)).all():
+        raise DataError(f"data.path={cfg.path}: task=multilabel needs y of 0/1 values (one column per label): "
+                        "store multi-hot targets")
+    if not np.isfinite(y).all():
+        raise DataError(f"data.path={cfg.path}: y holds NaN or infinite values: remove or fill them")
+    return y
 
 
 def _labels(y: np.ndarray, n: int, cfg: Any) -> np.ndarray:

@@ -44,7 +44,7 @@ def load_user_model(path: str) -> Callable[..., Any]:
     return builder
 
 
-def build_user_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
+def build_user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int,
                      expected: type[_Model], backend: str) -> _Model:
     """Calls the builder; refuses what is not an `expected` (the model class of `backend`)."""
     model = load_user_model(cfg.name)(cfg, tuple(image_shape), num_classes)

@@ -100,7 +100,7 @@ def _target_config(cfg: Config, to: str, out: Path) -> tuple[Config, tuple[str, 
 def _check_images(run: FinishedRun) -> tuple[np.ndarray, str]:
     """Up to MAX_IMAGES of the run's validation images (spread over the split), or of its training images
     when it has no validation split."""
-    dataset = load_dataset(run.cfg.data, run.cfg.seed)
+    dataset = load_dataset(run.cfg.data, run.cfg.seed, run.cfg.task)
     source, split = (dataset.val, "validation") if len(dataset.val) else (dataset.train, "training")
     count = min(MAX_IMAGES, len(source))
     indices = np.unique(np.linspace(0, len(source) - 1, count).round().astype(np.int64))

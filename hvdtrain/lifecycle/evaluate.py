@@ -2,9 +2,9 @@
 its validation split (default) or on other data (`data.*` overrides), under a launcher like training: every
 sample once across ranks, the sums reduced exactly. Writes RUN_DIR/eval.json and RUN_DIR/eval-confusion.png.
 
-Evaluating a run on its own split repeats the run's last evaluation: the same samples, model, preprocessing
-and eval_step, so val_accuracy is equal (a count of correct samples) and val_loss equal up to the order of
-float summation.
+Evaluating a run on its own split repeats the run's last evaluation: the same samples, model, preprocessing,
+eval_step and named sums, so the metrics equal the run's last val_* values (val_loss up to the order of float
+summation).
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from hvdtrain.errors import DataError
 from hvdtrain.files import write_atomic
 from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open_run
 from hvdtrain.lifecycle.trained_model import TrainedModel, load_trained_model
+from hvdtrain.tasks import sums as named
+from hvdtrain.tasks.metrics import Sums
+from hvdtrain.tasks.task import COUNT, TaskSpec
 from hvdtrain.training import collectives
 
 EVAL_FILE, CONFUSION_PNG = "eval.json", "eval-confusion.png"
@@ -30,29 +33,30 @@ EVAL_FILE, CONFUSION_PNG = "eval.json", "eval-confusion.png"
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Sums over every evaluated sample, on every rank."""
+    """Sums over every evaluated sample, on every rank: the task's named sums and, for classification, the
+    confusion matrix."""
 
-    loss_sum: float
-    correct: int
-    count: int
-    confusion: np.ndarray  # (classes, classes): rows true class, columns predicted
+    task: TaskSpec
+    totals: Sums
+    confusion: np.ndarray | None  # (classes, classes): rows true class, columns predicted
     skipped: int
 
+    @property
+    def count(self) -> int:
+        return int(round(float(self.totals[COUNT])))
+
     def report(self, run: FinishedRun, source: str, weights: str, world_size: int) -> dict[str, Any]:
-        per_class = self.confusion.sum(axis=1)
-        return {
-            "val_loss": self.loss_sum / self.count if self.count else None,
-            "val_accuracy": self.correct / self.count if self.count else None,
-            "samples": self.count,
-            "skipped_samples": self.skipped,
-            "per_class_accuracy": {name: (float(self.confusion[i, i] / per_class[i]) if per_class[i] else None)
-                                   for i, name in enumerate(run.class_names)},
-            "confusion_matrix": self.confusion.astype(int).tolist(),
-            "class_names": list(run.class_names),
-            "data": source,
-            "weights": weights,
-            "world_size": world_size,
-        }
+        values = {f"val_{name}": value for name, value in self.task.values(self.totals).items()}
+        report: dict[str, Any] = {**values, "samples": self.count, "skipped_samples": self.skipped}
+        if self.confusion is not None:
+            per_class = self.confusion.sum(axis=1)
+            report["per_class_accuracy"] = {
+                name: (float(self.confusion[i, i] / per_class[i]) if per_class[i] else None)
+                for i, name in enumerate(run.class_names)}
+            report["confusion_matrix"] = self.confusion.astype(int).tolist()
+        report.update({"class_names": list(run.class_names), "data": source, "weights": weights,
+                       "world_size": world_size})
+        return report
 
 
 def _check_matches(run: FinishedRun, dataset: Dataset) -> None:
@@ -69,28 +73,34 @@ def _check_matches(run: FinishedRun, dataset: Dataset) -> None:
 
 
 def evaluate(model: TrainedModel, dataset: Dataset) -> Evaluation:
-    """The model on this rank's share of `dataset.val`, reduced over all ranks (a collective)."""
+    """The model on this rank's share of `dataset.val`, reduced over all ranks (a collective): the same named sums
+    as the training loop's evaluation, and each batch's outputs give the confusion matrix (no second pass)."""
     cfg, comm = model.run.cfg, model.backend.comm
     world = comm.world()
-    classes = len(model.run.class_names)
+    task, width = cfg.task_spec(), len(model.run.class_names)
     workers = resolve_workers(cfg.data.workers, dataset.val.on_disk, 1, world.local_size)
-    sums, confusion, failure = np.zeros(3), np.zeros((classes, classes)), None
+    sums, failure = task.empty_sums(width), None
+    confusion = np.zeros((width, width)) if task.int_targets else None
     with InputPipeline(cfg, dataset, workers) as inputs:
         loader = inputs.eval_loader(world.rank, world.size, model.preprocess())
         try:
             for batch in loader:
                 x, y = batch[0], batch[1]
-                sums += model.backend.eval_step(x, y).as_array()
-                predicted = model.inference.predict(x).argmax(axis=1)
-                np.add.at(confusion, (y, predicted), 1)
+                result = model.backend.eval_step(x, y)
+                sums = named.add(sums, task.step_sums(result, y))
+                if confusion is not None:
+                    np.add.at(confusion, (y, result.outputs.argmax(axis=1)), 1)
         except Exception as exc:  # noqa: BLE001 - agreed on below, then raised on every rank
             failure = exc
-    flat = np.concatenate([sums, [len(loader.skipped), failure is not None], confusion.ravel()])
-    total = comm.allreduce_sum(flat)
-    if total[4]:
+    extra = {collectives.SKIPPED: np.float64(len(loader.skipped)), collectives.FAILED: np.float64(failure is not None)}
+    if confusion is not None:
+        extra["confusion"] = confusion
+    total = named.allreduce(comm.allreduce_sum, {**sums, **extra})
+    if total.pop(collectives.FAILED):
         collectives.raise_agreed_failure(comm, failure)
-    return Evaluation(float(total[0]), int(round(total[1])), int(round(total[2])),
-                      total[5:].reshape(classes, classes), int(total[3]))
+    skipped = int(total.pop(collectives.SKIPPED))
+    reduced_confusion = total.pop("confusion", None)
+    return Evaluation(task, total, reduced_confusion, skipped)
 
 
 def write_confusion_png(path: Path, confusion: np.ndarray, names: tuple[str, ...]) -> None:
@@ -128,7 +138,7 @@ def run_evaluate(run_dir: str, overrides: list[str], checkpoint: str | None) -> 
     model = load_trained_model(run, source)
     comm = model.backend.comm
     with ending_with_errors_reported(comm):
-        dataset = comm.agree(lambda: load_dataset(run.cfg.data, run.cfg.seed))
+        dataset = comm.agree(lambda: load_dataset(run.cfg.data, run.cfg.seed, run.cfg.task))
         comm.agree(lambda: _check_matches(run, dataset))
         result = evaluate(model, dataset)
         if result.count == 0:
@@ -140,8 +150,11 @@ def run_evaluate(run_dir: str, overrides: list[str], checkpoint: str | None) -> 
         report = result.report(run, data, str(source), world.size)
         if world.rank == 0:
             write_atomic(run.dir / EVAL_FILE, json.dumps(report, indent=1) + "\n")
-            write_confusion_png(run.dir / CONFUSION_PNG, result.confusion, run.class_names)
+            wrote = [run.dir / EVAL_FILE]
+            if result.confusion is not None:
+                write_confusion_png(run.dir / CONFUSION_PNG, result.confusion, run.class_names)
+                wrote.append(run.dir / CONFUSION_PNG)
+            shown = " ".join(f"{k} {v:.6f}" for k, v in report.items() if k.startswith("val_") and v is not None)
             print(f"evaluated {run.dir} ({run.backend}, {source.name}) on {result.count} samples of {data}: "
-                  f"val_loss {report['val_loss']:.6f} val_accuracy {report['val_accuracy']:.6f}; wrote "
-                  f"{run.dir / EVAL_FILE} and {run.dir / CONFUSION_PNG}", flush=True)
+                  f"{shown}; wrote {' and '.join(map(str, wrote))}", flush=True)
         return report

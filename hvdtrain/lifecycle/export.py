@@ -153,7 +153,7 @@ def check_images(run: FinishedRun) -> tuple[np.ndarray, str]:
     run has none), as float32 in [0, 1]: the artifact's input."""
     from hvdtrain.data import load_dataset
 
-    dataset = load_dataset(run.cfg.data, run.cfg.seed)
+    dataset = load_dataset(run.cfg.data, run.cfg.seed, run.cfg.task)
     source, split = (dataset.val, "validation") if len(dataset.val) else (dataset.train, "training")
     images, _ = source.read(np.arange(min(CHECK_IMAGES, len(source))))
     return pixels(images), split

@@ -31,7 +31,7 @@ class FinishedRun:
     cfg: Config
     summary: dict[str, Any]
     class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
 
     @property
     def backend(self) -> str:
@@ -75,10 +75,10 @@ def open_run(path: str | Path, command: str, overrides: tuple[str, ...] | list[s
                         "damaged; train it again") from None
     run = FinishedRun(root, cfg, summary, tuple(summary.get("class_names", ())),
                       tuple(summary.get("image_shape", ())))
-    if not run.class_names or len(run.image_shape) != 3:  # written before these were recorded
+    if not run.class_names or not run.image_shape:  # written before these were recorded
         from hvdtrain.data import load_dataset
 
-        dataset = load_dataset(load_config(root / "config.yaml").data, cfg.seed)
+        dataset = load_dataset(load_config(root / "config.yaml").data, cfg.seed, cfg.task)
         run = replace(run, class_names=dataset.class_names, image_shape=dataset.image_shape)
     if not run.model_file.is_file():
         raise UserError(f"{command}: '{root}' has no {run.model_file.name}: the run did not finish; finish it or "

@@ -56,9 +56,13 @@ class _Inputs:
         if files and arrays:
             raise DataError("predict: pass either image files and folders, or .npz files, not both in one call")
         if files:
+            if len(run.image_shape) != 3:
+                raise DataError(f"predict: the model takes feature vectors of {run.image_shape[0]} values, not "
+                                "images: pass an .npz with x of shape (N, F)")
+            height, width, channels = run.image_shape
             self.names = files
             listing = FolderListing(files, np.zeros(len(files), dtype=np.int64), ())
-            self.source: Source = FolderSource(listing, run.image_shape, resize=True)
+            self.source: Source = FolderSource(listing, (height, width, channels), resize=True)
         else:
             x = np.concatenate(arrays)
             self.source = ArraySource(x, np.zeros(len(x), dtype=np.int64), "npz")

@@ -80,12 +80,15 @@ class Progress:
                 self._write_lines(f"{self._prefix()} step {step}/{self._steps} loss {loss:.4f} "
                                   f"{samples_per_s:,.0f} samples/s")
 
-    def end_epoch(self, record: dict[str, Any]) -> None:
-        """Closes the epoch (and its bar) with its averaged metrics."""
-        val = ""
-        if record.get("val_loss") is not None:
-            val = f" val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.4f}"
-        self.print(f"{self._prefix()} done: loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+    def end_epoch(self, record: dict[str, Any], metrics: tuple[str, ...] = ("accuracy",)) -> None:
+        """Closes the epoch (and its bar) with its metrics over all ranks (accuracy shown as 'acc')."""
+        def shown(split: str) -> str:  # split: "" (training) or "val_"
+            prefix = split or "train_"
+            return "".join(f" {split}{'acc' if m == 'accuracy' else m} {record[prefix + m]:.4f}"
+                           for m in metrics if record.get(prefix + m) is not None)
+
+        val = f" val_loss {record['val_loss']:.4f}{shown('val_')}" if record.get("val_loss") is not None else ""
+        self.print(f"{self._prefix()} done: loss {record['train_loss']:.4f}{shown('')}"
                    f"{val} lr {record['lr']:.4g} {record['epoch_time_s']:.2f}s "
                    f"{record['samples_per_s']:,.0f} samples/s")
 

@@ -20,16 +20,18 @@ from hvdtrain.reporting.progress import Progress
 from hvdtrain.reporting.tensorboard import EventWriter
 from hvdtrain.training.state import TrainingState
 
-# metrics.jsonl fields that also go to TensorBoard, as epoch/<name> at the step the epoch ended.
-EPOCH_SCALARS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "loss_scale", "samples_per_s",
-                 "data_wait_fraction", "world_size")
+
+def epoch_scalars(metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """metrics.jsonl fields that also go to TensorBoard, as epoch/<name> at the step the epoch ended."""
+    return ("train_loss", *(f"train_{m}" for m in metrics), "val_loss", *(f"val_{m}" for m in metrics), "lr",
+            "loss_scale", "samples_per_s", "data_wait_fraction", "world_size")
 
 
 class ProgressReport(Callback):
     """Rank 0's progress display; the loop also prints its own lines through `print`."""
 
-    def __init__(self, display: Progress) -> None:
-        self.display = display
+    def __init__(self, display: Progress, metrics: tuple[str, ...] = ("accuracy",)) -> None:
+        self.display, self.metrics = display, metrics
         self._epoch = 0
 
     def print(self, text: str) -> None:
@@ -45,7 +47,7 @@ class ProgressReport(Callback):
         if record["epoch"] != self._epoch:  # an epoch with no step left in this entry
             self._epoch = record["epoch"]
             self.display.start_epoch(record["epoch"] - 1, ctx.cfg.train.epochs, 0)
-        self.display.end_epoch(record)
+        self.display.end_epoch(record, self.metrics)
 
 
 class MetricsLog(Callback):
@@ -67,8 +69,10 @@ class TensorBoardLog(Callback):
     """TensorBoard events under RUN_DIR/tensorboard (run.tensorboard): step/* every `run.log_every_steps`
     steps, epoch/* at every epoch's last step."""
 
-    def __init__(self, writer: EventWriter, state: TrainingState, log_every: int) -> None:
+    def __init__(self, writer: EventWriter, state: TrainingState, log_every: int,
+                 metrics: tuple[str, ...] = ("accuracy",)) -> None:
         self.writer, self.state, self.log_every = writer, state, log_every
+        self.scalars = epoch_scalars(metrics)
 
     def on_step_report(self, ctx: CallbackContext, report: StepReport) -> None:
         if self.log_every and report.step % self.log_every == 0:
@@ -76,7 +80,7 @@ class TensorBoardLog(Callback):
                                               "step/loss_scale": report.loss_scale})
 
     def on_epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> None:
-        self.writer.scalars(self.state.step, {f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS})
+        self.writer.scalars(self.state.step, {f"epoch/{key}": record.get(key) for key in self.scalars})
         self.writer.flush()
 
     def on_train_end(self, ctx: CallbackContext, summary: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from hvdtrain.config import Config, config_hash, flatten, lower_is_better, to_dict
+from hvdtrain.config import Config, config_hash, flatten, to_dict
 from hvdtrain.errors import CheckpointError
 from hvdtrain.files import write_atomic
 from hvdtrain.training.state import TrainingState
@@ -116,7 +116,7 @@ class Checkpointer:
             return
         values = [r[metric] for r in history if r.get(metric) is not None]
         if values:
-            self.best_value = min(values) if lower_is_better(metric) else max(values)
+            self.best_value = min(values) if self.cfg.lower_is_better(metric) else max(values)
 
     def due_at_epoch_end(self, epoch: int, last: bool) -> bool:
         """Whether the end of (1-based) `epoch` gets a checkpoint (`last`: the run ends there)."""
@@ -182,7 +182,7 @@ class Checkpointer:
         value = record.get(metric)
         if value is None:
             return
-        if self.best_value is not None and (value >= self.best_value if lower_is_better(metric) else
+        if self.best_value is not None and (value >= self.best_value if self.cfg.lower_is_better(metric) else
                                             value <= self.best_value):
             return
         self.best_value = value

@@ -33,7 +33,12 @@ from hvdtrain.config import Config, flatten, to_dict
 from hvdtrain.distributed.communicator import Communicator
 from hvdtrain.errors import CheckpointError, DataError, JobAborted, UserError
 from hvdtrain.reporting.outputs import RunOutputs
+from hvdtrain.tasks import sums as named
+from hvdtrain.tasks.metrics import Sums
+from hvdtrain.tasks.task import TaskSpec
 from hvdtrain.training.checkpoint import Checkpoint, check_compatible, newest, read_checkpoint
+
+SKIPPED, FAILED = "skipped", "failed"  # sums beside the task's: samples left unread, and whether reading failed
 
 
 def check_same_config(comm: Communicator, cfg: Config, world_size: int) -> None:
@@ -66,26 +71,27 @@ def find_resume(comm: Communicator, cfg: Config, rank: int) -> Checkpoint | None
     return None if shared is None else Checkpoint(Path(shared[0]), shared[1])
 
 
-def fold_sums(comm: Communicator, local: np.ndarray) -> np.ndarray:
-    """The sum over ranks of each rank's (loss_sum, correct, count, skipped samples) since the last fold."""
-    return comm.allreduce_sum(local)
+def fold_sums(comm: Communicator, local: Sums) -> Sums:
+    """The sum over ranks of each rank's named sums (loss, count, metrics' sums, skipped samples) since the last
+    fold, in one allreduce."""
+    return named.allreduce(comm.allreduce_sum, local)
 
 
 def evaluate(comm: Communicator, backend: Backend, batches: Iterable[tuple[Any, ...]],
-             skipped: Callable[[], int]) -> tuple[float, float, float, int]:
+             skipped: Callable[[], int], task: TaskSpec, width: int) -> tuple[Sums, int]:
     """Every validation sample exactly once across ranks (the batches of this rank's share); one allreduce of the
-    sums, which also tells every rank whether reading failed on one: (loss_sum, correct, count, skipped)."""
-    sums, failure = np.zeros(5), None
+    named sums, which also tells every rank whether reading failed on one: (sums, skipped samples)."""
+    sums, failure = task.empty_sums(width), None
     try:
         for batch in batches:
-            sums[:3] += backend.eval_step(batch[0], batch[1]).as_array()
+            sums = named.add(sums, task.step_sums(backend.eval_step(batch[0], batch[1]), batch[1]))
     except Exception as exc:  # noqa: BLE001 - agreed on below, then raised on every rank
         failure = exc
-    sums[3], sums[4] = skipped(), failure is not None
-    loss_sum, correct, count, skipped_total, failed = comm.allreduce_sum(sums)
-    if failed:
+    sums[SKIPPED], sums[FAILED] = np.float64(skipped()), np.float64(failure is not None)
+    total = named.allreduce(comm.allreduce_sum, sums)
+    if total.pop(FAILED):
         raise_agreed_failure(comm, failure)
-    return float(loss_sum), float(correct), float(count), int(skipped_total)
+    return total, int(total.pop(SKIPPED))
 
 
 def stop_on_failure(comm: Communicator, failure: BaseException | None) -> None:

@@ -18,7 +18,7 @@ from hvdtrain.augment.pipeline import AugmentPipeline, pixels
 from hvdtrain.augment.standardize import FeatureStats, featurewise_stats
 from hvdtrain.backend import Backend, BatchNormStatistics, Placement, require_prunable
 from hvdtrain.callbacks import Callback, CallbackContext, CallbackList, StepReport
-from hvdtrain.config import Config, config_hash, lower_is_better, to_yaml
+from hvdtrain.config import Config, config_hash, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, plan_epoch
 from hvdtrain.data.pipeline import InputPipeline
 from hvdtrain.distributed.communicator import World
@@ -29,6 +29,9 @@ from hvdtrain.reporting.profile import StepProfiler
 from hvdtrain.reporting.progress import Progress
 from hvdtrain.reporting.reporters import MetricsLog, ProfileReport, ProgressReport, SparsityReport, TensorBoardLog
 from hvdtrain.reporting.tensorboard import EventWriter
+from hvdtrain.tasks import sums as named
+from hvdtrain.tasks.metrics import Sums
+from hvdtrain.tasks.task import COUNT
 from hvdtrain.training import collectives
 from hvdtrain.training.checkpoint import Checkpointer
 from hvdtrain.training.setup import RunPlan, augment_on_device, plan_run
@@ -53,6 +56,8 @@ class Engine:
         self.profiler: StepProfiler | None = None  # one per run, kept over elastic resets
         self.events: EventWriter | None = None
         self._stats: FeatureStats | None = None  # featurewise statistics over all ranks
+        self.task = cfg.task_spec()
+        self.width = len(dataset.class_names)  # the model's output width: classes, targets or labels
 
     def run(self, state: Any) -> dict[str, Any]:
         """Trains from `state.training` to the end; `state.commit()` marks elastic commit points."""
@@ -61,7 +66,7 @@ class Engine:
         if self.elastic:
             collectives.check_same_config(comm, cfg, world.size)
         plan = plan_run(cfg, world, len(self.dataset.train), comm.nccl_built())
-        self.progress = ProgressReport(Progress(cfg.run.progress, enabled=world.rank == 0))
+        self.progress = ProgressReport(Progress(cfg.run.progress, enabled=world.rank == 0), self.task.metric_names())
         outputs = self.outputs = RunOutputs(cfg.run_dir(), enabled=world.rank == 0)
         checkpointer = Checkpointer(cfg, outputs.dir, enabled=world.rank == 0)
         augment = self._augment_pipeline(world)
@@ -95,11 +100,10 @@ class Engine:
             start = time.perf_counter()
             self._consistent_batchnorm()  # the model evaluated is the one every rank holds, and saves
             with self.inputs.eval_loader(world.rank, world.size, augment.eval_transform()) as batches:
-                loss_sum, correct, count, skipped = collectives.evaluate(comm, backend, batches,
-                                                                         lambda: len(batches.skipped))
-            record.update({"val_loss": loss_sum / count if count else None,
-                           "val_accuracy": correct / count if count else None,
-                           "eval_time_s": time.perf_counter() - start, "world_size": world.size})
+                totals, skipped = collectives.evaluate(comm, backend, batches, lambda: len(batches.skipped),
+                                                       self.task, self.width)
+            record.update({f"val_{name}": value for name, value in self.task.values(totals).items()})
+            record.update({"eval_time_s": time.perf_counter() - start, "world_size": world.size})
             if self.inputs.checks_reads:
                 record["skipped_samples"] += skipped
             run_state.end_epoch(record)
@@ -161,7 +165,8 @@ class Engine:
             self.events.close()
         self.events = EventWriter(outputs.dir / "tensorboard", enabled=world.rank == 0 and cfg.run.tensorboard)
         reporters: list[Callback] = [self.progress, MetricsLog(outputs, run_state, cfg.run.log_every_steps),
-                                     TensorBoardLog(self.events, run_state, cfg.run.log_every_steps)]
+                                     TensorBoardLog(self.events, run_state, cfg.run.log_every_steps,
+                                                    self.task.metric_names())]
         if self.profiler is not None and cfg.run.profile:
             reporters.append(ProfileReport(self.profiler, outputs, self.progress))
         if plan.pruner.enabled:
@@ -241,14 +246,15 @@ class Engine:
                                 order=dataset.train.epoch_order(cfg.seed, run_state.epoch, True))
         transform = augment.train_transform(cfg.seed, world.rank, run_state.epoch,
                                             run_state.position // (world.size * batch))
-        # This rank's (loss, correct, count, skipped) since they were last folded into run_state.sums (a global
-        # total); `skipped_seen`: how many of the loader's skipped samples are already in `local`.
-        local, skipped_seen = np.zeros(4), 0
+        # This rank's named sums since they were last folded into run_state.sums (a global total);
+        # `skipped_seen`: how many of the loader's skipped samples are already in `local`.
+        local, skipped_seen = self._empty_sums(), 0
 
         def fold() -> None:  # a collective: called at the same step on every rank
             nonlocal local
-            run_state.sums = [float(v) for v in np.add(run_state.sums, collectives.fold_sums(comm, local))]
-            local = np.zeros(4)
+            run_state.sums = named.to_plain(named.add(named.from_plain(run_state.sums),
+                                                      collectives.fold_sums(comm, local)))
+            local = self._empty_sums()
 
         self.callbacks.epoch_begin(ctx, run_state.epoch + 1)
         start, time_before, wait_before = time.perf_counter(), run_state.epoch_time, run_state.data_wait
@@ -258,20 +264,20 @@ class Engine:
         step_end, wait_seen = time.perf_counter(), 0.0
         with self.inputs.train_loader(epoch_plan.indices, transform) as loader:
             for item in self._agreed(loader):
-                local[3] += len(loader.skipped) - skipped_seen
+                local[collectives.SKIPPED] += len(loader.skipped) - skipped_seen
                 skipped_seen = len(loader.skipped)
                 window.append(item)
                 if len(window) < window_size:
                     continue
                 lr = schedule.at(run_state.epoch * plan.steps_per_epoch + run_state.position // policy.global_batch)
                 step_start = time.perf_counter()
-                stats = backend.train_step(window, lr)
+                result = backend.train_step(window, lr)
                 backend_seconds = time.perf_counter() - step_start
+                local = named.add(local, self.task.step_sums(result, np.concatenate([item[1] for item in window])))
                 window = []
                 taken += 1
                 run_state.step += 1
                 run_state.position += policy.global_batch
-                local[:3] += stats.as_array()
                 sparsity = plan.pruner.sparsity_due(run_state.step)
                 if sparsity is not None:  # rank 0's masks for everyone
                     prunable = require_prunable(backend)
@@ -285,7 +291,7 @@ class Engine:
                 self.callbacks.step_end(ctx, StepReport(
                     epoch=run_state.epoch + 1, step=run_state.step, step_in_epoch=taken,
                     steps_in_epoch=epoch_plan.steps,
-                    loss=stats.loss_sum / stats.count, samples_per_s=taken * policy.global_batch / (now - start),
+                    loss=result.loss_sum / result.count, samples_per_s=taken * policy.global_batch / (now - start),
                     lr=info.lr, loss_scale=info.loss_scale, data_wait_s=loader.wait_seconds - wait_seen,
                     backend_s=backend_seconds, comm_s=info.comm_seconds, total_s=now - step_end))
                 step_end, wait_seen = now, loader.wait_seconds
@@ -298,13 +304,13 @@ class Engine:
                     fold()
                     state.commit()
         fold()
-        loss_sum, correct, count, skipped = run_state.sums
+        totals = named.from_plain(run_state.sums)
+        skipped, count = float(totals.pop(collectives.SKIPPED)), float(totals[COUNT])
         if cfg.data.log_samples:
             self._log_samples(epoch_plan.indices, epoch_plan.steps * window_size, run_state.epoch + 1)
         record: dict[str, Any] = {
             "epoch": run_state.epoch + 1,
-            "train_loss": loss_sum / count,
-            "train_accuracy": correct / count,
+            **{f"train_{name}": value for name, value in self.task.values(totals).items()},
             "lr": lr,
             "loss_scale": backend.step_info().loss_scale,
             "epoch_time_s": run_state.epoch_time,
@@ -314,6 +320,10 @@ class Engine:
         if self.inputs.checks_reads:
             record["skipped_samples"] = int(skipped)
         return record
+
+    def _empty_sums(self) -> Sums:
+        """Zero named sums of this task, and of the samples skipped by the loader."""
+        return {**self.task.empty_sums(self.width), collectives.SKIPPED: np.float64(0.0)}
 
     def _consistent_batchnorm(self) -> None:
         """Every rank's BatchNorm running statistics made identical (model.batchnorm_stats), a collective: what
@@ -350,8 +360,9 @@ class Engine:
     def _summary(self, world: World, plan: RunPlan, history: list[dict[str, Any]],
                  steps_per_rank: list[int]) -> dict[str, Any]:
         cfg, backend, policy = self.cfg, self.backend, plan.policy
-        metric = "val_accuracy" if history[-1]["val_accuracy"] is not None else "train_accuracy"
-        pick = min if lower_is_better(metric) else max
+        first = self.task.metric_names()[0] if self.task.metrics else "loss"
+        metric = f"val_{first}" if history[-1].get(f"val_{first}") is not None else f"train_{first}"
+        pick = min if self.task.lower_is_better(metric) else max
         best = pick(history, key=lambda r: r[metric])
         return {
             "backend": backend.name,
@@ -364,6 +375,9 @@ class Engine:
             "model": cfg.model.name,
             "num_parameters": self.num_params,
             "dataset": cfg.data.name,
+            "task": cfg.task,
+            "loss": self.task.loss,
+            "metrics": list(self.task.metric_names()),
             "class_names": list(self.dataset.class_names),
             "image_shape": list(self.dataset.image_shape),
             "epochs": len(history),

@@ -41,7 +41,7 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
         return action() if elastic else backend.comm.agree(action)
 
     rss_start = rss_mb()
-    dataset = everywhere(lambda: load_dataset(cfg.data, cfg.seed))
+    dataset = everywhere(lambda: load_dataset(cfg.data, cfg.seed, cfg.task))
     callbacks = everywhere(lambda: CallbackList.from_config(cfg))
     spec = everywhere(lambda: build_spec(cfg, dataset.image_shape, dataset.num_classes,
                                          augment_on_device(cfg.augment, placement)))

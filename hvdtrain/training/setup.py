@@ -26,15 +26,27 @@ def augment_on_device(cfg: AugmentConfig, placement: Placement) -> bool:
     return cfg.random and (cfg.device == "gpu" or (cfg.device == "auto" and on_gpu))
 
 
-def build_spec(cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
+def build_spec(cfg: Config, image_shape: tuple[int, ...], num_classes: int,
                augment_in_step: bool = False) -> BuildSpec:
     """The part of the config a backend needs to build model, optimizer and step (`augment_in_step`: the step
-    applies the random transforms, augment.device=gpu)."""
+    applies the random transforms, augment.device=gpu). `image_shape`: (H, W, C), or (F,) for feature vectors."""
+    if len(image_shape) == 1:
+        check_feature_vectors(cfg, image_shape[0])
     return BuildSpec(model=cfg.model, image_shape=image_shape, num_classes=num_classes, seed=cfg.seed,
                      optim=cfg.optim, step=StepPolicy.from_config(cfg.policy), regularization=cfg.regularization,
                      freeze=cfg.train.freeze, distill=cfg.distill,
                      teacher=teacher_model_config(cfg) if cfg.distill.teacher else None,
-                     augment=cfg.augment if augment_in_step else None)
+                     augment=cfg.augment if augment_in_step else None, task=cfg.task_spec())
+
+
+def check_feature_vectors(cfg: Config, features: int) -> None:
+    """Feature vectors (F,) go to the mlp or the user's model, without image augmentation."""
+    if cfg.model.name != "mlp" and not cfg.model.is_import_path(cfg.model.name):
+        raise ConfigError(f"model.name={cfg.model.name} takes images, but data.name={cfg.data.name} gives feature "
+                          f"vectors of {features} values: set model.name=mlp (or your own model)")
+    if cfg.augment.random or cfg.augment.standardizes:
+        raise ConfigError(f"augment.* transforms images, but data.name={cfg.data.name} gives feature vectors: leave "
+                          "the augment section at its defaults (standardise features when you make the data)")
 
 
 @dataclass(frozen=True)

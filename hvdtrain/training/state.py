@@ -19,7 +19,7 @@ class TrainingState:
     position: int = 0           # samples of the current epoch's global order already consumed
     step: int = 0               # optimizer steps taken since the run began
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
-    sums: list[float] = field(default_factory=lambda: [0.0] * 4)  # epoch so far: loss, correct, count, skipped
+    sums: dict[str, Any] = field(default_factory=dict)  # the epoch's named sums so far, over all ranks (plain JSON)
     epoch_time: float = 0.0     # seconds spent in the current epoch's steps so far
     data_wait: float = 0.0      # of which waiting for the input pipeline
     started: bool = False       # the run's outputs exist (a worker joining an elastic job must not restart them)
@@ -31,8 +31,9 @@ class TrainingState:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingState:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        if "sums" in known:  # checkpoints before skipped samples were counted hold three sums
-            known["sums"] = [*known["sums"], 0.0, 0.0, 0.0, 0.0][:4]
+        if isinstance(known.get("sums"), list):  # checkpoints before named sums: loss, correct, count[, skipped]
+            loss, correct, count, skipped = [*known["sums"], 0.0, 0.0, 0.0, 0.0][:4]
+            known["sums"] = {"loss": loss, "accuracy.correct": correct, "count": count, "skipped": skipped}
         return cls(**copy.deepcopy(known))
 
     def copy(self) -> TrainingState:
@@ -48,5 +49,5 @@ class TrainingState:
         self.history.append(record)
         self.epoch += 1
         self.position = 0
-        self.sums = [0.0] * 4
+        self.sums = {}
         self.epoch_time = self.data_wait = 0.0

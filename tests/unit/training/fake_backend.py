@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hvdtrain.backend import BuildSpec, Placement, StepInfo, StepStats
+from hvdtrain.backend import BuildSpec, Placement, StepInfo, StepResult
 from hvdtrain.distributed.communicator import Communicator, World
 from hvdtrain.training.state import TrainingState
 
@@ -141,7 +141,8 @@ class FakeBackend:
         self.last_lr = 0.0
         self.windows: list[list[tuple[np.ndarray, np.ndarray]]] = []
         self.lrs: list[float] = []
-        self.step_stats: list[StepStats] = []
+        self.step_stats: list[StepResult] = []
+        self.step_correct: list[float] = []  # each step's correctly classified samples
         self.trajectory: list[dict[str, np.ndarray]] = []
         self.evals: list[int] = []
         self.saves: list[tuple[str, Path]] = []
@@ -177,43 +178,46 @@ class FakeBackend:
     def sync(self) -> None:
         self._enter("sync")  # rank 0's state is this state
 
-    def _forward(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, StepStats]:
+    def _forward(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, StepResult]:
         flat = x.reshape(len(x), -1).astype(np.float64)
-        p = _softmax(flat @ self.W + self.b)
+        logits = flat @ self.W + self.b
+        p = _softmax(logits)
         loss_sum = float(-np.log(p[np.arange(len(y)), y] + 1e-12).sum())
-        correct = float((p.argmax(axis=1) == y).sum())
-        return flat, p, StepStats(loss_sum, correct, len(y))
+        return flat, p, StepResult(loss_sum, len(y), logits.astype(np.float32))
 
-    def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepStats:
+    def train_step(self, batches: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
         self._enter("train_step")
         self.windows.append([(x.copy(), y.copy()) for x, y in batches])
         self.lrs.append(lr)
         g_W, g_b = np.zeros_like(self.W), np.zeros_like(self.b)
         loss_sum = correct = 0.0
-        count = 0
+        count, outputs = 0, list[np.ndarray]()
         for x, y in batches:
             flat, p, stats = self._forward(x, y)
             delta = p.copy()
             delta[np.arange(len(y)), y] -= 1.0
             g_W += flat.T @ delta / len(y) / len(batches)
             g_b += delta.mean(axis=0) / len(batches)
-            loss_sum, correct, count = loss_sum + stats.loss_sum, correct + stats.correct, count + stats.count
+            loss_sum, count = loss_sum + stats.loss_sum, count + stats.count
+            correct += float((stats.outputs.argmax(axis=1) == y).sum())
+            outputs.append(stats.outputs)
         self.v_W = self.momentum * self.v_W + g_W
         self.v_b = self.momentum * self.v_b + g_b
         self.W = self.W - lr * self.v_W
         self.b = self.b - lr * self.v_b
         self.last_lr = lr
-        result = StepStats(loss_sum, correct, count)
+        result = StepResult(loss_sum, count, np.concatenate(outputs))
         self.step_stats.append(result)
+        self.step_correct.append(correct)
         self.trajectory.append(self.weights())
         return result
 
-    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepStats:
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepResult:
         self._enter("eval_step")
         self.evals.append(len(y))
         if self.eval_losses is not None:
             loss = self.eval_losses[len(self.evals) - 1]
-            return StepStats(loss * len(y), (1.0 - loss) * len(y), len(y))
+            return StepResult(loss * len(y), len(y), self._forward(x, y)[2].outputs)
         return self._forward(x, y)[2]
 
     def state(self) -> dict[str, np.ndarray]:

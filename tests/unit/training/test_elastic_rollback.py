@@ -97,8 +97,9 @@ def test_a_failure_mid_epoch_rolls_back_to_the_last_commit(tmp_path: Path, monke
     assert (back.epoch, back.step, back.position) == (1, 12, 2 * 8)
     assert back.started and not back.stopped_early
     # The partial sums of the commit: steps 11 and 12, folded before it.
-    stats = backend.step_stats[10:12]
-    assert back.sums == pytest.approx([sum(s.loss_sum for s in stats), sum(s.correct for s in stats), 16, 0], rel=1e-12)
+    stats, correct = backend.step_stats[10:12], backend.step_correct[10:12]
+    assert back.sums == pytest.approx({"loss": sum(s.loss_sum for s in stats), "accuracy.correct": sum(correct),
+                                       "count": 16, "skipped": 0}, rel=1e-12)
     assert [r["epoch"] for r in back.history] == [1]
     assert_same_weights(probe.seen[1]["weights"], backend.trajectory[11])  # the weights after step 12
     # What was logged after the commit (steps 13, 14) is gone when the loop re-enters.

@@ -79,17 +79,20 @@ def test_user_callbacks_load_by_import_path_or_fail_in_one_line(tmp_path: Path,
 
 
 def test_training_state_round_trips_and_assigns_in_place() -> None:
-    state = TrainingState(epoch=2, position=64, step=50, history=[{"epoch": 1}], sums=[1.0, 2.0, 3.0, 4.0])
+    sums = {"loss": 1.0, "count": 3.0, "f1_macro.tp": [1.0, 0.0], "skipped": 4.0}  # named sums, as plain JSON
+    state = TrainingState(epoch=2, position=64, step=50, history=[{"epoch": 1}], sums=sums)
     same = TrainingState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert same == state
-    older = state.to_dict() | {"sums": [1.0, 2.0, 3.0]}  # a checkpoint from before skipped samples were counted
-    assert TrainingState.from_dict(older).sums == [1.0, 2.0, 3.0, 0.0]
+    # Checkpoints from before named sums: (loss, correct, count), and then with skipped samples.
+    for older, skipped in (([1.0, 2.0, 3.0], 0.0), ([1.0, 2.0, 3.0, 4.0], 4.0)):
+        assert TrainingState.from_dict(state.to_dict() | {"sums": older}).sums == {
+            "loss": 1.0, "accuracy.correct": 2.0, "count": 3.0, "skipped": skipped}
     holder = TrainingState()
     holder.assign(state)
     state.history.append({"epoch": 2})
     assert holder.history == [{"epoch": 1}]  # a copy, not shared
     holder.end_epoch({"epoch": 3})
-    assert (holder.epoch, holder.position, holder.sums) == (3, 0, [0.0, 0.0, 0.0, 0.0])
+    assert (holder.epoch, holder.position, holder.sums) == (3, 0, {})
 
 
 class _Files:

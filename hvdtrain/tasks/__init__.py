@@ -1,0 +1,1 @@
+"""Tasks: what a model learns (classification, regression, multilabel), its loss and its metrics as named sums."""
