@@ -10,7 +10,7 @@ summation).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,7 @@ from hvdtrain.errors import DataError
 from hvdtrain.files import write_atomic
 from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open_run
 from hvdtrain.lifecycle.trained_model import TrainedModel, load_trained_model
-from hvdtrain.tasks import sums as named
-from hvdtrain.tasks.metrics import Sums
+from hvdtrain.tasks.metrics import CONFUSION, Sums
 from hvdtrain.tasks.task import COUNT, TaskSpec
 from hvdtrain.training import collectives
 
@@ -73,34 +72,19 @@ def _check_matches(run: FinishedRun, dataset: Dataset) -> None:
 
 
 def evaluate(model: TrainedModel, dataset: Dataset) -> Evaluation:
-    """The model on this rank's share of `dataset.val`, reduced over all ranks (a collective): the same named sums
-    as the training loop's evaluation, and each batch's outputs give the confusion matrix (no second pass)."""
+    """The model on this rank's share of `dataset.val`, reduced over all ranks (a collective): the training loop's
+    evaluation, with the confusion matrix's counts added to a classification task's named sums."""
     cfg, comm = model.run.cfg, model.backend.comm
     world = comm.world()
     task, width = cfg.task_spec(), len(model.run.class_names)
+    counted = replace(task, metrics=(*task.metrics, CONFUSION)) if task.int_targets else task
     workers = resolve_workers(cfg.data.workers, dataset.val.on_disk, 1, world.local_size)
-    sums, failure = task.empty_sums(width), None
-    confusion = np.zeros((width, width)) if task.int_targets else None
     with InputPipeline(cfg, dataset, workers) as inputs:
-        loader = inputs.eval_loader(world.rank, world.size, model.preprocess())
-        try:
-            for batch in loader:
-                x, y = batch[0], batch[1]
-                result = model.backend.eval_step(x, y)
-                sums = named.add(sums, task.step_sums(result, y))
-                if confusion is not None:
-                    np.add.at(confusion, (y, result.outputs.argmax(axis=1)), 1)
-        except Exception as exc:  # noqa: BLE001 - agreed on below, then raised on every rank
-            failure = exc
-    extra = {collectives.SKIPPED: np.float64(len(loader.skipped)), collectives.FAILED: np.float64(failure is not None)}
-    if confusion is not None:
-        extra["confusion"] = confusion
-    total = named.allreduce(comm.allreduce_sum, {**sums, **extra})
-    if total.pop(collectives.FAILED):
-        collectives.raise_agreed_failure(comm, failure)
-    skipped = int(total.pop(collectives.SKIPPED))
-    reduced_confusion = total.pop("confusion", None)
-    return Evaluation(task, total, reduced_confusion, skipped)
+        with inputs.eval_loader(world.rank, world.size, model.preprocess()) as batches:
+            totals, skipped = collectives.evaluate(comm, model.backend, batches, lambda: len(batches.skipped),
+                                                   counted, width)
+    confusion = totals.pop(f"{CONFUSION.name}.counts", None)
+    return Evaluation(task, totals, confusion, skipped)
 
 
 def write_confusion_png(path: Path, confusion: np.ndarray, names: tuple[str, ...]) -> None:

@@ -96,6 +96,17 @@ BUILTIN_METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+def _confusion(outputs: np.ndarray, targets: np.ndarray) -> Sums:
+    counts = np.zeros((outputs.shape[1], outputs.shape[1]))
+    np.add.at(counts, (targets, outputs.argmax(axis=1)), 1)
+    return {"counts": counts}
+
+
+# Not a metric of its own: `evaluate` adds it to a classification task's sums for the confusion matrix (rows:
+# true class, columns: predicted), reduced with the metrics' sums in the same allreduce.
+CONFUSION = Metric("confusion", ("classification",), False, _confusion, lambda s, n: None)
+
+
 def user_metric(name: str, obj: object) -> Metric:
     """A metric from the user's object (train.metrics by import path), named `name`:
     - a function `(outputs, targets) -> per-sample values` (numpy): its value is their mean over all samples,
