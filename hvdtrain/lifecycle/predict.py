@@ -1,9 +1,13 @@
-"""`python -m hvdtrain predict RUN_DIR INPUT... [--out preds.csv] [--top-k K]`: classify images with a finished
-run's model. INPUTs are image files, folders of images (searched recursively, in name order) or .npz files
-with an array `x` of NHWC images (uint8, or float in [0, 1]). Images get the run's preprocessing: resized to
-its input size (files), then its rescale and sample- and featurewise normalisation. Under a launcher each
-rank classifies its share; rank 0 writes the CSV, one row per image in input order:
-    input, class_index, class_name, probability, then top2_class, top2_probability ... for --top-k K.
+"""`python -m hvdtrain predict RUN_DIR INPUT... [--out preds.csv] [--top-k K]`: a finished run's model applied to
+new inputs. INPUTs are image files, folders of images (searched recursively, in name order) or .npz files with
+an array `x` of NHWC images (uint8, or float in [0, 1]) or of (N, F) feature vectors. Images get the run's
+preprocessing: resized to its input size (files), then its rescale and sample- and featurewise normalisation.
+Under a launcher each rank predicts its share; rank 0 writes the CSV, one row per input in input order, with
+columns by the run's task:
+    classification: input, class_index, class_name, probability, then top2_class, top2_probability ... (--top-k)
+    regression:     input, then one column per target (the model's values)
+    multilabel:     input, labels (the predicted labels, ';'-joined: probability above 0.5), then one probability
+                    column per label
 """
 
 from __future__ import annotations
@@ -78,12 +82,19 @@ class _Inputs:
         except (OSError, ValueError) as exc:
             raise DataError(f"predict: '{path}' is not a readable .npz ({exc}): save it with "
                             "numpy.savez(path, x=images)") from None
-        if x.ndim == 3:
+        if x.ndim == 3 and len(run.image_shape) == 3:
             x = x[..., None]
         if tuple(x.shape[1:]) != run.image_shape:
-            raise DataError(f"predict: '{path}' holds images of {list(x.shape[1:])} but the model takes "
-                            f"{list(run.image_shape)}: resize them (or pass image files, which are resized)")
+            kind = "images" if len(run.image_shape) == 3 else "feature vectors"
+            raise DataError(f"predict: '{path}' holds arrays of {list(x.shape[1:])} but the model takes {kind} of "
+                            f"{list(run.image_shape)}: "
+                            + ("resize them (or pass image files, which are resized)" if kind == "images" else
+                               "pass the features the model was trained on"))
         return x if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -97,6 +108,8 @@ def run_predict(run_dir: str, inputs: list[str], out: str, top_k: int, batch_siz
     """The command (see the module docstring)."""
     run = open_run(run_dir, "predict")
     classes = len(run.class_names)
+    if run.cfg.task != "classification" and top_k != 1:
+        raise UserError(f"predict: --top-k ranks classes, but the run's task is {run.cfg.task}: leave --top-k out")
     if not 1 <= top_k <= classes:
         raise UserError(f"predict: --top-k {top_k} is outside 1..{classes} (the model's classes): pick one in range")
     if batch_size < 1:
@@ -107,16 +120,14 @@ def run_predict(run_dir: str, inputs: list[str], out: str, top_k: int, batch_siz
     with ending_with_errors_reported(comm):
         world = comm.world()
         mine = shard_for_eval(len(images.source), world.rank, world.size)
-        rows: list[tuple[int, list[int], list[float]]] = []
+        rows: list[tuple[int, list[float]]] = []  # (input index, the model's outputs)
         failure: BaseException | None = None
         loader = BatchLoader(images.source, None, mine, batch_size, transform=model.preprocess())
         try:
             start = 0
             for batch in loader:
-                probs = _softmax(model.inference.predict(batch[0]))
-                order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-                for i, (ranked, p) in enumerate(zip(order, probs, strict=True)):
-                    rows.append((int(mine[start + i]), ranked.tolist(), p[ranked].tolist()))
+                outputs = model.inference.predict(batch[0])
+                rows += [(int(mine[start + i]), row.tolist()) for i, row in enumerate(outputs)]
                 start += len(batch[0])
         except Exception as exc:  # noqa: BLE001 - agreed on below, then raised on every rank
             failure = exc
@@ -125,19 +136,41 @@ def run_predict(run_dir: str, inputs: list[str], out: str, top_k: int, batch_siz
         everyone = sorted(row for part in collectives.gather(comm, rows) for row in part)
         if world.rank == 0:
             _write_csv(Path(out), everyone, images.names, run, top_k)
-            print(f"predicted {len(everyone)} image(s) with {run.dir} ({run.backend}); wrote {out}", flush=True)
+            print(f"predicted {len(everyone)} input(s) with {run.dir} ({run.backend}); wrote {out}", flush=True)
 
 
-def _write_csv(path: Path, rows: list[tuple[int, list[int], list[float]]], names: list[str], run: FinishedRun,
+def _csv_rows(rows: list[tuple[int, list[float]]], names: list[str], run: FinishedRun,
+              top_k: int) -> list[list[object]]:
+    """The CSV's header and rows for the run's task (see the module docstring)."""
+    outputs = np.array([values for _, values in rows], dtype=np.float32).reshape(len(rows), len(run.class_names))
+    inputs = [names[index] for index, _ in rows]
+    labels = run.class_names
+    table: list[list[object]]
+    if run.cfg.task == "regression":  # float32 values written with 9 significant digits: read back exactly
+        table = [["input", *labels]]
+        table += [[name, *(f"{v:.9g}" for v in row)] for name, row in zip(inputs, outputs, strict=True)]
+        return table
+    if run.cfg.task == "multilabel":
+        table = [["input", "labels", *labels]]
+        for name, row in zip(inputs, outputs, strict=True):
+            predicted = ";".join(label for label, logit in zip(labels, row, strict=True) if logit > 0)
+            table.append([name, predicted, *(f"{p:.6f}" for p in _sigmoid(row))])
+        return table
+    probs = _softmax(outputs)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    extra = [h for k in range(2, top_k + 1) for h in (f"top{k}_class", f"top{k}_probability")]
+    table = [["input", "class_index", "class_name", "probability", *extra]]
+    for name, ranked, p in zip(inputs, order, probs, strict=True):
+        cells: list[object] = [name, int(ranked[0]), labels[ranked[0]], f"{p[ranked[0]]:.6f}"]
+        for cls in ranked[1:]:
+            cells += [labels[cls], f"{p[cls]:.6f}"]
+        table.append(cells)
+    return table
+
+
+def _write_csv(path: Path, rows: list[tuple[int, list[float]]], names: list[str], run: FinishedRun,
                top_k: int) -> None:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    extra = [h for k in range(2, top_k + 1) for h in (f"top{k}_class", f"top{k}_probability")]
-    writer.writerow(["input", "class_index", "class_name", "probability", *extra])
-    for index, ranked, probs in rows:
-        cells: list[object] = [names[index], ranked[0], run.class_names[ranked[0]], f"{probs[0]:.6f}"]
-        for cls, prob in zip(ranked[1:], probs[1:], strict=True):
-            cells += [run.class_names[cls], f"{prob:.6f}"]
-        writer.writerow(cells)
+    csv.writer(buf, lineterminator="\n").writerows(_csv_rows(rows, names, run, top_k))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, buf.getvalue())
