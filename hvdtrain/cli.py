@@ -8,7 +8,7 @@ import sys
 
 from hvdtrain.distributed.environment import under_launcher
 from hvdtrain.distributed.error_exit import announce, ending_with_errors_reported, wait_for_every_rank_before_start
-from hvdtrain.errors import JobAborted, UserError
+from hvdtrain.errors import UserError
 
 COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack", "evaluate",
             "predict", "export", "convert")
@@ -111,20 +111,13 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)  # before Horovod starts: bad input fails fast
     backend = get_backend(cfg.backend)
     with ending_with_errors_reported(backend.comm):
-        try:
-            if args.command == "bench":
-                from hvdtrain.commands.bench import run_bench
-                run_bench(cfg, backend, args.warmup_batches, args.batches_per_iter, args.iters,
-                          Path(args.json) if args.json else None)
-            else:
-                from hvdtrain.training.loop import train
-                train(cfg, backend)
-        except Exception as exc:
-            if not backend.comm.is_collective_failure(exc):
-                raise
-            raise JobAborted("Horovod shut the job down: a collective could not complete because another rank "
-                             "stalled (longer than horovod.stall_shutdown_time_s; Horovod's stall report above "
-                             "names it) or failed: read that rank's log") from None
+        if args.command == "bench":
+            from hvdtrain.commands.bench import run_bench
+            run_bench(cfg, backend, args.warmup_batches, args.batches_per_iter, args.iters,
+                      Path(args.json) if args.json else None)
+        else:
+            from hvdtrain.training.loop import train
+            train(cfg, backend)
     return 0
 
 

@@ -532,9 +532,15 @@ class Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Reads a YAML file (optional), applies `key=value` overrides, and validates everything."""
-    tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
-    for item in overrides:
-        key, value = _parse_override(item)
+    return config_from_tree(_read_yaml(Path(path)) if path is not None else {}, overrides)
+
+
+def config_from_tree(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] | dict[str, Any] = ()) -> Config:
+    """A nested mapping of keys (as in a YAML file) with overrides applied: `key=value` texts, or a mapping of
+    dotted keys to values; validated like load_config."""
+    tree = json.loads(json.dumps(tree, default=str))  # a copy of plain values (tuples become lists, paths text)
+    items = overrides.items() if isinstance(overrides, dict) else (_parse_override(o) for o in overrides)
+    for key, value in items:
         _set_dotted(tree, key, value)
     return _build(Config, tree, prefix="")
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from hvdtrain.errors import UserError
+from hvdtrain.errors import JobAborted, UserError
 
 if TYPE_CHECKING:
     from hvdtrain.distributed.communicator import Communicator
@@ -83,9 +83,17 @@ def wait_for_every_rank_before_start(exc: UserError, backend_name: str,
 @contextmanager
 def ending_with_errors_reported(comm: Communicator) -> Iterator[None]:
     """Shuts Horovod down at the end of a command; a UserError on the way out is first announced and waited
-    for on every rank (see the module docstring)."""
+    for on every rank (see the module docstring). A collective that failed because another rank stalled or
+    failed becomes a one-line JobAborted."""
     try:
-        yield
+        try:
+            yield
+        except Exception as exc:
+            if isinstance(exc, UserError) or not comm.is_collective_failure(exc):
+                raise
+            raise JobAborted("Horovod shut the job down: a collective could not complete because another rank "
+                             "stalled (longer than horovod.stall_shutdown_time_s; Horovod's stall report above "
+                             "names it) or failed: read that rank's log") from None
     except UserError as exc:
         wait_for_every_rank(exc, comm)
         raise
