@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hvdtrain.config import Config, config_from_tree, to_dict
-from hvdtrain.imports import path_of
+from hvdtrain.imports import PYTHON_OBJECTS, path_of
 
 ConfigLike = Config | Mapping[str, Any] | str | Path | None
 
@@ -71,6 +71,9 @@ def resolve(config: ConfigLike = None, overrides: Iterable[str] | Mapping[str, A
     given = dict(overrides) if isinstance(overrides, Mapping) else None
     cfg = config_from_tree(_tree(config), given if given is not None else tuple(overrides))
     extra = [path_of(_factory(c)) for c in callbacks]
+    if objects.get("data.name", "").startswith(f"{PYTHON_OBJECTS}:") and cfg.data.workers is None:
+        # Data worker processes call the builder again, by its path: a script's own builder is known only here.
+        objects["data.workers"] = 0
     if objects or extra:
         objects.setdefault("callbacks.user", [*cfg.callbacks.user, *extra])
         cfg = config_from_tree(to_dict(cfg), objects)

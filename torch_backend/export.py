@@ -27,7 +27,8 @@ EXAMPLE_BATCH = 2  # the batch size traced; the exported batch dimension is dyna
 
 class StandardizedModel(torch.nn.Module):
     """NHWC float32 images in [0, 1] -> logits: the run's standardisation (Keras' order, as
-    hvdtrain/augment/standardize.py), NHWC -> NCHW, the model."""
+    hvdtrain/augment/standardize.py), NHWC -> NCHW, the model; feature vectors (n, F) go to the model as they
+    are (a run on them has no standardisation)."""
 
     mean: torch.Tensor | None
     divisor: torch.Tensor | None
@@ -56,7 +57,7 @@ class StandardizedModel(torch.nn.Module):
             x = x - self.mean
         if self.divisor is not None:
             x = x / self.divisor
-        logits: torch.Tensor = self.model(x.permute(0, 3, 1, 2))
+        logits: torch.Tensor = self.model(x.permute(0, 3, 1, 2) if x.dim() == 4 else x)  # images, or features
         return logits.float()
 
 

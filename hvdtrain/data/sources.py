@@ -44,7 +44,7 @@ def _loader(cfg: Any, task: str) -> Callable[[Any, int], Loaded]:
     from hvdtrain.data.user_data import open_user_dataset
 
     if cfg.user_dataset:
-        return lambda c, s: open_user_dataset(c)
+        return lambda c, s: open_user_dataset(c, task)
     if task != "classification" and cfg.name not in ("npz", "diabetes"):
         raise DataError(f"data.name={cfg.name} holds class labels, but task={task}: train it with "
                         "task=classification, or give npz data (or your own dataset) with the task's targets")

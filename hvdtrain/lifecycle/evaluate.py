@@ -23,7 +23,7 @@ from hvdtrain.errors import DataError
 from hvdtrain.files import write_atomic
 from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open_run
 from hvdtrain.lifecycle.trained_model import TrainedModel, load_trained_model
-from hvdtrain.tasks.metrics import CONFUSION, Sums
+from hvdtrain.tasks.metrics import CONFUSION, EVAL_TABLES, Sums, per_class_table
 from hvdtrain.tasks.task import COUNT, TaskSpec
 from hvdtrain.training import collectives
 
@@ -32,27 +32,31 @@ EVAL_FILE, CONFUSION_PNG = "eval.json", "eval-confusion.png"
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Sums over every evaluated sample, on every rank: the task's named sums and, for classification, the
-    confusion matrix."""
+    """Sums over every evaluated sample, on every rank: the task's named sums and those of its table
+    (hvdtrain/tasks/metrics.py, EVAL_TABLES)."""
 
     task: TaskSpec
     totals: Sums
-    confusion: np.ndarray | None  # (classes, classes): rows true class, columns predicted
     skipped: int
 
     @property
     def count(self) -> int:
         return int(round(float(self.totals[COUNT])))
 
+    @property
+    def confusion(self) -> np.ndarray | None:
+        """Classification: (classes, classes), rows true class, columns predicted."""
+        return self.totals.get(f"{CONFUSION.name}.counts")
+
     def report(self, run: FinishedRun, source: str, weights: str, world_size: int) -> dict[str, Any]:
         values = {f"val_{name}": value for name, value in self.task.values(self.totals).items()}
         report: dict[str, Any] = {**values, "samples": self.count, "skipped_samples": self.skipped}
+        table = per_class_table(self.task.name, self.totals, self.count, run.class_names)
         if self.confusion is not None:
-            per_class = self.confusion.sum(axis=1)
-            report["per_class_accuracy"] = {
-                name: (float(self.confusion[i, i] / per_class[i]) if per_class[i] else None)
-                for i, name in enumerate(run.class_names)}
+            report["per_class_accuracy"] = {name: row["accuracy"] for name, row in table.items()}
             report["confusion_matrix"] = self.confusion.astype(int).tolist()
+        else:
+            report["per_label" if self.task.name == "multilabel" else "per_target"] = table
         report.update({"class_names": list(run.class_names), "data": source, "weights": weights,
                        "world_size": world_size})
         return report
@@ -73,18 +77,17 @@ def _check_matches(run: FinishedRun, dataset: Dataset) -> None:
 
 def evaluate(model: TrainedModel, dataset: Dataset) -> Evaluation:
     """The model on this rank's share of `dataset.val`, reduced over all ranks (a collective): the training loop's
-    evaluation, with the confusion matrix's counts added to a classification task's named sums."""
+    evaluation, with the sums of the task's table (confusion matrix, per label, per target) added."""
     cfg, comm = model.run.cfg, model.backend.comm
     world = comm.world()
     task, width = cfg.task_spec(), len(model.run.class_names)
-    counted = replace(task, metrics=(*task.metrics, CONFUSION)) if task.int_targets else task
+    counted = replace(task, metrics=(*task.metrics, EVAL_TABLES[task.name]))
     workers = resolve_workers(cfg.data.workers, dataset.val.on_disk, 1, world.local_size)
     with InputPipeline(cfg, dataset, workers) as inputs:
         with inputs.eval_loader(world.rank, world.size, model.preprocess()) as batches:
             totals, skipped = collectives.evaluate(comm, model.backend, batches, lambda: len(batches.skipped),
                                                    counted, width)
-    confusion = totals.pop(f"{CONFUSION.name}.counts", None)
-    return Evaluation(task, totals, confusion, skipped)
+    return Evaluation(task, totals, skipped)
 
 
 def write_confusion_png(path: Path, confusion: np.ndarray, names: tuple[str, ...]) -> None:

@@ -102,9 +102,45 @@ def _confusion(outputs: np.ndarray, targets: np.ndarray) -> Sums:
     return {"counts": counts}
 
 
-# Not a metric of its own: `evaluate` adds it to a classification task's sums for the confusion matrix (rows:
-# true class, columns: predicted), reduced with the metrics' sums in the same allreduce.
+def _per_target(outputs: np.ndarray, targets: np.ndarray) -> Sums:
+    error = outputs.astype(np.float64) - targets
+    return {"abs_err": np.abs(error).sum(axis=0), "sq_err": np.square(error).sum(axis=0),
+            "y": targets.sum(axis=0, dtype=np.float64), "y_sq": np.square(targets.astype(np.float64)).sum(axis=0)}
+
+
+# Not metrics of their own: `evaluate` adds the one of the task to its sums, reduced with the metrics' sums in
+# the same allreduce, for its per-class, per-label or per-target table (EVAL_TABLES, then `per_class_table`).
 CONFUSION = Metric("confusion", ("classification",), False, _confusion, lambda s, n: None)
+PER_LABEL = Metric("per_label", ("multilabel",), False, _confusion_counts, lambda s, n: None)
+PER_TARGET = Metric("per_target", ("regression",), False, _per_target, lambda s, n: None)
+EVAL_TABLES = {"classification": CONFUSION, "multilabel": PER_LABEL, "regression": PER_TARGET}
+
+
+def per_class_table(task: str, totals: Mapping[str, np.ndarray], count: float,
+                    names: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
+    """`evaluate`'s table from an EVAL_TABLES entry's totals: per label precision, recall, F1 and support
+    (multilabel), per target mae, rmse and r2 (regression), per class accuracy and support (classification)."""
+    table = EVAL_TABLES[task]
+    own = {key.split(".", 1)[1]: value for key, value in totals.items() if key.startswith(table.name + ".")}
+
+    def ratio(a: float, b: float) -> float | None:
+        return float(a / b) if b else None
+
+    rows: dict[str, dict[str, float | None]] = {}
+    for i, name in enumerate(names):
+        if task == "multilabel":
+            tp, fp, fn = (float(own[k][i]) for k in ("tp", "fp", "fn"))
+            rows[name] = {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+                          "f1": float(_f1(np.float64(tp), np.float64(fp), np.float64(fn))), "support": tp + fn}
+        elif task == "regression":
+            column = {k: own[k][i:i + 1] for k in own}
+            rows[name] = {"mae": ratio(float(column["abs_err"][0]), count),
+                          "rmse": float(np.sqrt(column["sq_err"][0] / count)) if count else None,
+                          "r2": _r2(column, count)}
+        else:
+            support = float(own["counts"][i].sum())
+            rows[name] = {"accuracy": ratio(float(own["counts"][i, i]), support), "support": support}
+    return rows
 
 
 def user_metric(name: str, obj: object) -> Metric:

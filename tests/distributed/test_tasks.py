@@ -184,12 +184,22 @@ def test_metrics_at_np_2_and_3_equal_scikit_learn_over_the_predictions(runs: Pat
         reference = {"val_mae": m.mean_absolute_error(truth, predicted),
                      "val_rmse": m.root_mean_squared_error(truth, predicted), "val_r2": m.r2_score(truth, predicted),
                      "val_loss": float(np.mean((predicted - truth) ** 2))}
+        for j, name in enumerate(header[1:]):  # evaluate's per-target table
+            row = evaluated["per_target"][name]
+            assert row["r2"] == pytest.approx(m.r2_score(truth[:, j], predicted[:, j]), abs=EXACT)
+            assert row["mae"] == pytest.approx(m.mean_absolute_error(truth[:, j], predicted[:, j]), abs=EXACT)
     else:
         assert header == ["input", "labels", "0", "1", "2", "3"]
         predicted = np.array([[str(c) in row[1].split(";") for c in range(4)] for row in rows], dtype=int)
         reference = {"val_f1_micro": m.f1_score(truth.astype(int), predicted, average="micro", zero_division=0),
                      "val_f1_macro": m.f1_score(truth.astype(int), predicted, average="macro", zero_division=0),
                      "val_exact_match": m.accuracy_score(truth.astype(int), predicted)}
+        per_label = m.f1_score(truth.astype(int), predicted, average=None, zero_division=0)
+        recall = m.recall_score(truth.astype(int), predicted, average=None, zero_division=0)
+        for j, name in enumerate(header[2:]):  # evaluate's per-label table
+            row = evaluated["per_label"][name]
+            assert row["f1"] == pytest.approx(per_label[j], abs=EXACT)
+            assert row["recall"] == pytest.approx(recall[j], abs=EXACT) and row["support"] == truth[:, j].sum()
     for name, value in reference.items():
         assert trained[name] == pytest.approx(value, abs=EXACT), (name, "np=2")
         assert evaluated[name] == pytest.approx(value, abs=EXACT), (name, "np=3")
@@ -246,3 +256,13 @@ def test_a_user_loss_returning_its_mean_stops_every_rank_in_one_line(tmp_path: P
     lines = [ln for ln in proc.stderr.splitlines() if "hvdtrain: error:" in ln]
     assert len(lines) == 2 and all("train.loss='user_losses:mean_squared' returned []" in ln for ln in lines), lines
     assert "Traceback" not in proc.stderr
+
+
+def test_export_and_convert_take_regression_and_multilabel_runs(runs: Path, tmp_path: Path) -> None:
+    """Each checks its artifact against the trained model's outputs on validation samples before it succeeds."""
+    converted = run_hvdtrain(["convert", str(runs / "torch" / "mse" / "np2"), "--to", "tensorflow", "--out",
+                              str(tmp_path / "converted")])
+    assert "converted" in converted.stdout and read_summary(tmp_path / "converted")["task"] == "regression"
+    exported = run_hvdtrain(["export", str(runs / "tensorflow" / "multilabel"), "--format", "onnx", "--out",
+                             str(tmp_path / "multilabel.onnx")])
+    assert "max |logit diff|" in exported.stdout and (tmp_path / "multilabel.onnx").stat().st_size > 0

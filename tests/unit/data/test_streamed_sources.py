@@ -237,3 +237,49 @@ def test_user_dataset_by_import_path(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(DataError, match="cannot be imported"):
         load_dataset(load_config(None, ["data.name=no_such_module:build"]).data, 0)
     del sys.modules["user_pictures"]
+
+
+USER_TABLE = '''
+import numpy as np
+
+class Rows:
+    def __init__(self, n, target):
+        self.n, self.target = n, target
+    def __len__(self):
+        return self.n
+    def __getitem__(self, i):
+        x = np.arange(5, dtype=np.float64) + i
+        return x, self.target(i)
+
+def regression(cfg):
+    return {"train": Rows(12, lambda i: [i / 2, -i]), "val": Rows(4, lambda i: [i, 0.5])}
+
+def multilabel(cfg):
+    return {"train": Rows(12, lambda i: [i % 2, i % 3 == 0, 1]), "class_names": ["odd", "three", "all"]}
+
+def ragged(cfg):
+    return {"train": Rows(12, lambda i: [1.0] * (1 + i % 2))}
+'''
+
+
+def test_user_dataset_of_feature_vectors_with_the_tasks_targets(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "user_table.py").write_text(USER_TABLE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    regression = load_dataset(load_config(None, ["data.name=user_table:regression"]).data, 0, "regression")
+    assert regression.image_shape == (5,) and regression.class_names == ("target0", "target1")
+    x, y = regression.train.read(np.array([0, 3]))
+    assert x.dtype == np.float32 and x[1].tolist() == [3, 4, 5, 6, 7]
+    assert y.dtype == np.float32 and y.tolist() == [[0.0, 0.0], [1.5, -3.0]]
+    multilabel = load_dataset(load_config(None, ["data.name=user_table:multilabel", "data.val_fraction=0.25"]).data,
+                              0, "multilabel")
+    assert multilabel.class_names == ("odd", "three", "all") and len(multilabel.val) == 3
+    _, y = multilabel.train.parent.read(np.array([3, 4]))  # type: ignore[attr-defined]
+    assert y.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ragged = load_dataset(load_config(None, ["data.name=user_table:ragged", "data.val_fraction=0"]).data, 0,
+                          "regression")
+    with pytest.raises(DataError, match=r"train\[1\] has target \[1.0, 1.0\]: task=regression needs"):
+        ragged.train.read(np.array([0, 1]))
+    with pytest.raises(DataError, match="holds class labels, but task=regression"):
+        load_dataset(load_config(None, ["data.name=digits"]).data, 0, "regression")
+    del sys.modules["user_table"]
