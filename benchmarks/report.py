@@ -33,9 +33,10 @@ def machine() -> str:
             f"{mpi[0] if mpi else 'no MPI'}, {datetime.now(timezone.utc):%Y-%m-%d}")
 
 
-def update_section(name: str, body: str) -> None:
-    """Replaces (or appends) the section delimited by `<!-- bench:NAME -->` markers."""
-    report = Path(os.environ.get(REPORT_ENV) or REPORT)
+def update_section(name: str, body: str, document: Path | None = None) -> None:
+    """Replaces (or appends) the section delimited by `<!-- bench:NAME -->` markers, in docs/benchmarks.md or in
+    `document`."""
+    report = Path(os.environ.get(REPORT_ENV) or document or REPORT)
     text = report.read_text() if report.exists() else HEADER
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
