@@ -12,7 +12,7 @@ import tensorflow.experimental.numpy as tnp
 from hvdtrain.augment import native
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
 from hvdtrain.augment.pipeline import DeviceAugment
-from hvdtrain.augment.standardize import EPSILON, FeatureStats
+from hvdtrain.augment.standardize import Standardization
 from hvdtrain.config import AugmentConfig
 
 
@@ -49,20 +49,20 @@ def apply_transforms(images: Any, params: Sequence[dict[str, Any]], config: Augm
     return out.numpy() if as_numpy else out
 
 
-def standardize_tensor(x: tf.Tensor, config: AugmentConfig, stats: FeatureStats | None) -> tf.Tensor:
-    """hvdtrain/augment/standardize.py's `standardize` (Keras' order) on a float32 NHWC tensor."""
-    if config.rescale is not None:
-        x = x * config.rescale
-    if config.samplewise_center:
+def standardize_tensor(x: tf.Tensor, s: Standardization) -> tf.Tensor:
+    """The standardisation `s` (Keras' order, as hvdtrain/augment/standardize.py) on a float32 NHWC tensor: device
+    augmentation and the exported models use this one. Constants are made here, inside a trace when there is one
+    (tf2onnx would take a tensor captured from outside for a second input)."""
+    if s.rescale is not None:
+        x = x * s.rescale
+    if s.samplewise_center:
         x = x - tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
-    if config.samplewise_std_normalization:
-        x = x / (tf.math.reduce_std(x, axis=(1, 2, 3), keepdims=True) + EPSILON)
-    if config.featurewise_center:
-        assert stats is not None, "featurewise statistics are needed"
-        x = x - tf.constant(stats.mean)
-    if config.featurewise_std_normalization:
-        assert stats is not None, "featurewise statistics are needed"
-        x = x / (tf.constant(stats.std) + EPSILON)
+    if s.samplewise_std_normalization:  # the population std, as numpy's
+        x = x / (tf.math.reduce_std(x, axis=(1, 2, 3), keepdims=True) + s.epsilon)
+    if s.mean is not None:
+        x = x - tf.constant(s.mean, tf.float32)
+    if s.divisor is not None:
+        x = x / tf.constant(s.divisor, tf.float32)
     return x
 
 
@@ -70,4 +70,4 @@ def augment_on_device(images: tf.Tensor, work: DeviceAugment, config: AugmentCon
     """augment.device=gpu: a batch's random transforms and standardisation with TensorFlow's ops, eagerly, on the
     device TensorFlow places them on (the rank's GPU when it has one)."""
     out = apply_batch(TF_OPS, images, work.transforms, config.fill_mode, config.cval)
-    return standardize_tensor(out, config, work.stats) if config.standardizes else out
+    return standardize_tensor(out, Standardization.of(config, work.stats)) if config.standardizes else out

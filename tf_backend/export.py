@@ -24,8 +24,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from hvdtrain.augment.standardize import Standardization  # noqa: E402
 from hvdtrain.backend import Backend  # noqa: E402
-from hvdtrain.lifecycle.export import Standardization  # noqa: E402
+from tf_backend.augment import standardize_tensor  # noqa: E402
 from tf_backend.backend import TensorFlowBackend  # noqa: E402
 
 ONNX_OPSET = 17
@@ -41,23 +42,9 @@ def serving_function(model: keras.Model, standardization: Standardization,
                      image_shape: tuple[int, ...]) -> Any:
     """A tf.function: `images` (NHWC float32 in [0, 1], any batch size) -> {"logits": float32}, the
     standardisation in Keras' order (hvdtrain/augment/standardize.py) before the model."""
-    s = standardization
-
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="images")])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        x = images
-        if s.rescale is not None:
-            x = x * s.rescale
-        if s.samplewise_center:
-            x = x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        if s.samplewise_std_normalization:  # the population std, as numpy's
-            x = x / (tf.math.reduce_std(x, axis=[1, 2, 3], keepdims=True) + s.epsilon)
-        # Constants made inside the trace, so they are part of the graph (tf2onnx would take a tensor captured
-        # from outside for a second input).
-        if s.mean is not None:
-            x = x - tf.constant(s.mean, tf.float32)
-        if s.divisor is not None:
-            x = x / tf.constant(s.divisor, tf.float32)
+        x = standardize_tensor(images, standardization) if len(image_shape) == 3 else images
         return {"logits": tf.cast(model(x, training=False), tf.float32)}
 
     return serve

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hvdtrain.augment import native
 from hvdtrain.augment.kernel import ArrayOps, apply_batch
 from hvdtrain.augment.pipeline import DeviceAugment
-from hvdtrain.augment.standardize import EPSILON, FeatureStats
+from hvdtrain.augment.standardize import Standardization
 from hvdtrain.config import AugmentConfig
 
 
@@ -70,20 +70,20 @@ def apply_transforms(images: Any, params: Sequence[dict[str, Any]], config: Augm
     return out.numpy() if as_numpy else out
 
 
-def standardize_tensor(x: torch.Tensor, config: AugmentConfig, stats: FeatureStats | None) -> torch.Tensor:
-    """hvdtrain/augment/standardize.py's `standardize` (Keras' order) on a float32 NHWC tensor, where it lies."""
-    if config.rescale is not None:
-        x = x * config.rescale
-    if config.samplewise_center:
+def standardize_tensor(x: torch.Tensor, s: Standardization) -> torch.Tensor:
+    """The standardisation `s` (Keras' order, as hvdtrain/augment/standardize.py) on a float32 NHWC tensor, where
+    it lies: device augmentation and the exported models use this one."""
+    if s.rescale is not None:
+        x = x * s.rescale
+    if s.samplewise_center:
         x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-    if config.samplewise_std_normalization:
-        x = x / (x.std(dim=(1, 2, 3), keepdim=True, correction=0) + EPSILON)
-    if config.featurewise_center:
-        assert stats is not None, "featurewise statistics are needed"
-        x = x - torch.as_tensor(stats.mean, device=x.device)
-    if config.featurewise_std_normalization:
-        assert stats is not None, "featurewise statistics are needed"
-        x = x / (torch.as_tensor(stats.std, device=x.device) + EPSILON)
+    if s.samplewise_std_normalization:  # the population std, as numpy's (written out: exportable)
+        deviation = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        x = x / (torch.sqrt(torch.mean(deviation * deviation, dim=(1, 2, 3), keepdim=True)) + s.epsilon)
+    if s.mean is not None:
+        x = x - torch.as_tensor(s.mean, device=x.device)
+    if s.divisor is not None:
+        x = x / torch.as_tensor(s.divisor, device=x.device)
     return x
 
 
@@ -92,4 +92,4 @@ def augment_on_device(images: torch.Tensor, work: DeviceAugment, config: Augment
     batch is on (the tensors the kernel creates go there too)."""
     with torch.device(images.device):
         out = apply_batch(TORCH_OPS, images, work.transforms, config.fill_mode, config.cval)
-    return standardize_tensor(out, config, work.stats) if config.standardizes else out
+    return standardize_tensor(out, Standardization.of(config, work.stats)) if config.standardizes else out

@@ -18,46 +18,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hvdtrain.augment.standardize import Standardization
 from hvdtrain.backend import Backend
-from hvdtrain.lifecycle.export import Standardization
+from torch_backend.augment import standardize_tensor
 from torch_backend.backend import TorchBackend
 
 EXAMPLE_BATCH = 2  # the batch size traced; the exported batch dimension is dynamic
 
 
 class StandardizedModel(torch.nn.Module):
-    """NHWC float32 images in [0, 1] -> logits: the run's standardisation (Keras' order, as
-    hvdtrain/augment/standardize.py), NHWC -> NCHW, the model; feature vectors (n, F) go to the model as they
-    are (a run on them has no standardisation)."""
-
-    mean: torch.Tensor | None
-    divisor: torch.Tensor | None
+    """NHWC float32 images in [0, 1] -> logits: the run's standardisation (torch_backend/augment.py's
+    standardize_tensor), NHWC -> NCHW, the model; feature vectors (n, F) go to the model as they are (a run on
+    them has no standardisation)."""
 
     def __init__(self, model: torch.nn.Module, standardization: Standardization) -> None:
         super().__init__()
-        self.model = model
-        self.rescale = standardization.rescale
-        self.samplewise_center = standardization.samplewise_center
-        self.samplewise_std_normalization = standardization.samplewise_std_normalization
-        self.epsilon = standardization.epsilon
-        for name in ("mean", "divisor"):
-            value = getattr(standardization, name)
-            self.register_buffer(name, None if value is None else torch.from_numpy(np.array(value, np.float32)))
+        self.model, self.standardization = model, standardization
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        if self.rescale is not None:
-            x = x * self.rescale
-        if self.samplewise_center:
-            x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-        if self.samplewise_std_normalization:  # the population std, as numpy's
-            deviation = x - x.mean(dim=(1, 2, 3), keepdim=True)
-            x = x / (torch.sqrt(torch.mean(deviation * deviation, dim=(1, 2, 3), keepdim=True)) + self.epsilon)
-        if self.mean is not None:
-            x = x - self.mean
-        if self.divisor is not None:
-            x = x / self.divisor
-        logits: torch.Tensor = self.model(x.permute(0, 3, 1, 2) if x.dim() == 4 else x)  # images, or features
+        if images.dim() == 4:
+            images = standardize_tensor(images, self.standardization).permute(0, 3, 1, 2)
+        logits: torch.Tensor = self.model(images)
         return logits.float()
 
 

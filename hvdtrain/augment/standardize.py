@@ -21,6 +21,47 @@ class FeatureStats:
     std: np.ndarray
 
 
+@dataclass(frozen=True)
+class Standardization:
+    """The standardisation as constants (what exports bake in before the model), in Keras' order: multiply by
+    `rescale`; subtract each image's mean; divide by each image's std + `epsilon`; subtract the per-channel
+    `mean`; divide by the per-channel `divisor` (the training set's std + epsilon, float32)."""
+
+    rescale: float | None = None
+    samplewise_center: bool = False
+    samplewise_std_normalization: bool = False
+    mean: np.ndarray | None = None
+    divisor: np.ndarray | None = None
+    epsilon: float = EPSILON
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """On a float32 NHWC numpy batch (a new array); torch_backend/augment.py and tf_backend/augment.py have
+        the same on their tensors (`standardize_tensor`)."""
+        x = np.array(images, dtype=np.float32, copy=True)
+        if self.rescale is not None:
+            x *= self.rescale
+        if self.samplewise_center:
+            x -= x.mean(axis=(1, 2, 3), keepdims=True)
+        if self.samplewise_std_normalization:
+            x /= x.std(axis=(1, 2, 3), keepdims=True) + self.epsilon
+        if self.mean is not None:
+            x -= self.mean
+        if self.divisor is not None:
+            x /= self.divisor
+        return x
+
+    @classmethod
+    def of(cls, aug: AugmentConfig, stats: FeatureStats | None) -> Standardization:
+        """The augment section's standardisation, with the run's featurewise statistics where it uses them."""
+        if (aug.featurewise_center or aug.featurewise_std_normalization) and stats is None:
+            raise ValueError("featurewise statistics are needed")
+        return cls(rescale=aug.rescale, samplewise_center=aug.samplewise_center,
+                   samplewise_std_normalization=aug.samplewise_std_normalization,
+                   mean=np.asarray(stats.mean, np.float32) if aug.featurewise_center and stats else None,
+                   divisor=np.asarray(stats.std, np.float32) + np.float32(EPSILON)
+                   if aug.featurewise_std_normalization and stats else None)
+
+
 def featurewise_stats(read: Callable[[np.ndarray], np.ndarray], num_samples: int, rank: int, world_size: int,
                       rescale: float | None, allreduce_sum: Callable[[np.ndarray], np.ndarray],
                       chunk: int = 512) -> FeatureStats:
@@ -47,17 +88,4 @@ def featurewise_stats(read: Callable[[np.ndarray], np.ndarray], num_samples: int
 
 def standardize(x: np.ndarray, cfg: AugmentConfig, stats: FeatureStats | None) -> np.ndarray:
     """The normalisations of `cfg`, in Keras' order, on a float32 NHWC batch (returns a new array)."""
-    x = np.array(x, dtype=np.float32, copy=True)
-    if cfg.rescale is not None:
-        x *= cfg.rescale
-    if cfg.samplewise_center:
-        x -= x.mean(axis=(1, 2, 3), keepdims=True)
-    if cfg.samplewise_std_normalization:
-        x /= x.std(axis=(1, 2, 3), keepdims=True) + EPSILON
-    if cfg.featurewise_center:
-        assert stats is not None, "featurewise statistics are needed"
-        x -= stats.mean
-    if cfg.featurewise_std_normalization:
-        assert stats is not None, "featurewise statistics are needed"
-        x /= stats.std + EPSILON
-    return x
+    return Standardization.of(cfg, stats).apply(x)

@@ -27,7 +27,7 @@ from typing import Protocol, cast
 import numpy as np
 
 from hvdtrain.augment.pipeline import pixels
-from hvdtrain.augment.standardize import EPSILON
+from hvdtrain.augment.standardize import Standardization
 from hvdtrain.backend import Backend
 from hvdtrain.errors import UserError
 from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open_run
@@ -48,30 +48,13 @@ PACKAGES: dict[tuple[str, str], tuple[str, ...]] = {
 EXPORTERS = {"torch": "torch_backend.export", "tensorflow": "tf_backend.export"}
 
 
-@dataclass(frozen=True)
-class Standardization:
-    """What the artifact does to its input before the model, in Keras' order (hvdtrain/augment/standardize.py):
-    multiply by `rescale`; subtract each image's mean; divide by each image's std + `epsilon`; subtract the
-    per-channel `mean`; divide by the per-channel `divisor` (the training set's std + epsilon, float32)."""
-
-    rescale: float | None = None
-    samplewise_center: bool = False
-    samplewise_std_normalization: bool = False
-    mean: np.ndarray | None = None
-    divisor: np.ndarray | None = None
-    epsilon: float = EPSILON
-
-    @classmethod
-    def of_run(cls, run: FinishedRun) -> Standardization:
-        aug, stats = run.cfg.augment, run.stats
-        if (aug.featurewise_center or aug.featurewise_std_normalization) and stats is None:
-            raise UserError(f"{COMMAND}: '{run.dir / 'summary.json'}' holds no featurewise statistics although the "
-                            "run normalises featurewise: the run directory is damaged; train it again")
-        return cls(rescale=aug.rescale, samplewise_center=aug.samplewise_center,
-                   samplewise_std_normalization=aug.samplewise_std_normalization,
-                   mean=np.asarray(stats.mean, np.float32) if aug.featurewise_center and stats else None,
-                   divisor=np.asarray(stats.std, np.float32) + np.float32(EPSILON)
-                   if aug.featurewise_std_normalization and stats else None)
+def run_standardization(run: FinishedRun) -> Standardization:
+    """What the run's artifacts do to their input before the model."""
+    aug, stats = run.cfg.augment, run.stats
+    if (aug.featurewise_center or aug.featurewise_std_normalization) and stats is None:
+        raise UserError(f"{COMMAND}: '{run.dir / 'summary.json'}' holds no featurewise statistics although the "
+                        "run normalises featurewise: the run directory is damaged; train it again")
+    return Standardization.of(aug, stats)
 
 
 class Exporter(Protocol):
@@ -193,7 +176,7 @@ def export_run(run_dir: str, fmt: str, out: str | None, checkpoint: str | None) 
     check_format(run.backend, fmt)
     source = checkpoint_source(run, checkpoint, COMMAND)
     path = output_path(run, fmt, out)
-    standardization = Standardization.of_run(run)
+    standardization = run_standardization(run)
     images, split = check_images(run)
 
     from hvdtrain.lifecycle.trained_model import load_trained_model

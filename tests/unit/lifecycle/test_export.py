@@ -81,7 +81,7 @@ for run_dir, fmt, out, checkpoint in json.loads(sys.argv[1]):
     results.append({"line": result.line(), "check": result.max_diff, "images": result.images, "diffs": diffs})
 
 run_dir, fmt, out, _ = json.loads(sys.argv[2])
-export_module.Standardization.of_run = classmethod(lambda cls, run: cls())
+export_module.run_standardization = lambda run: export_module.Standardization()
 try:
     export_module.export_run(run_dir, fmt, out, None)
     refused = None
