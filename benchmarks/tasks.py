@@ -22,7 +22,7 @@ from benchmarks.launch import horovodrun, run
 from benchmarks.report import machine, update_section
 from hvdtrain.config import load_config
 from hvdtrain.data import load_dataset
-from hvdtrain.data.sources import digits_file
+from hvdtrain.data.datasets import digits_file
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "tasks.md"
 BACKENDS = ("torch", "tensorflow")

@@ -9,6 +9,7 @@ from typing import Any
 
 from hvdtrain.config import Config, config_from_tree, to_dict
 from hvdtrain.imports import PYTHON_OBJECTS, path_of
+from hvdtrain.registry import BACKEND_NAMES
 
 ConfigLike = Config | Mapping[str, Any] | str | Path | None
 
@@ -31,12 +32,12 @@ def _named_backend(config: ConfigLike, overrides: Iterable[str] | Mapping[str, A
 
     if isinstance(overrides, Mapping):
         named = overrides.get("backend")
-        return named if named in ("torch", "tensorflow") else "torch"
+        return named if named in BACKEND_NAMES else "torch"
     if config is None or isinstance(config, (str, Path)):
         return named_backend(config, list(overrides)) or "torch"
     tree = to_dict(config) if isinstance(config, Config) else config
     named = next((o.partition("=")[2] for o in overrides if o.startswith("backend=")), tree.get("backend"))
-    return named if named in ("torch", "tensorflow") else "torch"
+    return named if named in BACKEND_NAMES else "torch"
 
 
 def _name(item: str | object) -> str:

@@ -24,6 +24,7 @@ from hvdtrain.augment.pipeline import DeviceAugment
 from hvdtrain.config import AugmentConfig, DistillConfig, ModelConfig, OptimConfig, PolicyConfig, RegularizationConfig
 from hvdtrain.distributed.communicator import Communicator
 from hvdtrain.errors import ConfigError, UserError
+from hvdtrain.registry import BACKENDS
 from hvdtrain.tasks.task import TaskSpec
 
 
@@ -210,28 +211,21 @@ def require_prunable(backend: Backend, key: str = "prune.method") -> Prunable:
     return backend
 
 
-_REGISTRY = {
-    "torch": "torch_backend.backend:TorchBackend",
-    "tensorflow": "tf_backend.backend:TensorFlowBackend",
-}
-_AUGMENT_KERNELS = {"torch": "torch_backend.augment", "tensorflow": "tf_backend.augment"}
-
-
 def augment_kernel_module(name: str) -> str:
     """The module holding the named backend's augmentation kernel (`apply_transforms`)."""
-    return _AUGMENT_KERNELS[name]
+    return BACKENDS[name].module("augment")
 
 
 def get_augment_kernel(name: str) -> Any:
     """The named backend's `apply_transforms(images, params, config)`; imports only that framework."""
-    return importlib.import_module(_AUGMENT_KERNELS[name]).apply_transforms
+    return importlib.import_module(augment_kernel_module(name)).apply_transforms
 
 
 def get_backend(name: str) -> Backend:
     """Imports and instantiates the named backend; only that framework gets imported."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown backend '{name}': choose one of {', '.join(_REGISTRY)}")
-    module_name, _, cls_name = _REGISTRY[name].partition(":")
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend '{name}': choose one of {', '.join(BACKENDS)}")
+    module_name, cls_name = BACKENDS[name].module("backend"), BACKENDS[name].backend_class
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -9,6 +9,7 @@ import sys
 from hvdtrain.distributed.environment import under_launcher
 from hvdtrain.distributed.error_exit import announce, ending_with_errors_reported, wait_for_every_rank_before_start
 from hvdtrain.errors import UserError
+from hvdtrain.registry import BACKEND_NAMES
 
 COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack", "evaluate",
             "predict", "export", "convert")
@@ -95,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert a finished run of a built-in model to the other framework, "
                                              "as a new run directory (checked on the validation set)")
     convert.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
-    convert.add_argument("--to", required=True, choices=("torch", "tensorflow"), help="the target backend")
+    convert.add_argument("--to", required=True, choices=BACKEND_NAMES, help="the target backend")
     convert.add_argument("--out", required=True, help="the new run directory to write")
     return parser
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from hvdtrain.errors import ConfigError
+from hvdtrain.registry import BACKEND_NAMES
 from hvdtrain.tasks.task import TASKS, TaskSpec, check_metric_field, check_task_keys, resolve_task
 
 if TYPE_CHECKING:
@@ -474,7 +475,7 @@ class RunConfig:
 class Config:
     """The whole resolved configuration of one run."""
 
-    backend: str = option("torch", "Framework that trains the model.", choices=("torch", "tensorflow"))
+    backend: str = option("torch", "Framework that trains the model.", choices=BACKEND_NAMES)
     task: str = option("classification", "What the model learns: classification (int labels), regression (float "
                                          "targets) or multilabel (0/1 per label); sets the default loss and metrics "
                                          "(docs/tasks.md).", choices=TASKS)
@@ -557,7 +558,7 @@ def named_backend(path: str | Path | None, overrides: list[str] | tuple[str, ...
     except (ConfigError, ValueError, TypeError):
         return None
     name = tree.get("backend", Config.backend)
-    return name if name in ("torch", "tensorflow") else None
+    return name if name in BACKEND_NAMES else None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

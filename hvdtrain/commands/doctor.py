@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hvdtrain.registry import BACKEND_NAMES
+
 SETUP_FIX = "run `make setup` (scripts/setup_env.sh) from the hvdtrain checkout"
 GPU_FIX = ("run `HVDTRAIN_DEVICE=cuda make setup` from the hvdtrain checkout (CUDA builds of torch and TensorFlow, "
            "Horovod with NCCL)")
-FRAMEWORKS = ("torch", "tensorflow")
+FRAMEWORKS = BACKEND_NAMES
 
 # Each framework is probed in its own process: hvdtrain never loads torch and TensorFlow together. Horovod's
 # nccl_built() is the NCCL version it was compiled with (0: none); torch's NCCL version is the library it loaded.

@@ -1,6 +1,6 @@
 """Fine-tuning rules shared by the backends: which parameters are frozen and their LR multipliers. Parameter
 names are each backend's own (torch: `features.0.weight`; Keras: `sequential/conv2d/kernel`). Where
-`train.init_from` weights come from is the loop's business (hvdtrain/training/sources.py)."""
+`train.init_from` weights come from is the loop's business (hvdtrain/training/weight_sources.py)."""
 
 from __future__ import annotations
 

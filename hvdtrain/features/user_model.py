@@ -16,11 +16,10 @@ from typing import Any, TypeVar
 from hvdtrain.config import ModelConfig
 from hvdtrain.errors import ConfigError
 from hvdtrain.imports import import_by_path
+from hvdtrain.registry import BACKENDS, other_backend
 
 _Model = TypeVar("_Model")
 
-_FRAMEWORKS = {"torch": ("PyTorch", "a torch.nn.Module"), "tensorflow": ("Keras", "a Keras 3 model (keras.Model)")}
-_OTHER = {"torch": ("tensorflow", ("keras", "tensorflow", "tf_keras")), "tensorflow": ("torch", ("torch",))}
 
 
 def load_user_model(path: str) -> Callable[..., Any]:
@@ -50,11 +49,10 @@ def build_user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes
     model = load_user_model(cfg.name)(cfg, tuple(image_shape), num_classes)
     if not isinstance(model, expected):
         kind = type(model)
-        other, roots = _OTHER[backend]
-        switch = f", or set backend={other}" if kind.__module__.split(".")[0] in roots else ""
+        other, mine = other_backend(backend), BACKENDS[backend]
+        switch = f", or set backend={other.name}" if kind.__module__.split(".")[0] in other.framework_modules else ""
         raise ConfigError(f"model.name={cfg.name!r} returned a {kind.__qualname__} ({kind.__module__}), but "
-                          f"backend={backend} trains {_FRAMEWORKS[backend][0]} models: return "
-                          f"{_FRAMEWORKS[backend][1]}{switch}")
+                          f"backend={backend} trains {mine.framework} models: return {mine.model_kind}{switch}")
     return model
 
 

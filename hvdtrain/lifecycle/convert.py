@@ -39,8 +39,9 @@ from hvdtrain.errors import UserError
 from hvdtrain.files import write_atomic
 from hvdtrain.lifecycle import convert_worker as worker
 from hvdtrain.lifecycle.finished_run import FinishedRun, open_run
+from hvdtrain.registry import BACKEND_NAMES, other_backend
 
-TARGETS = ("torch", "tensorflow")
+TARGETS = BACKEND_NAMES
 MAX_IMAGES = 512
 TOLERANCE = 1e-4
 _WORLD_SIZE_VARS = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -80,7 +81,7 @@ def _refuse_early(run: FinishedRun, to: str, out: Path) -> None:
         raise UserError(f"convert: --to {to} is not a backend: choose {' or '.join(TARGETS)}")
     if to == run.backend:
         raise UserError(f"convert: '{run.dir}' is already a {to} run: pass --to "
-                        f"{next(t for t in TARGETS if t != to)}, or copy the directory")
+                        f"{other_backend(to).name}, or copy the directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"convert: --out '{out}' already exists and is not empty: pass a new (or empty) directory")
     size = max((int(os.environ.get(v, "1") or 1) for v in _WORLD_SIZE_VARS), default=1)

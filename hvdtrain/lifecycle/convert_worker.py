@@ -30,10 +30,10 @@ from hvdtrain.config import Config, DistillConfig, load_config
 from hvdtrain.errors import UserError
 from hvdtrain.lifecycle.finished_run import FinishedRun, open_run
 from hvdtrain.lifecycle.trained_model import TrainedModel, load_trained_model
+from hvdtrain.registry import BACKENDS
 from hvdtrain.reporting.outputs import RunOutputs
 from hvdtrain.training.setup import build_spec
 
-PORTABLE_MODULES = {"torch": "torch_backend.portable", "tensorflow": "tf_backend.portable"}
 IMAGES, PORTABLE, SOURCE_LOGITS, TARGET_LOGITS, ERROR = ("images.npy", "portable.npz", "source_logits.npy",
                                                          "target_logits.npy", "error.txt")
 
@@ -45,7 +45,7 @@ def float32_config(cfg: Config) -> Config:
 
 
 def _portable(backend: str) -> ModuleType:
-    module = importlib.import_module(PORTABLE_MODULES[backend])
+    module = importlib.import_module(BACKENDS[backend].module("portable"))
     module.exact_float32()
     return module
 

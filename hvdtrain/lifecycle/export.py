@@ -31,13 +31,14 @@ from hvdtrain.augment.standardize import Standardization
 from hvdtrain.backend import Backend
 from hvdtrain.errors import UserError
 from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open_run
+from hvdtrain.registry import BACKENDS
 
 COMMAND = "export"
 TOLERANCE = 1e-4     # the largest |logit difference| accepted between the artifact and the trained model
 CHECK_IMAGES = 64    # validation images the check runs (fewer when the split is smaller)
 
-# The formats each backend writes, and the file (or directory) name --out defaults to under RUN_DIR/export.
-FORMATS: dict[str, tuple[str, ...]] = {"torch": ("onnx", "torch-export"), "tensorflow": ("savedmodel", "onnx")}
+# The file (or directory) name --out defaults to under RUN_DIR/export, per format (hvdtrain/registry.py: which
+# formats each backend writes).
 DEFAULT_NAMES = {"onnx": "model.onnx", "torch-export": "model.pt2", "savedmodel": "savedmodel"}
 DIRECTORY_FORMATS = ("savedmodel",)
 # Python packages a format needs beyond the run's framework: to write it, and to run it for the check.
@@ -45,7 +46,6 @@ PACKAGES: dict[tuple[str, str], tuple[str, ...]] = {
     ("torch", "onnx"): ("onnx", "onnxscript", "onnxruntime"),
     ("tensorflow", "onnx"): ("onnx", "tf2onnx", "onnxruntime"),
 }
-EXPORTERS = {"torch": "torch_backend.export", "tensorflow": "tf_backend.export"}
 
 
 def run_standardization(run: FinishedRun) -> Standardization:
@@ -103,9 +103,9 @@ def human_size(size: int) -> str:
 
 def check_format(backend: str, fmt: str) -> None:
     """A one-line error unless the run's backend writes `fmt`, or when a package that format needs is missing."""
-    offered = FORMATS[backend]
+    offered = BACKENDS[backend].export_formats
     if fmt not in offered:
-        known = sorted({f for formats in FORMATS.values() for f in formats})
+        known = sorted({f for info in BACKENDS.values() for f in info.export_formats})
         what = f"is not offered for {backend} runs" if fmt in known else "is unknown"
         raise UserError(f"{COMMAND}: --format '{fmt}' {what}: a {backend} run exports to {', '.join(offered)}")
     for package in PACKAGES.get((backend, fmt), ()):
@@ -189,7 +189,7 @@ def export_run(run_dir: str, fmt: str, out: str | None, checkpoint: str | None) 
     trained = load_trained_model(fp32)  # imports the run's framework
     if source != run.model_file:
         trained.backend.load(source, "init")
-    exporter = cast(Exporter, importlib.import_module(EXPORTERS[run.backend]))
+    exporter = cast(Exporter, importlib.import_module(BACKENDS[run.backend].module("export")))
     exporter.exact_math()
     expected = trained.logits(images)
 

@@ -20,7 +20,7 @@ from hvdtrain.augment.standardize import FeatureStats
 from hvdtrain.config import Config, flatten, load_config, to_dict
 from hvdtrain.errors import ConfigError, UserError
 from hvdtrain.training.checkpoint import read_checkpoint
-from hvdtrain.training.sources import MODEL_FILES
+from hvdtrain.training.weight_sources import MODEL_FILES
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from hvdtrain.tasks.task import COUNT
 from hvdtrain.training import collectives
 from hvdtrain.training.checkpoint import Checkpointer
 from hvdtrain.training.setup import RunPlan, augment_on_device, plan_run
-from hvdtrain.training.sources import init_source
 from hvdtrain.training.state import TrainingState
+from hvdtrain.training.weight_sources import init_source
 
 
 class Engine:

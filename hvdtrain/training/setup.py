@@ -14,7 +14,7 @@ from hvdtrain.errors import ConfigError
 from hvdtrain.features.pruning import Pruner
 from hvdtrain.training.policy import ResolvedPolicy, resolve_policy
 from hvdtrain.training.schedule import LRSchedule
-from hvdtrain.training.sources import teacher_model_config
+from hvdtrain.training.weight_sources import teacher_model_config
 
 
 def augment_on_device(cfg: AugmentConfig, placement: Placement) -> bool:

@@ -37,7 +37,7 @@ from conftest import (
     train_many,
 )
 
-from hvdtrain.data.sources import digits_file
+from hvdtrain.data.datasets import digits_file
 
 pytestmark = pytest.mark.distributed
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the reference")

@@ -93,8 +93,9 @@ def test_npz_uint8_float_and_explicit_validation(tmp_path: Path) -> None:
     (lambda p: np.savez(p / "k.npz", images=np.zeros((2, 2, 2))) or str(p / "k.npz"), "needs arrays 'x' and 'y'"),
     (lambda p: np.savez(p / "n.npz", x=np.zeros((3, 2, 2)), y=np.zeros(2, int)) or str(p / "n.npz"),
      "labels must be 3 integers"),
-    (lambda p: np.savez(p / "d.npz", x=np.zeros((3, 2)), y=np.zeros(3, int)) or str(p / "d.npz"),
-     "expected (N, H, W) or (N, H, W, C)"),
+    # (N, F) is feature vectors (docs/tasks.md); five axes are neither those nor images.
+    (lambda p: np.savez(p / "d.npz", x=np.zeros((3, 2, 2, 2, 1)), y=np.zeros(3, int)) or str(p / "d.npz"),
+     "expected (N, F) feature vectors, or (N, H, W) or (N, H, W, C) images"),
     (lambda p: np.savez(p / "m.npz", x=np.zeros((3, 2, 2)), y=np.array([0, -1, 2])) or str(p / "m.npz"),
      "labels must be >= 0"),
     (lambda p: np.savez(p / "v.npz", x=np.zeros((3, 2, 2)), y=np.zeros(3, int), x_val=np.zeros((1, 2, 2)))

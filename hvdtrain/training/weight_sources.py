@@ -8,9 +8,10 @@ import yaml
 
 from hvdtrain.config import Config, ModelConfig, load_config
 from hvdtrain.errors import ConfigError
+from hvdtrain.registry import BACKENDS
 from hvdtrain.training.checkpoint import read_checkpoint
 
-MODEL_FILES = {"torch": "model.pt", "tensorflow": "model.keras"}  # a run's final model, per backend
+MODEL_FILES = {name: info.model_file for name, info in BACKENDS.items()}  # a run's final model, per backend
 
 
 def init_source(cfg: Config, path: str | None = None, key: str = "train.init_from") -> Path:
