@@ -1,6 +1,6 @@
-"""`python -m hvdtrain plot RUN_DIR [RUN_DIR ...]`: loss, accuracy, LR and throughput curves of one or more
-runs overlaid in one PNG, to compare backends or settings at a glance. Reads the run files only
-(metrics.jsonl, and steps.jsonl / summary.json when present); imports no framework."""
+"""`python -m hvdtrain plot RUN_DIR [RUN_DIR ...]`: loss, the first metric (accuracy for classification), LR and
+throughput curves of one or more runs overlaid in one PNG, to compare backends or settings at a glance. Reads
+the run files only (metrics.jsonl, and steps.jsonl / summary.json when present); imports no framework."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {"label": label, "epochs": epochs, "steps": steps}
 
 
+def first_metric(epochs: list[dict[str, Any]]) -> str:
+    """The run's first metric after the loss, as metrics.jsonl orders them (docs/tasks.md); accuracy if none."""
+    return next((k.removeprefix("train_") for k in epochs[0] if k.startswith("train_") and k != "train_loss"),
+                "accuracy")
+
+
 def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
     pairs = [(r[x], r[y]) for r in records if r.get(x) is not None and r.get(y) is not None]
     return [p[0] for p in pairs], [p[1] for p in pairs]
@@ -67,6 +73,7 @@ def write_plot(run_dirs: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric = first_metric(runs[0]["epochs"])
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
     (loss_ax, acc_ax), (lr_ax, speed_ax) = axes
     for i, run in enumerate(runs):
@@ -75,7 +82,7 @@ def write_plot(run_dirs: list[Path], out: Path) -> Path:
             per_epoch = max(max(s["step"] for s in steps) / max(len(epochs), 1), 1)
             xs, ys = _series(steps, "step", "loss")
             loss_ax.plot([x / per_epoch for x in xs], ys, color=color, alpha=0.25, linewidth=0.8)
-        for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for ax, key in ((loss_ax, "loss"), (acc_ax, metric)):
             ax.plot(*_series(epochs, "epoch", f"train_{key}"), color=color, marker="o", markersize=3,
                     label=f"{label} train")
             ax.plot(*_series(epochs, "epoch", f"val_{key}"), color=color, linestyle="--", marker="s", markersize=3,
@@ -86,7 +93,7 @@ def write_plot(run_dirs: list[Path], out: Path) -> Path:
         else:
             lr_ax.plot(*_series(epochs, "epoch", "lr"), color=color, marker="o", markersize=3, label=label)
         speed_ax.plot(*_series(epochs, "epoch", "samples_per_s"), color=color, marker="o", markersize=3, label=label)
-    for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy"), (lr_ax, "learning rate"),
+    for ax, title in ((loss_ax, "loss"), (acc_ax, metric), (lr_ax, "learning rate"),
                       (speed_ax, "throughput (samples/s)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")

@@ -106,3 +106,11 @@ def test_plot_refuses_an_output_folder_that_does_not_exist_or_is_a_folder(tmp_pa
     assert proc.returncode == 2 and "--out directory" in proc.stderr
     proc = run_plot(run, "--out", str(tmp_path))
     assert proc.returncode == 2 and "is a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plot_shows_the_runs_first_metric() -> None:
+    from hvdtrain.commands.plot import first_metric
+
+    assert first_metric([{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "lr": 0.1}]) == "accuracy"
+    assert first_metric([{"epoch": 1, "train_loss": 1.0, "train_mae": 3.0, "train_r2": 0.2}]) == "mae"
+    assert first_metric([{"epoch": 1, "train_loss": 1.0, "lr": 0.1}]) == "accuracy"  # no metric recorded
