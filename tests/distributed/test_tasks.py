@@ -82,16 +82,16 @@ def regression_npz(path: Path) -> None:
     np.savez(path, x=x[:353], y=y[:353], x_val=x[353:], y_val=y[353:])
 
 
-def multilabel_npz(path: Path) -> np.ndarray:
-    """Digits as 64 features; labels: even, above 4, prime, drawn with a loop (0, 6, 8, 9); the last 360 held
-    out. Returns all labels."""
+def digits_npz(multilabel: Path, classification: Path) -> None:
+    """Digits as 64 features, the last 360 held out: with four yes/no labels (even, above 4, prime, drawn with a
+    loop: 0, 6, 8, 9), and with the digit as its class."""
     table = np.loadtxt(digits_file(), delimiter=",")
     digit = table[:, -1].astype(int)
     labels = np.stack([digit % 2 == 0, digit > 4, np.isin(digit, [2, 3, 5, 7]), np.isin(digit, [0, 6, 8, 9])],
                       1).astype(np.float32)
     x = (table[:, :-1] / 16).astype(np.float32)
-    np.savez(path, x=x[:-360], y=labels[:-360], x_val=x[-360:], y_val=labels[-360:])
-    return labels
+    np.savez(multilabel, x=x[:-360], y=labels[:-360], x_val=x[-360:], y_val=labels[-360:])
+    np.savez(classification, x=x[:-360], y=digit[:-360], x_val=x[-360:], y_val=digit[-360:])
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     by side."""
     root = tmp_path_factory.mktemp("tasks")
     regression_npz(root / "regression.npz")
-    multilabel_npz(root / "multilabel.npz")
+    digits_npz(root / "multilabel.npz", root / "classification.npz")
     (root / "user_losses.py").write_text(USER_LOSSES)
     env = {"PYTHONPATH": str(root)}
     data = {"mse": ["task=regression", f"data.path={root / 'regression.npz'}"],
@@ -113,6 +113,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 f"run.dir={out / 'multilabel'}"]]
         two += [[*SHORT, *data[loss], *BATCHINGS["np2"], f"backend={backend}", f"run.dir={out / loss / 'np2'}"]
                 for loss in data]
+        if backend == "torch":  # classification's metrics, for the check against scikit-learn
+            two.append([*SHORT, f"data.path={root / 'classification.npz'}", "train.metrics=[accuracy,top5_accuracy]",
+                        "train.batch_size=16", f"backend={backend}", f"run.dir={out / 'classification'}"])
         one = [[*SHORT, *data[loss], *BATCHINGS[name], f"backend={backend}", f"run.dir={out / loss / name}"]
                for loss in data for name in ("acc4", "b32")]
         one += [[*SHORT, *data["mse"], "train.batch_size=16", f"train.loss={loss}", f"backend={backend}",
@@ -154,26 +157,29 @@ def test_multilabel_beats_the_per_label_prior(runs: Path, backend: str) -> None:
     assert final["val_f1_micro"] > prior_f1 + 0.2 and final["val_f1_macro"] > 0.7, (final, prior_f1)
 
 
-def _predictions(runs: Path, run: Path, data: str, backend: str) -> tuple[list[str], list[list[str]]]:
+def _predictions(runs: Path, run: Path, data: str, top_k: int) -> tuple[list[str], list[list[str]]]:
     with np.load(runs / data) as arrays:
         np.savez(run / "val-inputs.npz", x=arrays["x_val"])
-    run_hvdtrain(["predict", str(run), str(run / "val-inputs.npz"), "--out", str(run / "val.csv")])
+    run_hvdtrain(["predict", str(run), str(run / "val-inputs.npz"), "--out", str(run / "val.csv"), "--top-k",
+                  str(top_k)])
     with (run / "val.csv").open() as f:
         rows = list(csv.reader(f))
     return rows[0], rows[1:]
 
 
-@pytest.mark.parametrize("backend, task", [("torch", "regression"), ("tensorflow", "multilabel")])
+@pytest.mark.parametrize("backend, task", [("torch", "regression"), ("tensorflow", "multilabel"),
+                                           ("torch", "classification")])
 def test_metrics_at_np_2_and_3_equal_scikit_learn_over_the_predictions(runs: Path, backend: str, task: str) -> None:
-    """The metric code is shared by the backends: regression is checked on torch's outputs, multilabel on
-    TensorFlow's."""
-    run, data = (runs / backend / "mse" / "np2", "regression.npz") if task == "regression" else \
-        (runs / backend / "multilabel", "multilabel.npz")
+    """The metric code is shared by the backends: regression and classification are checked on torch's outputs,
+    multilabel on TensorFlow's."""
+    run, data = {"regression": (runs / backend / "mse" / "np2", "regression.npz"),
+                 "multilabel": (runs / backend / "multilabel", "multilabel.npz"),
+                 "classification": (runs / backend / "classification", "classification.npz")}[task]
     trained = read_metrics(run)[-1]  # np=2
     proc = run_hvdtrain(["evaluate", str(run)], launcher="mpirun", np_=3)
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["world_size"] == 3 and evaluated["samples"] == (89 if task == "regression" else 360), proc.stdout
-    header, rows = _predictions(runs, run, data, backend)
+    header, rows = _predictions(runs, run, data, 5 if task == "classification" else 1)
     with np.load(runs / data) as arrays:
         truth = arrays["y_val"]
     m = sklearn_metrics
@@ -188,6 +194,13 @@ def test_metrics_at_np_2_and_3_equal_scikit_learn_over_the_predictions(runs: Pat
             row = evaluated["per_target"][name]
             assert row["r2"] == pytest.approx(m.r2_score(truth[:, j], predicted[:, j]), abs=EXACT)
             assert row["mae"] == pytest.approx(m.mean_absolute_error(truth[:, j], predicted[:, j]), abs=EXACT)
+    elif task == "classification":
+        assert header[:4] == ["input", "class_index", "class_name", "probability"]
+        top1 = np.array([int(row[1]) for row in rows])
+        top5 = [{row[2], *row[4::2]} for row in rows]  # the class names, here the digits
+        reference = {"val_accuracy": m.accuracy_score(truth, top1),
+                     "val_top5_accuracy": float(np.mean([str(t) in five for t, five in zip(truth, top5, strict=True)]))}
+        assert reference["val_top5_accuracy"] > reference["val_accuracy"]  # the two metrics differ here
     else:
         assert header == ["input", "labels", "0", "1", "2", "3"]
         predicted = np.array([[str(c) in row[1].split(";") for c in range(4)] for row in rows], dtype=int)
