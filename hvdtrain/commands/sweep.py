@@ -174,7 +174,7 @@ def prepare_out(out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- running
 
-def run_trial(trial: Trial, metric: str, timeout: float | None) -> None:
+def run_trial(trial: Trial, metric: str, timeout: float | None, lower: bool | None = None) -> None:
     """Runs the trial's command, output to OUT/trial-NNN.log, and stores its results in `trial.result`."""
     log_path = trial.run_dir.parent / f"{trial.name}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -203,7 +203,7 @@ def run_trial(trial: Trial, metric: str, timeout: float | None) -> None:
     summary = _read_json(trial.run_dir / "summary.json")
     if code == 0 and summary is not None:
         trial.result["status"] = "ok"
-        trial.result.update(read_metric(trial.run_dir, summary, metric))
+        trial.result.update(read_metric(trial.run_dir, summary, metric, lower))
     else:
         trial.result.update(status="failed", error=error or last_error(log_path, code))
 
@@ -252,15 +252,17 @@ def last_error(log_path: Path, code: int | None) -> str:
     return lines[-1] if len(lines) > 1 else f"exited {code} with no output"
 
 
-def read_metric(run_dir: Path, summary: dict[str, Any], metric: str) -> dict[str, Any]:
-    """The metric's best value over the run's epochs (metrics.jsonl), that epoch, and the final values."""
+def read_metric(run_dir: Path, summary: dict[str, Any], metric: str, lower: bool | None = None) -> dict[str, Any]:
+    """The metric's best value over the run's epochs (metrics.jsonl), that epoch, and the final values. `lower`:
+    whether lower is better (None: as the built-in metric of that name, or the loss and times, say)."""
     path = run_dir / "metrics.jsonl"
     records = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
     if records and metric not in records[-1]:
         names = ", ".join(k for k, v in records[-1].items() if isinstance(v, (int, float)) and k != "epoch")
         raise UserError(f"--metric {metric} is not in {path} (it has {names}): pass one of them to --metric")
     scored = [r for r in records if isinstance(r.get(metric), (int, float))]
-    best = (min if lower_is_better(metric) else max)(scored, key=lambda r: r[metric]) if scored else {}
+    minimise = lower_is_better(metric) if lower is None else lower
+    best = (min if minimise else max)(scored, key=lambda r: r[metric]) if scored else {}
     final = summary.get("final", {})
     return {metric: best.get(metric, ""), "best_epoch": best.get("epoch", ""),
             f"final_{metric}": "" if final.get(metric) is None else final[metric],
@@ -276,9 +278,9 @@ def columns(axes: list[Axis], metric: str) -> list[str]:
             "world_size", "train_time_s", "wall_time_s", "exit_code", "error", "run_dir"]
 
 
-def ranked(trials: list[Trial], metric: str) -> list[Trial]:
+def ranked(trials: list[Trial], metric: str, lower: bool | None = None) -> list[Trial]:
     """Trials best first: successful ones by the metric, then those without a value, failed ones last."""
-    sign = 1 if lower_is_better(metric) else -1
+    sign = 1 if (lower_is_better(metric) if lower is None else lower) else -1
 
     def key(t: Trial) -> tuple[int, float, int]:
         value = t.result.get(metric)
@@ -302,12 +304,12 @@ def write_csv(path: Path, trials: list[Trial], axes: list[Axis], metric: str) ->
     write_atomic(path, buf.getvalue())
 
 
-def format_table(trials: list[Trial], axes: list[Axis], metric: str) -> str:
+def format_table(trials: list[Trial], axes: list[Axis], metric: str, lower: bool | None = None) -> str:
     """The trials best first as an aligned text table."""
     header = ["rank", "trial", "status", *(a.key for a in axes), metric, "epochs", "wall_time_s"]
     rows = [[str(t.result.get("rank", "")), t.name, t.result["status"], *t.values.values(),
              _fmt(t.result.get(metric, "")), str(t.result.get("epochs", "")), _fmt(t.result["wall_time_s"], 1)]
-            for t in ranked(trials, metric)]
+            for t in ranked(trials, metric, lower)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)).rstrip()
                      for r in [header, *rows])
@@ -337,24 +339,27 @@ def run_sweep(config: str | None, overrides: list[str], grid: list[str], *, metr
             print(shlex.join(t.command))
         print(f"{len(trials)} trials (dry run: nothing run)")
         return 0
+    # The direction as the run's config declares it (a user metric's own `lower_is_better`, imported here).
+    lower = load_config(config, overrides).lower_is_better(metric)
     prepare_out(out)
     previous = _interrupt_on_sigterm()
     try:
-        return _run_all(trials, axes, metric, out, timeout)
+        return _run_all(trials, axes, metric, out, timeout, lower)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run_all(trials: list[Trial], axes: list[Axis], metric: str, out: Path, timeout: float | None) -> int:
+def _run_all(trials: list[Trial], axes: list[Axis], metric: str, out: Path, timeout: float | None,
+             lower: bool) -> int:
     csv_path = out / "sweep.csv"
-    goal = "min" if lower_is_better(metric) else "max"
+    goal = "min" if lower else "max"
     print(f"sweep: {len(trials)} trials in {out}, ranked by {metric} ({goal})", flush=True)
     for t in trials:
         shown = " ".join(f"{k}={v}" for k, v in t.values.items())
         print(f"[{t.index}/{len(trials)}] {t.name} {shown} ...", end=" ", flush=True)
         try:
-            run_trial(t, metric, timeout)
+            run_trial(t, metric, timeout, lower)
         except KeyboardInterrupt:
             done = sum(1 for x in trials if x.result)
             print(f"\nsweep stopped during {t.name}: {done} finished trials in {csv_path}", file=sys.stderr)
@@ -364,12 +369,12 @@ def _run_all(trials: list[Trial], axes: list[Axis], metric: str, out: Path, time
         r = t.result
         outcome = f"ok {metric}={_fmt(r[metric])}" if r["status"] == "ok" else f"failed: {r['error']}"
         print(f"{outcome} ({r['wall_time_s']:.1f}s)", flush=True)
-    order = ranked(trials, metric)
+    order = ranked(trials, metric, lower)
     for rank, t in enumerate(order, start=1):
         if t.result["status"] == "ok" and t.result.get(metric, "") != "":
             t.result["rank"] = rank
     write_csv(csv_path, trials, axes, metric)
-    print(format_table(trials, axes, metric))
+    print(format_table(trials, axes, metric, lower))
     print(f"wrote {csv_path}")
     best = order[0] if order and order[0].result.get("rank") == 1 else None
     if best is not None:

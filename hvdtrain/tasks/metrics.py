@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hvdtrain.errors import ConfigError
+
 Sums = dict[str, np.ndarray]
 
 
@@ -162,8 +164,8 @@ def user_metric(name: str, obj: object) -> Metric:
     def per_sample_sum(outputs: np.ndarray, targets: np.ndarray) -> Sums:
         values = np.asarray(obj(outputs, targets), dtype=np.float64)
         if values.shape != (len(outputs),):
-            raise ValueError(f"returned shape {list(values.shape)} for a batch of {len(outputs)}: return one value "
-                             "per sample")
+            raise ConfigError(f"train.metrics entry {name!r} returned shape {list(values.shape)} for a batch of "
+                              f"{len(outputs)}: return one value per sample (the trainer sums them exactly)")
         return {"total": np.float64(values.sum())}
 
     return Metric(name, ("classification", "regression", "multilabel"), lower, per_sample_sum,

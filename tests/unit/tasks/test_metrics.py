@@ -102,3 +102,39 @@ def test_metric_fields_follow_the_task_and_direction_comes_from_the_metric() -> 
         check_metric_field(spec.metric_names(), "checkpoint.best_metric", "val_rmsе")  # a Cyrillic e
     assert spec.lower_is_better("val_rmse") and not spec.lower_is_better("val_r2")
     assert spec.lower_is_better("train_loss") and not spec.lower_is_better("samples_per_s")
+
+
+def test_user_metrics_sum_exactly_and_declare_their_direction(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_metrics.py").write_text('''
+import numpy as np
+
+def abs_error(outputs, targets):
+    return np.abs(outputs - targets).mean(axis=1)
+abs_error.lower_is_better = True
+
+class Precision:
+    def batch_sums(self, outputs, targets):
+        predicted = outputs > 0
+        return {"tp": (predicted & (targets > 0.5)).sum(), "predicted": predicted.sum()}
+    def value(self, totals, count):
+        return totals["tp"] / totals["predicted"]
+precision = Precision()
+
+def scalar(outputs, targets):
+    return 1.0
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    outputs, targets = _data("regression")
+    spec = resolve_task("regression", None, ("my_metrics:abs_error", "r2"))
+    assert spec.metric_names() == ("abs_error", "r2") and spec.lower_is_better("val_abs_error")
+    values = _sharded_values(spec, outputs, targets, 3)
+    assert values["abs_error"] == pytest.approx(sklearn_metrics.mean_absolute_error(
+        targets.astype(np.float64), outputs.astype(np.float64)), abs=1e-6)
+    outputs, targets = _data("multilabel")
+    spec = resolve_task("multilabel", None, ("my_metrics:precision",))
+    values = _sharded_values(spec, outputs, targets, 2)
+    assert not spec.lower_is_better("val_precision")
+    assert values["precision"] == pytest.approx(sklearn_metrics.precision_score(
+        targets.astype(int), (outputs > 0).astype(int), average="micro"), abs=1e-6)
+    with pytest.raises(ConfigError, match=r"entry 'scalar' returned shape \[\] for a batch of 257: return one"):
+        resolve_task("multilabel", None, ("my_metrics:scalar",)).batch_sums(outputs, targets)
