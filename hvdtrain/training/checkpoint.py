@@ -29,7 +29,7 @@ from hvdtrain.training.state import TrainingState
 FORMAT = 2
 MANIFEST = "manifest.json"
 # Keys that decide the shapes and meaning of the saved state: a checkpoint is refused when they differ.
-_IDENTITY_PREFIXES = ("backend", "model.", "data.name", "data.synthetic_shape", "data.num_classes",
+_IDENTITY_PREFIXES = ("backend", "task", "model.", "data.name", "data.synthetic_shape", "data.num_classes",
                       "data.image_size", "optim.name", "policy.precision")
 
 
@@ -91,7 +91,8 @@ def newest(run_dir: Path) -> Checkpoint | None:
 
 def check_compatible(checkpoint: Checkpoint, cfg: Config) -> None:
     """Refuses a checkpoint of another backend, model or data shape, naming what differs."""
-    saved, mine = checkpoint.manifest["identity"], identity(cfg)
+    # Checkpoints from before tasks existed are classification's.
+    saved, mine = {"task": "classification", **checkpoint.manifest["identity"]}, identity(cfg)
     diffs = [f"{k}={saved.get(k)!r} there, {mine.get(k)!r} here" for k in sorted(set(saved) | set(mine))
              if saved.get(k) != mine.get(k)]
     if diffs:

@@ -12,8 +12,8 @@ import pytest
 from hvdtrain.callbacks import CallbackList, EarlyStopping, load_user_callback
 from hvdtrain.config import load_config
 from hvdtrain.data.sharding import plan_epoch
-from hvdtrain.errors import ConfigError
-from hvdtrain.training.checkpoint import Checkpointer, newest
+from hvdtrain.errors import CheckpointError, ConfigError
+from hvdtrain.training.checkpoint import Checkpoint, Checkpointer, check_compatible, identity, newest
 from hvdtrain.training.state import TrainingState
 
 
@@ -157,3 +157,14 @@ def test_pruning_epochs_must_leave_room() -> None:
                               "leaves no epoch to prune in")):
         with pytest.raises(ConfigError, match=words):
             Pruner(load_config(None, ["train.epochs=5", *overrides]), steps_per_epoch=10)
+
+
+def test_a_checkpoint_resumes_only_in_its_task() -> None:
+    classification, regression = load_config(), load_config(None, ["task=regression", "data.name=diabetes",
+                                                                   "model.name=mlp"])
+    written = Checkpoint(Path("epoch-0001"), {"identity": identity(regression)})
+    check_compatible(written, regression)
+    with pytest.raises(CheckpointError, match="task='regression' there, 'classification' here"):
+        check_compatible(written, load_config(None, ["data.name=diabetes", "model.name=mlp"]))
+    older = {k: v for k, v in identity(classification).items() if k != "task"}  # before tasks existed
+    check_compatible(Checkpoint(Path("epoch-0001"), {"identity": older}), classification)
