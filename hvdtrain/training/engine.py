@@ -273,7 +273,7 @@ class Engine:
                 step_start = time.perf_counter()
                 result = backend.train_step(window, lr)
                 backend_seconds = time.perf_counter() - step_start
-                local = named.add(local, self.task.step_sums(result, np.concatenate([item[1] for item in window])))
+                local = named.add(local, self.task.step_sums(result, np.concatenate([b[1] for b in window])))
                 window = []
                 taken += 1
                 run_state.step += 1
