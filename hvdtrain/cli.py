@@ -110,6 +110,10 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = [*args.overrides, *(["run.profile=true"] if getattr(args, "profile", False) else [])]
     cfg = load_config(args.config, overrides)  # before Horovod starts: bad input fails fast
+    if args.command == "train":
+        from hvdtrain.training.run_dir import check_run_dir
+
+        check_run_dir(cfg)  # as fast: a used run.dir, or a checkpoint that does not fit
     backend = get_backend(cfg.backend)
     with ending_with_errors_reported(backend.comm):
         if args.command == "bench":

@@ -60,6 +60,12 @@ class RunOutputs:
         """Whether the directory already has a run's outputs."""
         return any((self.dir / name).exists() for name in _RUN_FILES)
 
+    def refuse_if_used(self, overwrite: bool) -> None:
+        """Refuses a directory that holds another run, unless `overwrite` (run.overwrite)."""
+        if not overwrite and self.holds_a_run():
+            raise UserError(f"run.dir '{self.dir}' already holds a run: set train.resume=auto to continue it, "
+                            "run.overwrite=true to replace it, or another run.dir")
+
     def start(self, config_yaml: str, *, history: list[dict[str, Any]] | None = None, resume_step: int = 0,
               overwrite: bool = False) -> None:
         """Creates the directory, saves the resolved config and starts the metrics log: fresh, or, when
@@ -69,9 +75,8 @@ class RunOutputs:
         A directory holding another run is refused unless resuming or `overwrite` (run.overwrite)."""
         if not self.enabled:
             return
-        if history is None and not overwrite and self.holds_a_run():
-            raise UserError(f"run.dir '{self.dir}' already holds a run: set train.resume=auto to continue it, "
-                            "run.overwrite=true to replace it, or another run.dir")
+        if history is None:
+            self.refuse_if_used(overwrite)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -31,12 +31,12 @@ import numpy as np
 from hvdtrain.backend import Backend
 from hvdtrain.config import Config, flatten, to_dict
 from hvdtrain.distributed.communicator import Communicator
-from hvdtrain.errors import CheckpointError, DataError, JobAborted, UserError
-from hvdtrain.reporting.outputs import RunOutputs
+from hvdtrain.errors import DataError, JobAborted, UserError
 from hvdtrain.tasks import sums as named
 from hvdtrain.tasks.metrics import Sums
 from hvdtrain.tasks.task import TaskSpec
-from hvdtrain.training.checkpoint import Checkpoint, check_compatible, newest, read_checkpoint
+from hvdtrain.training.checkpoint import Checkpoint
+from hvdtrain.training.run_dir import resume_point
 
 SKIPPED, FAILED = "skipped", "failed"  # sums beside the task's: samples left unread, and whether reading failed
 
@@ -55,16 +55,7 @@ def find_resume(comm: Communicator, cfg: Config, rank: int) -> Checkpoint | None
         return None
 
     def locate() -> Checkpoint | None:
-        if rank != 0:
-            return None
-        run_dir = cfg.run_dir()
-        found = newest(run_dir) if resume == "auto" else read_checkpoint(Path(resume))
-        if found is not None:
-            check_compatible(found, cfg)
-        elif RunOutputs(run_dir, enabled=True).holds_a_run() and not cfg.run.overwrite:
-            raise CheckpointError(f"run.dir '{run_dir}' holds a run but no complete checkpoint to resume from: "
-                                  "set run.overwrite=true to start it over, or another run.dir")
-        return found
+        return resume_point(cfg) if rank == 0 else None
 
     found = comm.agree(locate)
     shared = comm.broadcast_object(None if found is None else (str(found.path), found.manifest), "hvdtrain.resume")

@@ -1,6 +1,6 @@
 """Built-in architectures and user models by import path on both backends, with real training runs.
 
-Every np=2 run of a backend is one horovodrun job (conftest.train_many: the runs differ only in config, so each
+Every np=2 run of a backend is one mpirun job (conftest.train_many: the runs differ only in config, so each
 rank starts its framework and Horovod once); the tests read their run directories."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def write_coloured_cifar(directory: Path, batches: int, per_batch: int) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every np=2 run of the module, one horovodrun job per backend: root/<backend>/<name> (and root/my_models.py,
+    """Every np=2 run of the module, one mpirun job per backend: root/<backend>/<name> (and root/my_models.py,
     root/cifar)."""
     root = tmp_path_factory.mktemp("architectures")
     (root / "my_models.py").write_text(USER_MODELS)
@@ -66,7 +66,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         jobs.append([*digits, f"model.name=my_models:{BUILDER[backend]}", f"run.dir={root / backend / 'user'}"])
         if backend == "torch":  # the default backend
             jobs.append([*CIFAR, f"data.path={root / 'cifar'}", "run.progress=off", f"run.dir={root / 'cifar-run'}"])
-        train_many(jobs, root / f"{backend}.json", launcher="horovodrun", np_=2, env={"PYTHONPATH": str(root)})
+        train_many(jobs, root / f"{backend}.json", launcher="mpirun", np_=2, env={"PYTHONPATH": str(root)})
     return root
 
 

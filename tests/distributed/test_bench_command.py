@@ -1,4 +1,4 @@
-"""`python -m hvdtrain bench`: runs for a few iterations on both backends under horovodrun and prints and
+"""`python -m hvdtrain bench`: runs for a few iterations on both backends under mpirun and prints and
 writes well-formed numbers. Nothing here asserts a speed."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def test_bench_prints_and_writes_rates(tmp_path: Path, backend: str, extra: list
     out = tmp_path / "bench.json"
     proc = run_hvdtrain(["bench", f"backend={backend}", "model.name=mobilenet", "data.synthetic_shape=[16,16,3]",
                          "train.batch_size=8", *extra, "--warmup-batches", "1", "--batches-per-iter", "2",
-                         "--iters", "3", "--json", str(out)], launcher="horovodrun", np_=2)
+                         "--iters", "3", "--json", str(out)], launcher="mpirun", np_=2)
     lines = [line.split(">:", 1)[-1] for line in proc.stdout.splitlines()]
     assert sum(1 for line in lines if re.fullmatch(r"iter #\d: [\d.]+ img/s per rank", line.strip())) == 3
     assert any(re.fullmatch(r"img/s per rank: [\d.]+ \+-[\d.]+", line.strip()) for line in lines)

@@ -1,5 +1,5 @@
 """The model-efficiency toolkit on both backends, with real runs: regularisation and distillation losses
-against their formulas, pruning under horovodrun (scheduled sparsity, identical masks on every rank, zeros
+against their formulas, pruning under mpirun (scheduled sparsity, identical masks on every rank, zeros
 kept by the optimizer), distillation beating the same student trained alone, and fine-tuning (weights from
 another run, frozen parameters, per-group LR multipliers). Runs that differ only in config share a start
 (conftest.train_many): both pruning runs of a backend, and the student alone and distilled."""
@@ -42,7 +42,7 @@ _PRUNED: dict[str, Path] = {}
 
 def pruned_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
     """root/gradual (unstructured, sparsity 0.75 from epoch 1 to 3, every 5 steps) and root/channels (one-shot,
-    half the channels at epoch 3): configs/digits.yaml for 4 epochs at np=2, one horovodrun job
+    half the channels at epoch 3): configs/digits.yaml for 4 epochs at np=2, one mpirun job
     (conftest.train_many)."""
     if backend not in _PRUNED:
         root = factory.mktemp(f"pruned-{backend}")
@@ -51,7 +51,7 @@ def pruned_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
                      "prune.end_epoch=3", "prune.every_steps=5", f"run.dir={root / 'gradual'}"],
                     [*digits, "prune.method=channels", "prune.schedule=oneshot", "prune.target_sparsity=0.5",
                      "prune.start_epoch=3", f"run.dir={root / 'channels'}"]],
-                   root / "job.json", launcher="horovodrun", np_=2)
+                   root / "job.json", launcher="mpirun", np_=2)
         _PRUNED[backend] = root
     return _PRUNED[backend]
 
@@ -126,7 +126,7 @@ def test_fine_tuning_loads_weights_freezes_and_scales_lr(tmp_path: Path, backend
     assert "differ" in refused.stderr and "train.init_skip_mismatched=true" in refused.stderr
     proc = run_hvdtrain([*base, "run.progress=lines", "train.init_skip_mismatched=true",
                          f"train.freeze=['{CONVS[backend]}']", f"optim.param_groups=['{HIDDEN[backend]}=0']"],
-                        launcher="horovodrun", np_=2)
+                        launcher="mpirun", np_=2)
     assert "freshly initialised:" in proc.stdout
     before, after = read_weights(source), read_weights(tuned)
     assert np.array_equal(before[CONV1[backend]], after[CONV1[backend]])  # frozen: loaded, then unchanged

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -42,33 +43,38 @@ def test_kill_9_during_checkpoint_writes_then_resume_equals_uninterrupted(tmp_pa
     args = ["--config", str(small_config), f"backend={backend}", "train.epochs=3", "train.max_steps_per_epoch=12",
             "optim.name=adam", "optim.lr=0.01", "augment.rotation_range=15", "checkpoint.every_steps=1",
             "checkpoint.keep_last=2"]
-    full = tmp_path / "full"
-    run_hvdtrain([*args, f"run.dir={full}"])
-
-    cut = tmp_path / "cut"
+    full, cut = tmp_path / "full", tmp_path / "cut"
     cmd = [sys.executable, "-m", "hvdtrain", *args, f"run.dir={cut}", "train.resume=auto"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    rng = random.Random(7)
-    last_step = 0
-    for _ in range(kills):
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        target = last_step + rng.randint(1, 5)  # a few steps into this process's own checkpoints
-        deadline = time.monotonic() + 300
-        while True:
-            found = newest(cut)
-            if found is not None and found.state.step >= target:
-                break
-            assert proc.poll() is None, f"run exited {proc.returncode} before it was killed: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no new checkpoint within 300 s"
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.03))  # somewhere within the next step or checkpoint write
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        found = newest(cut)  # raises if the newest complete checkpoint were unreadable
-        assert found is not None and found.state.step >= last_step
-        leftovers = [p.name for p in (cut / "checkpoints").glob(".*")]
-        print(f"killed after checkpoint step {found.state.step}; half-written leftovers: {leftovers}")
-        last_step = found.state.step
+
+    def kill_repeatedly() -> int:
+        """Starts the run `kills` times and kills it a few checkpoints in; the newest checkpoint's step."""
+        rng = random.Random(7)
+        last_step = 0
+        for _ in range(kills):
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+            target = last_step + rng.randint(1, 5)  # a few steps into this process's own checkpoints
+            deadline = time.monotonic() + 300
+            while True:
+                found = newest(cut)
+                if found is not None and found.state.step >= target:
+                    break
+                assert proc.poll() is None, f"run exited {proc.returncode} before it was killed: {proc.stderr.read()}"
+                assert time.monotonic() < deadline, "no new checkpoint within 300 s"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.03))  # somewhere within the next step or checkpoint write
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            found = newest(cut)  # raises if the newest complete checkpoint were unreadable
+            assert found is not None and found.state.step >= last_step
+            leftovers = [p.name for p in (cut / "checkpoints").glob(".*")]
+            print(f"killed after checkpoint step {found.state.step}; half-written leftovers: {leftovers}")
+            last_step = found.state.step
+        return last_step
+
+    # The uninterrupted run at the same time as the killed ones: each is one process, and there are two cores.
+    _, last_step = together(lambda: run_hvdtrain([*args, f"run.dir={full}"]), kill_repeatedly)
     assert last_step < 36, "the run finished before the last kill: nothing was interrupted"
 
     run_hvdtrain([*args, f"run.dir={cut}", "train.resume=auto"])
@@ -128,8 +134,8 @@ def test_early_stopping_stops_every_rank_after_the_same_epoch(tmp_path: Path, sm
     patient, asked = tmp_path / "patience", tmp_path / "asked"
     together(lambda: run_hvdtrain([*base, "optim.lr=0", "callbacks.early_stopping_metric=val_loss",
                                    "callbacks.early_stopping_patience=2", f"run.dir={patient}"],
-                                  launcher="horovodrun", np_=2),
-             lambda: run_hvdtrain([*base, FAULTS, f"run.dir={asked}"], launcher="horovodrun", np_=2,
+                                  launcher="mpirun", np_=2),
+             lambda: run_hvdtrain([*base, FAULTS, f"run.dir={asked}"], launcher="mpirun", np_=2,
                                   env=fault_env(stop_rank=1, stop_epoch=2)))
     summary = read_summary(patient)
     assert summary["stopped_early"] is True and summary["epochs"] == 3
@@ -142,21 +148,25 @@ def test_early_stopping_stops_every_rank_after_the_same_epoch(tmp_path: Path, sm
 
 
 @pytest.mark.races
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_stalled_rank_is_shut_down_with_a_message(tmp_path: Path, small_config: Path, backend: str) -> None:
-    start = time.monotonic()
-    proc = run_hvdtrain(["--config", str(small_config), f"backend={backend}", "train.epochs=3",
-                         f"run.dir={tmp_path / 'run'}", "horovod.stall_check_time_s=2",
-                         "horovod.stall_shutdown_time_s=6", FAULTS],
-                        launcher="horovodrun", np_=2, check=False, timeout=300,
-                        env=fault_env(stall_rank=1, stall_epoch=1))
-    elapsed = time.monotonic() - start
-    print(f"{backend}: exit {proc.returncode} after {elapsed:.0f} s")
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "Missing ranks" in proc.stderr  # Horovod's stall warning, naming rank 1
-    assert "hvdtrain: error: Horovod shut the job down" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert elapsed < 120  # rank 1 sleeps for an hour: nothing may wait for it
+def test_a_stalled_rank_is_shut_down_with_a_message(tmp_path: Path, small_config: Path) -> None:
+    """Both backends' jobs at once: most of their time is spent waiting on Horovod's stall timers."""
+
+    def stalled(backend: str) -> tuple[subprocess.CompletedProcess, float]:
+        start = time.monotonic()
+        proc = run_hvdtrain(["--config", str(small_config), f"backend={backend}", "train.epochs=3",
+                             f"run.dir={tmp_path / backend}", "horovod.stall_check_time_s=2",
+                             "horovod.stall_shutdown_time_s=6", FAULTS],
+                            launcher="mpirun", np_=2, check=False, timeout=300,
+                            env=fault_env(stall_rank=1, stall_epoch=1))
+        return proc, time.monotonic() - start
+
+    for backend, (proc, elapsed) in zip(BACKENDS, together(*(partial(stalled, b) for b in BACKENDS)), strict=True):
+        print(f"{backend}: exit {proc.returncode} after {elapsed:.0f} s")
+        assert proc.returncode == 1, (backend, proc.stderr[-3000:])
+        assert "Missing ranks" in proc.stderr, backend  # Horovod's stall warning, naming rank 1
+        assert "hvdtrain: error: Horovod shut the job down" in proc.stderr, backend
+        assert "Traceback" not in proc.stderr, backend
+        assert elapsed < 120, backend  # rank 1 sleeps for an hour: nothing may wait for it
 
 
 def test_tensorboard_events_of_real_runs_and_their_plot(tmp_path: Path,

@@ -193,12 +193,12 @@ _PRECISION_RUNS: dict[str, Path] = {}
 
 
 def precision_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
-    """Both PRECISIONS runs of configs/digits.yaml at np=2 under horovodrun, one job (conftest.train_many)."""
+    """Both PRECISIONS runs of configs/digits.yaml at np=2 under mpirun, one job (conftest.train_many)."""
     if backend not in _PRECISION_RUNS:
         root = factory.mktemp(f"precision-{backend}")
         runs = [["--config", "configs/digits.yaml", f"backend={backend}", *options, "horovod.timeline=timeline.json",
                  "run.progress=off", f"run.dir={root / name}"] for name, options in PRECISIONS.items()]
-        train_many(runs, root / "job.json", launcher="horovodrun", np_=2)
+        train_many(runs, root / "job.json", launcher="mpirun", np_=2)
         _PRECISION_RUNS[backend] = root
     return _PRECISION_RUNS[backend]
 

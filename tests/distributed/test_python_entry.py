@@ -1,6 +1,6 @@
 """hvdtrain.train(...) from a script under horovodrun -np 2 (examples/train_from_python.py: a loss, a metric and a
-callback as Python objects) gives the CLI's metrics for the same config with the objects named by import path;
-rank 0 alone prints; a bad input is one line on every rank and exit 2, no traceback."""
+callback as Python objects) gives the CLI's metrics (under mpirun -np 2) for the same config with the objects named
+by import path; rank 0 alone prints; a bad input is one line on every rank and exit 2, no traceback."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def numbers(record: dict) -> dict:
 
 def test_the_script_equals_the_cli_and_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     script, cli, bad = (partial(run_hvdtrain, launcher="horovodrun", np_=2, program=(SCRIPT,)),
-                        partial(run_hvdtrain, launcher="horovodrun", np_=2),
-                        partial(run_hvdtrain, launcher="horovodrun", np_=2, program=(SCRIPT,), check=False))
+                        partial(run_hvdtrain, launcher="mpirun", np_=2),
+                        partial(run_hvdtrain, launcher="mpirun", np_=2, program=(SCRIPT,), check=False))
     by_script, _ = together(lambda: script([*SHORT, f"run.dir={tmp_path / 'script'}"]),
                             lambda: cli([*BY_PATH, *SHORT, f"run.dir={tmp_path / 'cli'}"]))
     refused = bad([*SHORT, "optim.lr=-1", f"run.dir={tmp_path / 'bad'}"])

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, read_summary, run_hvdtrain
+from conftest import BIN, REPO, read_summary, run_hvdtrain, together
 
 from hvdtrain.config import load_config
 
@@ -103,11 +103,15 @@ def test_trials_under_horovodrun(tmp_path: Path, small_config: Path) -> None:
 
 
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, small_config: Path) -> None:
-    out = tmp_path / "sweep"
+    out, out2 = tmp_path / "sweep", tmp_path / "sweep2"
     missing = tmp_path / "missing.npz"
-    # load_config accepts data.path of a file that does not exist; only the run finds out.
-    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"data.path={missing}", "--grid",
-                         "data.name=npz,digits", "--metric", "val_loss", "--out", str(out)])
+    # load_config accepts data.path of a file that does not exist; only the run finds out. The second sweep, in
+    # which no trial succeeds, runs at the same time (each is one process at a time).
+    proc, proc2 = together(
+        lambda: run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"data.path={missing}", "--grid",
+                              "data.name=npz,digits", "--metric", "val_loss", "--out", str(out)]),
+        lambda: run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"data.path={missing}", "data.name=npz",
+                              "--grid", "optim.lr=0.1", "--out", str(out2)], check=False))
     rows = read_csv(out)
     assert [(r["trial"], r["status"]) for r in rows] == [("trial-001", "failed"), ("trial-002", "ok")]
     failed, ok = rows
@@ -120,29 +124,27 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, small_co
     assert "failed: hvdtrain: error:" in proc.stdout
 
     # A sweep in which no trial succeeds exits 1 with one line, after recording every trial.
-    out2 = tmp_path / "sweep2"
-    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"data.path={missing}", "data.name=npz",
-                         "--grid", "optim.lr=0.1", "--out", str(out2)], check=False)
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"hvdtrain: error: no trial succeeded (1 failed): read their "
-                                                f"logs, {out2}/trial-*.log"]
+    assert proc2.returncode == 1, proc2.stderr
+    assert proc2.stderr.strip().splitlines() == [f"hvdtrain: error: no trial succeeded (1 failed): read their "
+                                                 f"logs, {out2}/trial-*.log"]
     assert [r["status"] for r in read_csv(out2)] == ["failed"] and not (out2 / "best.yaml").exists()
 
 
 @pytest.mark.races
 def test_timeout_and_unknown_metric(tmp_path: Path, small_config: Path) -> None:
-    out = tmp_path / "slow"
-    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "optim.lr=0.1", "--timeout", "0.5",
-                         "--out", str(out)], check=False)
-    assert proc.returncode == 1, proc.stderr
-    (row,) = read_csv(out)
+    # A trial past --timeout is stopped, and an unknown --metric stops the sweep after the first trial that
+    # finishes, naming the metrics there are: both sweeps at once.
+    slow, out = tmp_path / "slow", tmp_path / "metric"
+    timed_out, proc = together(
+        lambda: run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "optim.lr=0.1", "--timeout",
+                              "0.5", "--out", str(slow)], check=False),
+        lambda: run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "optim.lr=0.1,0.2",
+                              "--metric", "val_acc", "--out", str(out)], check=False))
+    assert timed_out.returncode == 1, timed_out.stderr
+    (row,) = read_csv(slow)
     assert row["status"] == "failed" and row["error"] == "timed out after 0.5s" and row["exit_code"] == ""
-    assert not running_with(str(out / "trial-001"))
+    assert not running_with(str(slow / "trial-001"))
 
-    # An unknown --metric stops the sweep after the first trial that finishes, naming the metrics there are.
-    out = tmp_path / "metric"
-    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "optim.lr=0.1,0.2", "--metric",
-                         "val_acc", "--out", str(out)], check=False)
     assert proc.returncode == 2
     assert "--metric val_acc is not in" in proc.stderr and "val_accuracy" in proc.stderr
     assert len(read_csv(out)) == 1 and not (out / "trial-002.log").exists()

@@ -121,7 +121,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         one += [[*SHORT, *data["mse"], "train.batch_size=16", f"train.loss={loss}", f"backend={backend}",
                  f"run.dir={out / 'huber' / name}"] for name, loss in (("builtin", "huber"),
                                                                       ("user", USER_HUBER[backend]))]
-        jobs += [partial(train_many, two, out.with_suffix(".np2.json"), launcher="horovodrun", np_=2, env=env),
+        jobs += [partial(train_many, two, out.with_suffix(".np2.json"), launcher="mpirun", np_=2, env=env),
                  partial(train_many, one, out.with_suffix(".np1.json"), env=env)]
     for proc in together(*jobs[:2]) + together(*jobs[2:]):
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -264,7 +264,7 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, runs:
 def test_a_user_loss_returning_its_mean_stops_every_rank_in_one_line(tmp_path: Path, runs: Path) -> None:
     proc = run_hvdtrain([*SHORT, "task=regression", f"data.path={runs / 'regression.npz'}",
                          "train.loss=user_losses:mean_squared", f"run.dir={tmp_path / 'run'}"],
-                        launcher="horovodrun", np_=2, check=False, env={"PYTHONPATH": str(runs)})
+                        launcher="mpirun", np_=2, check=False, env={"PYTHONPATH": str(runs)})
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if "hvdtrain: error:" in ln]
     assert len(lines) == 2 and all("train.loss='user_losses:mean_squared' returned []" in ln for ln in lines), lines

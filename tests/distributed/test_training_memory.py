@@ -1,7 +1,7 @@
 """A training rank's memory over the steps of real runs over on-disk images (a rank once grew with the folder it
 read: its evaluation took the validation set in batches of 256, whose activations dwarfed a training step's).
 
-One horovodrun job per backend, together: torch over an image folder with a data worker per rank, TensorFlow
+One mpirun job per backend, together: torch over an image folder with a data worker per rank, TensorFlow
 over the folder's tar shards in the training process (data.workers=0). Each rank's RSS is sampled every step by
 benchmarks/trainmem.py's RssProbe (the callback the memory benchmark uses)."""
 
@@ -46,7 +46,7 @@ def test_rank_memory_is_flat_over_steps_and_evaluation_holds_no_more_than_a_step
         probe = tmp_path / f"probe-{backend}"
         probe.mkdir()
         run_hvdtrain([*COMMON, f"backend={backend}", f"data.name={source}", f"data.path={path}",
-                      f"data.workers={workers}", f"run.dir={tmp_path / backend}"], launcher="horovodrun", np_=2,
+                      f"data.workers={workers}", f"run.dir={tmp_path / backend}"], launcher="mpirun", np_=2,
                      env={PROBE_DIR_ENV: str(probe), EVERY_ENV: "1"})
         return [json.loads((probe / f"rank{r}.json").read_text()) for r in range(2)]
 
