@@ -264,9 +264,6 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
                 window_loss = precision.scale_loss(optimizer, (loss + self._penalty()) / window)  # window mean
             return loss, logits, tape.gradient(window_loss, variables)
 
-        # Horovod's Python around its ops has no tensor-dependent control flow: AutoGraph converting it while
-        # tracing costs about 1.5 s of start-up per process (measured) and changes nothing.
-        @tf.autograph.experimental.do_not_convert
         def reduce_gradients(grads: list[tf.Tensor]) -> list[tf.Tensor]:
             if reduce_op == hvd.Average:
                 # Horovod: one grouped collective per optimizer step for every gradient of the window.
@@ -278,14 +275,17 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             return [hvd.allreduce(g, op=reduce_op, compression=compression, name=f"hvdtrain.grads.{i}")
                     for i, g in enumerate(grads)]
 
-        @tf.function(input_signature=signature, reduce_retracing=True)
+        # No AutoGraph, as Keras 3's fit traces its steps: converting Horovod's Python, the model, the losses and
+        # the optimizer while tracing cost about 1.8 s of every process's start (measured) and changes nothing in
+        # code without tensor-dependent Python control flow (docs/tasks.md asks the same of a user's loss).
+        @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
         def accumulate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             loss, logits, grads = local_gradients(x, y)
             for total, g in zip(sums, grads, strict=True):
                 total.assign_add(g)
             return loss, logits
 
-        @tf.function(input_signature=signature, reduce_retracing=True)
+        @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
         def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             loss, logits, grads = local_gradients(x, y)
             if sums:
@@ -305,12 +305,12 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
                 total.assign(tf.zeros_like(total))
             return loss, logits, communication
 
-        @tf.function(input_signature=signature, reduce_retracing=True)
+        @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
         def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             logits = tf.cast(model(x, training=False), tf.float32)
             return tf.reduce_sum(cross_entropy(logits, y) if fused_cross_entropy else per_sample(logits, y)), logits
 
-        @tf.function(input_signature=signature[:1], reduce_retracing=True)
+        @tf.function(input_signature=signature[:1], reduce_retracing=True, autograph=False)
         def predict(x: tf.Tensor) -> tf.Tensor:
             return tf.cast(model(x, training=False), tf.float32)
 
