@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_hvdtrain
+from conftest import REPO, together, train_many
 
 from hvdtrain.errors import UserError
 from hvdtrain.lifecycle import export as export_module
@@ -96,17 +96,13 @@ print("RESULTS", json.dumps({"results": results, "refused": refused,
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    """A finished tiny run per backend and model, trained in parallel."""
+    """A finished tiny run per backend and model: one process per backend trains its models (conftest.train_many),
+    the two at once."""
     root = tmp_path_factory.mktemp("export-runs")
-    keys = [(backend, model) for backend in JOBS for model in MODELS]
-
-    def train(key: tuple[str, str]) -> None:
-        backend, model = key
-        run_hvdtrain([f"backend={backend}", *TINY, *MODELS[model], f"run.dir={root / f'{backend}-{model}'}"])
-
-    with ThreadPoolExecutor(len(keys)) as pool:
-        list(pool.map(train, keys))
-    return {key: root / f"{key[0]}-{key[1]}" for key in keys}
+    jobs = {backend: [[f"backend={backend}", *TINY, *MODELS[model], f"run.dir={root / f'{backend}-{model}'}"]
+                      for model in MODELS] for backend in JOBS}
+    together(*(lambda b=b: train_many(jobs[b], root / f"{b}.json") for b in JOBS))
+    return {(backend, model): root / f"{backend}-{model}" for backend in JOBS for model in MODELS}
 
 
 def export_in_process(backend: str, runs: dict[tuple[str, str], Path], out: Path) -> dict:
