@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together
+from conftest import REPO, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together, train_many
 from PIL import Image
 
 pytestmark = pytest.mark.distributed
@@ -48,12 +48,35 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def runs(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's uninterrupted runs, one mpirun job per backend (conftest.train_many: they differ only in
+    config): torch's `reference` (two workers per rank, every sample logged), `threaded` (no workers) and
+    `user-torch`; TensorFlow's `shards` (the folder packed into tar shards of 25) and `user-tensorflow` (your own
+    dataset, stripes_data:build)."""
+    root = tmp_path_factory.mktemp("runs")
+    packed = subprocess.run([sys.executable, "-m", "hvdtrain", "pack", str(folder), str(root / "shards-data"),
+                             "--shard-size", "25"], capture_output=True, text=True, cwd=REPO, check=True)
+    assert "120 samples" in packed.stdout or "150 samples" in packed.stdout, packed.stdout
+    (root / "stripes_data.py").write_text(USER_DATASET)
+    images = [*COMMON, "data.name=image_folder", f"data.path={folder}"]
+    user = ["model.name=cnn", "model.channels=[8]", "model.hidden_units=[16]", "optim.name=adam", "optim.lr=0.01",
+            "train.batch_size=16", "train.epochs=3", "data.name=stripes_data:build", "data.workers=1",
+            "run.progress=off"]
+    jobs = {"torch": [[*images, "data.workers=2", "data.log_samples=true", f"run.dir={root / 'reference'}"],
+                      [*images, "data.workers=0", f"run.dir={root / 'threaded'}"],
+                      [*user, "backend=torch", f"run.dir={root / 'user-torch'}"]],
+            "tensorflow": [[*COMMON, "backend=tensorflow", "data.name=shards", f"data.path={root / 'shards-data'}",
+                            "data.workers=1", "data.log_samples=true", f"run.dir={root / 'shards'}"],
+                           [*user, "backend=tensorflow", f"run.dir={root / 'user-tensorflow'}"]]}
+    for backend, runs_of_backend in jobs.items():
+        train_many(runs_of_backend, root / f"{backend}.json", launcher="mpirun", np_=2, env={"PYTHONPATH": str(root)})
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(runs: Path) -> Path:
     """The uninterrupted torch run with two workers per rank, every sample logged."""
-    run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    run_hvdtrain([*COMMON, "data.name=image_folder", f"data.path={folder}", "data.workers=2", "data.log_samples=true",
-                  f"run.dir={run_dir}"], launcher="mpirun", np_=2)
-    return run_dir
+    return runs / "reference"
 
 
 def samples_per_epoch(run_dir: Path, epoch: int) -> list[tuple[int, int, str]]:
@@ -84,11 +107,8 @@ def test_image_folder_trains_with_workers_every_sample_once(reference: Path, fol
         assert 0 < rank["start"] <= rank["peak"]
 
 
-def test_workers_do_not_change_the_weights(reference: Path, folder: Path, tmp_path: Path) -> None:
-    threaded = tmp_path / "threaded"
-    run_hvdtrain([*COMMON, "data.name=image_folder", f"data.path={folder}", "data.workers=0",
-                  f"run.dir={threaded}"], launcher="mpirun", np_=2)
-    diff = max_weight_diff(read_weights(threaded), read_weights(reference))
+def test_workers_do_not_change_the_weights(reference: Path, runs: Path) -> None:
+    diff = max_weight_diff(read_weights(runs / "threaded"), read_weights(reference))
     print(f"workers 0 vs 2: max |dw| = {diff:.3g}")
     assert diff == 0.0
 
@@ -112,14 +132,8 @@ def test_kill_9_and_resume_mid_epoch_gives_the_uninterrupted_weights(reference: 
     assert [m["epoch"] for m in read_metrics(cut)] == [1, 2]
 
 
-def test_tar_shards_train_with_every_sample_once(folder: Path, tmp_path: Path) -> None:
-    shards = tmp_path / "shards"
-    packed = subprocess.run([sys.executable, "-m", "hvdtrain", "pack", str(folder), str(shards), "--shard-size",
-                             "25"], capture_output=True, text=True, cwd=REPO, check=True)
-    assert "120 samples" in packed.stdout or "150 samples" in packed.stdout, packed.stdout
-    run_dir = tmp_path / "run"
-    run_hvdtrain([*COMMON, "backend=tensorflow", "data.name=shards", f"data.path={shards}", "data.workers=1",
-                  "data.log_samples=true", f"run.dir={run_dir}"], launcher="mpirun", np_=2)
+def test_tar_shards_train_with_every_sample_once(runs: Path) -> None:
+    shards, run_dir = runs / "shards-data", runs / "shards"
     index = [json.loads(p.read_text()) for p in sorted((shards / "train").glob("*.idx.json"))]
     names = {f"{p.name[:-len('.idx.json')]}:{k}" for p, i in zip(sorted((shards / "train").glob("*.idx.json")), index,
                                                                   strict=True) for k in i["keys"]}
@@ -189,15 +203,11 @@ def build(cfg):
 
 
 @pytest.mark.parametrize("backend", ["torch", "tensorflow"])
-def test_user_dataset_by_import_path_trains(backend: str, tmp_path: Path) -> None:
-    (tmp_path / "stripes_data.py").write_text(USER_DATASET)
-    run_dir = tmp_path / "run"
-    run_hvdtrain(["model.name=cnn", "model.channels=[8]", "model.hidden_units=[16]", "optim.name=adam",
-                  "optim.lr=0.01", "train.batch_size=16", "train.epochs=3", "data.name=stripes_data:build",
-                  "data.workers=1", "run.progress=off", f"backend={backend}", f"run.dir={run_dir}"],
-                 launcher="mpirun", np_=2, env={"PYTHONPATH": str(tmp_path)})
+def test_user_dataset_by_import_path_trains(backend: str, runs: Path) -> None:
+    run_dir = runs / f"user-{backend}"
     summary = read_summary(run_dir)
     assert summary["dataset"] == "stripes_data:build" and summary["world_size"] == 2
+    assert summary["backend"] == backend
     assert read_metrics(run_dir)[-1]["val_accuracy"] >= 0.95
 
 
