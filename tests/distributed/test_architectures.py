@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, read_metrics, read_summary, run_hvdtrain, train_many
+from conftest import REPO, read_metrics, read_summary, run_hvdtrain, together, train_many
 
 pytestmark = pytest.mark.distributed
 
@@ -80,16 +80,19 @@ def test_compact_architectures_train_on_digits(runs: Path, backend: str, model: 
     assert summary["final"]["val_accuracy"] >= 0.80
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_user_model_by_import_path_trains(runs: Path, tmp_path: Path, backend: str) -> None:
-    summary = read_summary(runs / backend / "user")
-    assert summary["num_parameters"] == 64 * 40 + 40 + 40 * 10 + 10
-    assert summary["final"]["val_accuracy"] >= 0.6  # chance is 0.1
-    other = BUILDER["tensorflow" if backend == "torch" else "torch"]
-    wrong = run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", f"model.name=my_models:{other}",
-                          f"run.dir={tmp_path / 'wrong'}"], env={"PYTHONPATH": str(runs)}, check=False)
-    switch = "tensorflow" if backend == "torch" else "torch"
-    assert wrong.returncode == 2 and f"or set backend={switch}" in wrong.stderr and "Traceback" not in wrong.stderr
+def test_a_user_model_by_import_path_trains(runs: Path, tmp_path: Path) -> None:
+    """Both backends; each refuses the other framework's model in one line (the two refusals at once)."""
+    switch = {"torch": "tensorflow", "tensorflow": "torch"}
+    refusals = together(*(lambda b=b: run_hvdtrain(["--config", "configs/digits.yaml", f"backend={b}",
+                                                    f"model.name=my_models:{BUILDER[switch[b]]}",
+                                                    f"run.dir={tmp_path / b}"], env={"PYTHONPATH": str(runs)},
+                                                   check=False) for b in BACKENDS))
+    for backend, wrong in zip(BACKENDS, refusals, strict=True):
+        summary = read_summary(runs / backend / "user")
+        assert summary["num_parameters"] == 64 * 40 + 40 + 40 * 10 + 10
+        assert summary["final"]["val_accuracy"] >= 0.6  # chance is 0.1
+        assert wrong.returncode == 2 and f"or set backend={switch[backend]}" in wrong.stderr, (backend, wrong.stderr)
+        assert "Traceback" not in wrong.stderr
 
 
 def test_cifar10_files_train_a_mobilenet(runs: Path) -> None:

@@ -248,11 +248,12 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, runs:
             "train.max_steps_per_epoch=8", "train.epochs=2", "checkpoint.every_steps=3", "backend=torch",
             "callbacks.user=[fault_callbacks:Faults]"]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    run_hvdtrain([*args, f"run.dir={full}"], env={"PYTHONPATH": str(REPO / "tests" / "scripts")})
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "scripts"), "HVDTRAIN_TEST_KILL_RANK": "0",
            "HVDTRAIN_TEST_KILL_STEP": "11", "HVDTRAIN_TEST_KILL_MARKER": str(tmp_path / "killed")}
-    killed = subprocess.run([sys.executable, "-m", "hvdtrain", *args, f"run.dir={cut}"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    _, killed = together(  # one process each: the uninterrupted run beside the one that kills itself
+        lambda: run_hvdtrain([*args, f"run.dir={full}"], env={"PYTHONPATH": str(REPO / "tests" / "scripts")}),
+        lambda: subprocess.run([sys.executable, "-m", "hvdtrain", *args, f"run.dir={cut}"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=300))
     assert killed.returncode == -9 and (tmp_path / "killed").exists(), killed.stderr[-2000:]
     assert len(read_metrics(cut)) == 1  # killed in epoch 2, three steps after its checkpoint at step 9
     run_hvdtrain([*args, f"run.dir={cut}", "train.resume=auto"], env={"PYTHONPATH": str(REPO / "tests" / "scripts")})
@@ -273,9 +274,10 @@ def test_a_user_loss_returning_its_mean_stops_every_rank_in_one_line(tmp_path: P
 
 def test_export_and_convert_take_regression_and_multilabel_runs(runs: Path, tmp_path: Path) -> None:
     """Each checks its artifact against the trained model's outputs on validation samples before it succeeds."""
-    converted = run_hvdtrain(["convert", str(runs / "torch" / "mse" / "np2"), "--to", "tensorflow", "--out",
-                              str(tmp_path / "converted")])
+    converted, exported = together(  # one process each, at once
+        lambda: run_hvdtrain(["convert", str(runs / "torch" / "mse" / "np2"), "--to", "tensorflow", "--out",
+                              str(tmp_path / "converted")]),
+        lambda: run_hvdtrain(["export", str(runs / "tensorflow" / "multilabel"), "--format", "onnx", "--out",
+                              str(tmp_path / "multilabel.onnx")]))
     assert "converted" in converted.stdout and read_summary(tmp_path / "converted")["task"] == "regression"
-    exported = run_hvdtrain(["export", str(runs / "tensorflow" / "multilabel"), "--format", "onnx", "--out",
-                             str(tmp_path / "multilabel.onnx")])
     assert "max |logit diff|" in exported.stdout and (tmp_path / "multilabel.onnx").stat().st_size > 0
