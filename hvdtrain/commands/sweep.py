@@ -20,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,14 +184,17 @@ def run_trial(trial: Trial, metric: str, timeout: float | None, lower: bool | No
     with log_path.open("w") as log:
         log.write(f"# {shlex.join(trial.command)}\n")
         log.flush()
+        _STOPS.hold()  # a stop while the trial starts waits until its process is known
         try:
             proc = subprocess.Popen(trial.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True)  # own process group: a timeout kills it all
         except OSError as exc:
             trial.result = {"status": "failed", "wall_time_s": 0.0, "exit_code": "",
                             "error": f"cannot start {trial.command[0]}: {exc.strerror}"}
+            _STOPS.release()
             return
         try:
+            _STOPS.release()  # in here: a stop held until now ends the trial below
             code: int | None = proc.wait(timeout=timeout)
             error = ""
         except subprocess.TimeoutExpired:
@@ -342,12 +347,8 @@ def run_sweep(config: str | None, overrides: list[str], grid: list[str], *, metr
     # The direction as the run's config declares it (a user metric's own `lower_is_better`, imported here).
     lower = load_config(config, overrides).lower_is_better(metric)
     prepare_out(out)
-    previous = _interrupt_on_sigterm()
-    try:
+    with _STOPS.installed():
         return _run_all(trials, axes, metric, out, timeout, lower)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _run_all(trials: list[Trial], axes: list[Axis], metric: str, out: Path, timeout: float | None,
@@ -387,11 +388,43 @@ def _run_all(trials: list[Trial], axes: list[Axis], metric: str, out: Path, time
     return 0
 
 
-def _interrupt_on_sigterm() -> Any:
-    """Makes SIGTERM interrupt the sweep like Ctrl-C, so the running trial is stopped too; the old handler."""
-    def interrupt(signum: int, frame: Any) -> None:
+class _Stops:
+    """SIGTERM and SIGINT stop the sweep as Ctrl-C does (KeyboardInterrupt), the running trial with it. While a trial
+    starts, a stop is held (`hold`) and raised once its process is known (`release`): raised between the fork and
+    `proc`, it left the trial running after the sweep had gone (seen under load)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.pending = True
+            return
         raise KeyboardInterrupt
-    try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        return None
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """The handlers for the sweep's duration (left alone outside the main thread, where they cannot be set)."""
+        try:
+            previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        except ValueError:
+            previous = {}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        """Stops holding; raises the stop that came meanwhile, if one did."""
+        self.holding = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+_STOPS = _Stops()

@@ -171,3 +171,30 @@ def testlast_error_prefers_the_hvdtrain_error_line(tmp_path: Path) -> None:
     log.write_text("# cmd\n")
     assert sweep.last_error(log, -9) == "exited -9 with no output"
     assert sweep.last_error(log, 0) == "exited 0 without writing summary.json"
+
+
+@pytest.mark.races
+def test_a_stop_while_a_trial_starts_stops_the_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM landing just after the trial's process is created, before the sweep holds it (the window where
+    a stop once left a trial running after the sweep had gone): the trial is stopped, then the sweep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    started: list[subprocess.Popen] = []
+
+    class StoppedWhileStarting(subprocess.Popen):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered here, inside Popen, as under load
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", StoppedWhileStarting)
+    (tmp_path / "trial-001").mkdir()
+    trial = sweep.Trial(1, "trial-001", {}, [sys.executable, "-c", "import time; time.sleep(60)"],
+                        tmp_path / "trial-001")
+    with pytest.raises(KeyboardInterrupt), sweep._STOPS.installed():
+        sweep.run_trial(trial, "val_accuracy", None)
+    assert len(started) == 1 and started[0].poll() is not None, "the trial outlived the stop"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
