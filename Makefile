@@ -6,7 +6,7 @@ CONFIG ?= configs/digits.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-fast test-races test-unit test-distributed doctor docs lint check-plain-pypi
+.PHONY: setup train test test-fast test-races test-unit test-distributed doctor docs lint check-plain-pypi check-offline-gpu
 
 # The CPU stack, or on a machine with an NVIDIA GPU the CUDA one (Horovod with NCCL); HVDTRAIN_DEVICE=cuda|cpu
 # forces the choice. `bash scripts/setup_env.sh --plan` shows what it would do (docs/setup.md).
@@ -53,6 +53,15 @@ docs: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+# The offline GPU check's path, here without a GPU (docs/gpu.md): a bundle for this Python, then
+# scripts/gpu_check.sh --offline over .venv's Python (it has torch) with the package index off: Horovod built from
+# the bundle for torch with Gloo only (cached by its key), doctor, a 2-rank torch run. Results: runs/gpu-check-offline.
+check-offline-gpu: setup
+	GPU_BUNDLE_PYTHON=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+	  GPU_BUNDLE_DIR=$(CURDIR)/gpu-bundle-local bash scripts/gpu_check_bundle.sh
+	GPU_CHECK_PYTHON=$(abspath $(PY)) GPU_CHECK_BUNDLE=$(CURDIR)/gpu-bundle-local \
+	  GPU_CHECK_OUT=$(CURDIR)/runs/gpu-check-offline bash scripts/gpu_check.sh --offline
 
 # The setup and a 2-rank training run as on plain PyPI (this machine's extra pip sources off), in a venv kept
 # in the cache: the newcomer's path, checked by CI so that it cannot silently break again.

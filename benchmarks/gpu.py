@@ -2,7 +2,7 @@
 and bf16 on both backends (`hvdtrain bench`), hvdtrain's trainer against the hand-written Horovod loop on
 the same GPU, and the data wait with augmentation on the GPU.
 
-    python -m benchmarks.gpu [--repeats 1] [--np 1] [--quick]
+    python -m benchmarks.gpu [--repeats 1] [--np 1] [--backends torch,tensorflow] [--quick]
 
 Targets: bf16 >= 2x fp32 img/s; hvdtrain / hand-written <= 1.03; data wait < 2% of step time.
 """
@@ -62,7 +62,12 @@ def data_wait(backend: str, np_: int, overrides: tuple[str, ...], tmp: Path) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = section_parser(__doc__, repeats=1)
     parser.add_argument("--np", type=int, default=1, dest="np_")
+    parser.add_argument("--backends", default="torch,tensorflow",
+                        help="comma-separated (the offline GPU check: torch, the lent machines have no TensorFlow)")
     args = parser.parse_args(argv)
+    backends = args.backends.split(",")
+    if not set(backends) <= {"torch", "tensorflow"} or not backends:
+        parser.error(f"--backends {args.backends}: choose from torch,tensorflow")
     if gpus() == 0:
         sys.exit("benchmarks.gpu: no NVIDIA GPU visible (nvidia-smi lists none): run it on a GPU machine")
     train = TRAIN + (QUICK if args.quick else ())
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for rep in range(args.repeats):
-            for backend in ("torch", "tensorflow"):
+            for backend in backends:
                 jobs = {"fp32": functools.partial(bench, backend, "fp32", args.np_, synthetic, tmp),
                         "bf16": functools.partial(bench, backend, "bf16", args.np_, synthetic, tmp),
                         "trainer": functools.partial(trainer, backend, args.np_, train, tmp),
@@ -81,12 +86,13 @@ def main(argv: list[str] | None = None) -> None:
                     results.setdefault((backend, name), []).append(job())
                     print(f"gpu: repeat {rep} {backend} {name}: {results[(backend, name)][-1]:.4g}", file=sys.stderr)
     med = {key: statistics.median(values) for key, values in results.items()}
-    for backend in ("torch", "tensorflow"):
+    for backend in backends:
         fp32, bf16 = med[(backend, "fp32")], med[(backend, "bf16")]
         ratio = med[(backend, "trainer")] / med[(backend, "handwritten")]
         wait = med[(backend, "data_wait")]
         rows.append(f"| {backend} | {fp32:,.0f} | {bf16:,.0f} | {bf16 / fp32:.2f}x | {ratio:.3f} | {wait:.1%} |")
     command = (f"python -m benchmarks.gpu --repeats {args.repeats} --np {args.np_}"
+               + (f" --backends {args.backends}" if backends != ["torch", "tensorflow"] else "")
                + (" --quick" if args.quick else ""))
     update_section("gpu", f"""## GPU: ResNet-50
 

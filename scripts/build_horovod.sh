@@ -10,10 +10,16 @@
 # plus Gloo and MPI, scripts/horovod-0.28.1-cuda.patch on top, nvcc from the nvidia-cuda-nvcc wheel (or
 # HVDTRAIN_CUDA_HOME's toolkit) and NCCL from the nvidia-nccl-cu13 wheel (docs/setup.md, "GPU machines").
 #
+# The offline GPU check (scripts/gpu_check.sh --offline) builds a third kind: PyTorch only, Gloo without MPI,
+# from a source distribution that travelled with the tree (HVDTRAIN_HOROVOD_FRAMEWORKS=torch,
+# HVDTRAIN_HOROVOD_MPI=0, HVDTRAIN_HOROVOD_SDIST=FILE).
+#
 # Knobs (environment): HVDTRAIN_HOROVOD_PATCH (another patch file, e.g. to test the failure path),
 # HVDTRAIN_DEVICE (cpu or cuda; default: the venv's stack), HVDTRAIN_CUDA_HOME (a CUDA 13 toolkit to build
 # with instead of the wheels'), HOROVOD_BUILD_CUDA_CC_LIST (compute capabilities to build for; default: the
-# GPUs found, else 90).
+# GPUs found, else 90), HVDTRAIN_HOROVOD_FRAMEWORKS ("torch tensorflow", or "torch"), HVDTRAIN_HOROVOD_MPI (1, or 0:
+# Gloo only, no MPI library needed), HVDTRAIN_HOROVOD_SDIST (horovod-0.28.1.tar.gz to build from instead of
+# downloading it).
 #
 # `scripts/build_horovod.sh --plan` prints the build's cache key and environment as key=value lines and
 # builds nothing.
@@ -44,10 +50,25 @@ case "$DEVICE" in
   *) die "HVDTRAIN_DEVICE=$DEVICE: use cuda or cpu" ;;
 esac
 
-[ -x "$PY" ] || die "no venv at $VENV: run scripts/setup_env.sh"
-command -v mpicxx >/dev/null 2>&1 || die "mpicxx not found: install OpenMPI (apt-get install libopenmpi-dev openmpi-bin) or load an MPI module"
+FRAMEWORKS="${HVDTRAIN_HOROVOD_FRAMEWORKS:-torch tensorflow}"
+case "$FRAMEWORKS" in
+  "torch tensorflow"|torch) ;;
+  *) die "HVDTRAIN_HOROVOD_FRAMEWORKS=$FRAMEWORKS: use \"torch tensorflow\" or torch" ;;
+esac
+WITH_MPI="${HVDTRAIN_HOROVOD_MPI:-1}"
+case "$WITH_MPI" in
+  0|1) ;;
+  *) die "HVDTRAIN_HOROVOD_MPI=$WITH_MPI: use 1 (MPI and Gloo) or 0 (Gloo only)" ;;
+esac
+SDIST="${HVDTRAIN_HOROVOD_SDIST:-}"
+[ -z "$SDIST" ] || [ -f "$SDIST" ] || die "HVDTRAIN_HOROVOD_SDIST=$SDIST: no such file (scripts/gpu_check_bundle.sh makes it)"
 
-versions="$("$PY" - "$DEVICE" <<'EOF'
+[ -x "$PY" ] || die "no venv at $VENV: run scripts/setup_env.sh"
+if [ "$WITH_MPI" = 1 ]; then
+  command -v mpicxx >/dev/null 2>&1 || die "mpicxx not found: install OpenMPI (apt-get install libopenmpi-dev openmpi-bin) or load an MPI module"
+fi
+
+versions="$("$PY" - "$DEVICE" "$FRAMEWORKS" <<'EOF'
 import importlib.metadata as md, importlib.util, sys
 # torch's CUDA version too (a CUDA and a CPU wheel of one release may share a version string), read from its
 # version.py alone: importing torch for it costs seconds
@@ -55,19 +76,24 @@ spec = importlib.util.find_spec("torch")
 version = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
     "torch_version", spec.submodule_search_locations[0] + "/version.py"))
 version.__spec__.loader.exec_module(version)
-try:  # the CPU stack's TensorFlow is tensorflow-cpu (and tf-keras brings tensorflow too), the CUDA stack's tensorflow
-    tf = md.version("tensorflow" if sys.argv[1] == "cuda" else "tensorflow-cpu")
-except md.PackageNotFoundError:
-    tf = md.version("tensorflow")
+if "tensorflow" not in sys.argv[2].split():
+    tf = "none"
+else:
+    try:  # the CPU stack's TensorFlow is tensorflow-cpu (and tf-keras brings tensorflow too), the CUDA stack's
+        tf = md.version("tensorflow" if sys.argv[1] == "cuda" else "tensorflow-cpu")
+    except md.PackageNotFoundError:
+        tf = md.version("tensorflow")
 print("py%d.%d" % sys.version_info[:2], "torch" + md.version("torch"), "cuda" + str(version.cuda), "tf" + tf)
 EOF
 )"
-mpi_version="$(mpirun --version 2>/dev/null | head -1)"
+if [ "$WITH_MPI" = 1 ]; then mpi_version="$(mpirun --version 2>/dev/null | head -1)"; else mpi_version="no MPI"; fi
 patch_hash="$(sha256sum "$PATCH" | cut -c1-16)"
 # The build's environment. PATH: the venv's bin first, so that its cmake (4.x, pinned) and python are used.
 build_path="$VENV/bin:$PATH"
-build_env=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
-           HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 "MAKEFLAGS=-j$(nproc)")
+build_env=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
+           "MAKEFLAGS=-j$(nproc)")
+if [ "$FRAMEWORKS" = torch ]; then build_env+=(HOROVOD_WITHOUT_TENSORFLOW=1); else build_env+=(HOROVOD_WITH_TENSORFLOW=1); fi
+if [ "$WITH_MPI" = 1 ]; then build_env+=(HOROVOD_WITH_MPI=1); else build_env+=(HOROVOD_WITHOUT_MPI=1); fi
 patches=("$PATCH")
 # The build's scratch folder; the links below live in it, so that no path baked into the build outlives it.
 work_plan="BUILD_DIR"
@@ -145,6 +171,8 @@ if [ "$PLAN" = 1 ]; then
   echo "wheel_dir=$wheel_dir"
   echo "versions=$versions"
   echo "mpi=$mpi_version"
+  echo "frameworks=$FRAMEWORKS"
+  echo "sdist=${SDIST:-download}"
   echo "patches=${patches[*]}"
   if [ "$DEVICE" = cuda ]; then
     echo "toolkit=$toolkit"
@@ -169,9 +197,10 @@ verify() {
   export TF_CPP_MIN_LOG_LEVEL=2
   # torch and TensorFlow are checked in separate processes: hvdtrain never loads both in one. The CUDA build
   # must have NCCL and CUDA too (build facts: checked without a GPU).
-  local fw check="h.mpi_built() and h.gloo_built()" lacks="MPI or Gloo"
-  if [ "$DEVICE" = cuda ]; then check="$check and h.nccl_built() and h.cuda_built()"; lacks="MPI, Gloo, NCCL or CUDA"; fi
-  for fw in torch tensorflow; do
+  local fw check="h.gloo_built()" lacks="Gloo"
+  if [ "$WITH_MPI" = 1 ]; then check="h.mpi_built() and $check"; lacks="MPI or Gloo"; fi
+  if [ "$DEVICE" = cuda ]; then check="$check and h.nccl_built() and h.cuda_built()"; lacks="$lacks, NCCL or CUDA"; fi
+  for fw in $FRAMEWORKS; do
     # TensorFlow logs lines about oneDNN and absent CUDA drivers before its logging is set up
     # (TF_CPP_MIN_LOG_LEVEL does not reach them): dropped; everything else passes through.
     "$PY" -c "import horovod.$fw as h; assert $check, '$fw: horovod lacks $lacks'" \
@@ -195,8 +224,12 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
   trap 'rm -rf "$work"' EXIT
   mkdir -p "$CACHE"
   : > "$LOG"
-  "$PY" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work" 2>&1 | quiet_pip >>"$LOG" \
-    || build_failed "could not download the horovod $HOROVOD_VERSION source"
+  if [ -n "$SDIST" ]; then
+    cp "$SDIST" "$work/horovod-$HOROVOD_VERSION.tar.gz"
+  else
+    "$PY" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work" 2>&1 | quiet_pip >>"$LOG" \
+      || build_failed "could not download the horovod $HOROVOD_VERSION source"
+  fi
   tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
   src="$work/horovod-$HOROVOD_VERSION"
   for p in "${patches[@]}"; do
@@ -221,8 +254,10 @@ fi
 "$PY" -m pip install -q --no-deps --force-reinstall "$wheel_dir"/horovod-*.whl
 verify || die "horovod installed but its self-check failed: delete $wheel_dir and re-run"
 echo "$key" > "$stamp"
+built_with="${FRAMEWORKS// / + }, gloo"
+if [ "$WITH_MPI" = 1 ]; then built_with="$built_with + mpi"; fi
 if [ "$DEVICE" = cpu ]; then
-  say "horovod $HOROVOD_VERSION installed (torch + tensorflow, gloo + mpi)"
+  say "horovod $HOROVOD_VERSION installed ($built_with)"
 else
-  say "horovod $HOROVOD_VERSION installed (torch + tensorflow, gloo + mpi + nccl $nccl_version, CUDA $cuda_version)"
+  say "horovod $HOROVOD_VERSION installed ($built_with + nccl $nccl_version, CUDA $cuda_version)"
 fi

@@ -296,3 +296,33 @@ def test_cuda_build_without_the_cuda_wheels_names_the_fix(tmp_path: Path) -> Non
     proc = subprocess.run(["bash", str(REPO / "scripts" / "build_horovod.sh"), "--plan"], env=env,
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "HVDTRAIN_DEVICE=cuda make setup" in proc.stderr
+
+
+def test_offline_build_plan_is_torch_and_gloo_from_the_bundled_source(tmp_path: Path) -> None:
+    """scripts/gpu_check.sh --offline's build (the lent GPU machines: no TensorFlow, no MPI, no network): PyTorch
+    only, Gloo only, from a source file; a key of its own, so the full build's cached wheel is never taken."""
+    sdist = tmp_path / "horovod-0.28.1.tar.gz"
+    sdist.write_bytes(b"")
+    full, _ = _plan("build_horovod.sh", _env(tmp_path, None, HVDTRAIN_DEVICE="cpu"))
+    plan, lines = _plan("build_horovod.sh", _env(tmp_path, None, HVDTRAIN_DEVICE="cpu", HVDTRAIN_HOROVOD_MPI="0",
+                                                 HVDTRAIN_HOROVOD_FRAMEWORKS="torch",
+                                                 HVDTRAIN_HOROVOD_SDIST=str(sdist)))
+    assert {"HOROVOD_WITH_PYTORCH=1", "HOROVOD_WITHOUT_TENSORFLOW=1", "HOROVOD_WITH_GLOO=1",
+            "HOROVOD_WITHOUT_MPI=1"} <= set(lines)
+    assert not {"HOROVOD_WITH_TENSORFLOW=1", "HOROVOD_WITH_MPI=1"} & set(lines)
+    assert plan["frameworks"] == "torch" and plan["mpi"] == "no MPI" and plan["sdist"] == str(sdist)
+    assert plan["versions"].split()[3] == "tfnone" and plan["key"] != full["key"]
+    assert full["frameworks"] == "torch tensorflow" and full["sdist"] == "download"
+    for knob, value, fix in (("HVDTRAIN_HOROVOD_MPI", "2", "use 1 (MPI and Gloo) or 0 (Gloo only)"),
+                             ("HVDTRAIN_HOROVOD_FRAMEWORKS", "keras", 'use "torch tensorflow" or torch'),
+                             ("HVDTRAIN_HOROVOD_SDIST", str(tmp_path / "none.tar.gz"), "gpu_check_bundle.sh makes it")):
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "build_horovod.sh"), "--plan"],
+                              env=_env(tmp_path, None, HVDTRAIN_DEVICE="cpu", **{knob: value}),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and fix in proc.stderr and proc.stderr.count("\n") == 1, (knob, proc.stderr)
+
+
+def test_gpu_check_refuses_an_unknown_option() -> None:
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--ofline"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "usage: bash scripts/gpu_check.sh [--offline]"
