@@ -99,12 +99,15 @@ step "offline setup (venv, bundle)"
 (  # a subshell: its `exit 1` ends the setup, not the check
   [ -f "$BUNDLE/horovod-0.28.1.tar.gz" ] || { echo "no Horovod source in $BUNDLE: run scripts/gpu_check_bundle.sh where there is network, and carry gpu-bundle with the tree"; exit 1; }
   "$BASE_PY" -c "import torch" || { echo "$BASE_PY has no torch: set GPU_CHECK_PYTHON to the Python that has it"; exit 1; }
-  [ -x "$PY" ] || "$BASE_PY" -m venv --system-site-packages "$VENV_DIR" || exit 1
+  # Without pip of its own (Debian's and Ubuntu's Pythons may lack ensurepip): the machine's pip comes in with its
+  # packages and installs into this venv.
+  [ -x "$PY" ] || "$BASE_PY" -m venv --system-site-packages --without-pip "$VENV_DIR" || exit 1
   base_site="$("$BASE_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   venv_site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   # --system-site-packages reaches the interpreter under a venv, not the venv: its packages come by a .pth file.
   [ "$base_site" = "$venv_site" ] || echo "$base_site" > "$venv_site/hvdtrain-base-python.pth"
   "$PY" -c "import torch; print('torch', torch.__version__, 'from', torch.__file__)" || exit 1
+  "$PY" -m pip --version || { echo "$BASE_PY has no pip"; exit 1; }
   missing=()
   for pair in yaml:pyyaml cloudpickle:cloudpickle psutil:psutil packaging:packaging setuptools:setuptools wheel:wheel; do
     "$PY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair##*:}")
