@@ -1,7 +1,7 @@
 """Built-in architectures and user models by import path on both backends, with real training runs.
 
-Every np=2 run of a backend is one mpirun job (conftest.train_many: the runs differ only in config, so each
-rank starts its framework and Horovod once); the tests read their run directories."""
+Every np=2 run is pooled with other modules' runs (tests/run_pool.py: they differ only in config, so each rank
+starts its framework and Horovod once); the tests read their run directories."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, read_metrics, read_summary, run_hvdtrain, together, train_many
+import run_pool
+from conftest import REPO, read_metrics, read_summary, run_hvdtrain, together
+from run_pool import PoolRun
 
 pytestmark = pytest.mark.distributed
 
@@ -53,21 +55,27 @@ def write_coloured_cifar(directory: Path, batches: int, per_batch: int) -> None:
                                                    "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}))
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every np=2 run of the module, one mpirun job per backend: root/<backend>/<name> (and root/my_models.py,
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """Every np=2 run of the module (tests/run_pool.py): root/<backend>/<name> (and root/my_models.py,
     root/cifar)."""
-    root = tmp_path_factory.mktemp("architectures")
     (root / "my_models.py").write_text(USER_MODELS)
     write_coloured_cifar(root / "cifar", batches=4, per_batch=64)
+    runs = []
     for backend in BACKENDS:
         digits = ["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=3", "run.progress=off"]
         jobs = [[*digits, *model, f"run.dir={root / backend / name}"] for name, model in COMPACT.items()]
         jobs.append([*digits, f"model.name=my_models:{BUILDER[backend]}", f"run.dir={root / backend / 'user'}"])
         if backend == "torch":  # the default backend
-            jobs.append([*CIFAR, f"data.path={root / 'cifar'}", "run.progress=off", f"run.dir={root / 'cifar-run'}"])
-        train_many(jobs, root / f"{backend}.json", launcher="mpirun", np_=2, env={"PYTHONPATH": str(root)})
-    return root
+            jobs.append([*CIFAR, "backend=torch", f"data.path={root / 'cifar'}", "run.progress=off",
+                         f"run.dir={root / 'cifar-run'}"])
+        runs += [PoolRun(backend, 2, tuple(job)) for job in jobs]
+    return runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_pool.trained(__file__, tmp_path_factory)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -2,20 +2,21 @@
 saved model's, and with model.sync_batchnorm np=2 at batch B trains like np=1 at batch 2B, for built-in and
 user models, in fp32 and bf16.
 
-Every run of this module is trained by the `runs` fixture, in one np=2 job (mpirun) and one np=1 process per
-backend (conftest.train_many: the runs differ only in config, so each rank starts its framework and Horovod once);
-the tests read their run directories and start the `evaluate` processes they check."""
+Every run of this module is pooled with other modules' runs (tests/run_pool.py: one np=2 job and one np=1 process
+per backend for the session, since the runs differ only in config); the tests read their run directories and start
+the `evaluate` processes they check."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import max_weight_diff, read_metrics, read_weights, run_hvdtrain, together, train_many
+import run_pool
+from conftest import max_weight_diff, read_metrics, read_weights, run_hvdtrain, together
+from run_pool import PoolRun
 
 pytestmark = pytest.mark.distributed
 
@@ -50,25 +51,28 @@ PRECISIONS = ("fp32", "bf16")
 USER_MODEL = {"torch": "bn_models:torch_model", "tensorflow": "bn_models:keras_model"}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Trains every run of the module; their directories are root/<backend>/<name>."""
-    root = tmp_path_factory.mktemp("batchnorm")
-    (root / "bn_models.py").write_text(USER_MODELS)
-    env = {"PYTHONPATH": str(root)}  # the user models' module, for the runs that name it
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """Every run of the module (tests/run_pool.py); their directories are root/<backend>/<name>."""
+    (root / "bn_models.py").write_text(USER_MODELS)  # the user models' module, for the runs that name it
+    runs = []
     for backend in ("torch", "tensorflow"):
         out = root / backend
-        two: list[list[str]] = [[*RESNET, f"backend={backend}", f"model.batchnorm_stats={mode}", "train.epochs=1",
-                                 f"run.dir={out / f'validation-{mode}'}"] for b, mode in VALIDATION if b == backend]
-        one: list[list[str]] = []
+        runs += [PoolRun(backend, 2, (*RESNET, f"backend={backend}", f"model.batchnorm_stats={mode}",
+                                      "train.epochs=1", f"run.dir={out / f'validation-{mode}'}"))
+                 for b, mode in VALIDATION if b == backend]
         for name, extra in [*((p, [f"policy.precision={p}"]) for p in PRECISIONS),
                             ("user", [f"model.name={USER_MODEL[backend]}", "checkpoint.keep_last=1"])]:
             common = [*PARITY, *extra, f"backend={backend}"]
-            two.append([*common, "model.sync_batchnorm=true", "train.batch_size=16", f"run.dir={out / name / 'np2'}"])
-            one.append([*common, "train.batch_size=32", f"run.dir={out / name / 'np1'}"])  # plain BN, 1 rank
-        together(partial(train_many, two, out.with_suffix(".np2.json"), launcher="mpirun", np_=2, env=env),
-                 partial(train_many, one, out.with_suffix(".np1.json"), env=env))
-    return root
+            runs.append(PoolRun(backend, 2, (*common, "model.sync_batchnorm=true", "train.batch_size=16",
+                                             f"run.dir={out / name / 'np2'}")))
+            runs.append(PoolRun(backend, 1, (*common, "train.batch_size=32", f"run.dir={out / name / 'np1'}")))
+    return runs  # np1: plain BatchNorm, one rank
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_pool.trained(__file__, tmp_path_factory)
 
 
 @pytest.mark.parametrize("backend, mode", VALIDATION)

@@ -13,7 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together
+import run_pool
+from conftest import SMALL_CONFIG, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together
+from run_pool import PoolRun
 
 pytestmark = pytest.mark.distributed
 
@@ -21,17 +23,28 @@ BACKENDS = ["torch", "tensorflow"]
 RESUME_TOL = 1e-6
 
 
-def base_args(small_config: Path, backend: str) -> list[str]:
-    return ["--config", str(small_config), f"backend={backend}", "train.epochs=5", "optim.name=adam",
+def base_args(config: Path, backend: str) -> list[str]:
+    return ["--config", str(config), f"backend={backend}", "train.epochs=5", "optim.name=adam",
             "optim.lr=0.01", "policy.precision=fp16", "policy.loss_scale_growth_interval=3",
             "checkpoint.keep_last=0"]
 
 
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """Per backend, the uninterrupted np=2 run root/<backend>/full and the 1-epoch run root/<backend>/one (which
+    the refusals test then writes into), pooled with other modules' runs (tests/run_pool.py)."""
+    config = root / "small.yaml"
+    config.write_text(SMALL_CONFIG)
+    return [run for backend in BACKENDS for run in (
+        PoolRun(backend, 2, (*base_args(config, backend), f"run.dir={root / backend / 'full'}")),
+        PoolRun(backend, 1, (*base_args(config, backend), "train.epochs=1", f"run.dir={root / backend / 'one'}")))]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_resume_gives_the_uninterrupted_weights(tmp_path: Path, small_config: Path, backend: str) -> None:
-    args = base_args(small_config, backend)
-    full = tmp_path / "full"
-    run_hvdtrain([*args, f"run.dir={full}"], launcher="mpirun", np_=2)
+def test_resume_gives_the_uninterrupted_weights(tmp_path: Path, backend: str,
+                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = run_pool.trained(__file__, tmp_path_factory)
+    args, full = base_args(root / "small.yaml", backend), root / backend / "full"
     epochs = sorted(p.name for p in (full / "checkpoints").glob("epoch-*"))
     assert epochs == [f"epoch-{e:04d}" for e in range(1, 6)]
     assert (full / "checkpoints" / "best" / "manifest.json").is_file()
@@ -52,10 +65,11 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path: Path, small_config: Pa
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_foreign_checkpoints_and_used_run_dirs_are_refused(tmp_path: Path, small_config: Path, backend: str) -> None:
-    args = [*base_args(small_config, backend), "train.epochs=1"]
-    run_dir = tmp_path / "run"
-    run_hvdtrain([*args, f"run.dir={run_dir}"])
+def test_foreign_checkpoints_and_used_run_dirs_are_refused(backend: str,
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = run_pool.trained(__file__, tmp_path_factory)
+    args = [*base_args(root / "small.yaml", backend), "train.epochs=1"]
+    run_dir = root / backend / "one"  # this test's alone: it writes into it
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
     other = "tensorflow" if backend == "torch" else "torch"

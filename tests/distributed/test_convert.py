@@ -1,7 +1,8 @@
 """`hvdtrain convert` on real runs: train in one framework, convert, evaluate and continue training in the other
 (both directions); and its refusals, one line each with exit code 2, nothing written.
 
-The runs are independent processes, so each phase starts them together (about 25-35 s in all on two cores)."""
+The runs are independent processes, so each phase starts them together; the trained sources are pooled with other
+modules' runs (tests/run_pool.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import run_pool
 import yaml
-from conftest import read_metrics, read_summary, read_weights, run_hvdtrain, together, train_many
+from conftest import read_metrics, read_summary, read_weights, run_hvdtrain, together
+from run_pool import PoolRun
 
 pytestmark = pytest.mark.distributed
 
@@ -40,17 +43,23 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_train_in_one_framework_continue_in_the_other(tmp_path: Path) -> None:
-    config = tmp_path / "mobilenet.yaml"
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """Each backend's source run root/<backend>-source and its short run from scratch root/<backend>-scratch, one
+    process each (pooled with other modules' runs, tests/run_pool.py)."""
+    config = root / "mobilenet.yaml"
     config.write_text(CONFIG)
-    base = ["--config", str(config)]
-    source = {b: tmp_path / f"{b}-source" for b in BACKENDS}
-    scratch = {b: tmp_path / f"{b}-scratch" for b in BACKENDS}
+    return [run for b in BACKENDS for run in (
+        PoolRun(b, 1, ("--config", str(config), f"backend={b}", f"run.dir={root / f'{b}-source'}")),
+        PoolRun(b, 1, ("--config", str(config), f"backend={b}", *CONTINUE, f"run.dir={root / f'{b}-scratch'}")))]
+
+
+def test_train_in_one_framework_continue_in_the_other(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = run_pool.trained(__file__, tmp_path_factory)  # read only: conversions and continued runs are written here
+    base = ["--config", str(root / "mobilenet.yaml")]
+    source = {b: root / f"{b}-source" for b in BACKENDS}
+    scratch = {b: root / f"{b}-scratch" for b in BACKENDS}
     converted = {b: tmp_path / f"{b}-source-as-{OTHER[b]}" for b in BACKENDS}
-    # Each backend's source run and its short run from scratch in one process (conftest.train_many), the two at once.
-    together(*(lambda b=b: train_many([[*base, f"backend={b}", f"run.dir={source[b]}"],
-                                       [*base, f"backend={b}", *CONTINUE, f"run.dir={scratch[b]}"]],
-                                      tmp_path / f"{b}.json") for b in BACKENDS))
 
     converts = together(*(hvdtrain("convert", str(source[b]), "--to", OTHER[b], "--out", str(converted[b]))
                           for b in BACKENDS))

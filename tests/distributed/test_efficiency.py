@@ -1,8 +1,9 @@
 """The model-efficiency toolkit on both backends, with real runs: regularisation and distillation losses
 against their formulas, pruning under mpirun (scheduled sparsity, identical masks on every rank, zeros
 kept by the optimizer), distillation beating the same student trained alone, and fine-tuning (weights from
-another run, frozen parameters, per-group LR multipliers). Runs that differ only in config share a start
-(conftest.train_many): both pruning runs of a backend, and the student alone and distilled."""
+another run, frozen parameters, per-group LR multipliers). Runs that differ only in config share a start: the
+pruning runs are pooled with other modules' (tests/run_pool.py), the student alone and distilled share a process
+(conftest.train_many)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import run_pool
 from conftest import REPO, read_metrics, read_summary, read_weights, run_hvdtrain, together, train_many
+from run_pool import PoolRun
 from shared_runs import digits_run
 
 pytestmark = pytest.mark.distributed
@@ -37,23 +40,25 @@ def test_penalty_smoothing_and_distillation_losses_match_their_formulas(backend:
     assert values["distill"] == pytest.approx(values["expected_distill"], rel=1e-5)
 
 
-_PRUNED: dict[str, Path] = {}
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """root/<backend>/gradual (unstructured, sparsity 0.75 from epoch 1 to 3, every 5 steps) and
+    root/<backend>/channels (one-shot, half the channels at epoch 3): configs/digits.yaml for 4 epochs at np=2,
+    pooled with other modules' runs (tests/run_pool.py)."""
+    runs = []
+    for backend in BACKENDS:
+        digits = ("--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=4", "run.progress=off")
+        runs += [PoolRun(backend, 2, (*digits, "prune.method=unstructured", "prune.target_sparsity=0.75",
+                                      "prune.start_epoch=1", "prune.end_epoch=3", "prune.every_steps=5",
+                                      f"run.dir={root / backend / 'gradual'}")),
+                 PoolRun(backend, 2, (*digits, "prune.method=channels", "prune.schedule=oneshot",
+                                      "prune.target_sparsity=0.5", "prune.start_epoch=3",
+                                      f"run.dir={root / backend / 'channels'}"))]
+    return runs
 
 
 def pruned_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
-    """root/gradual (unstructured, sparsity 0.75 from epoch 1 to 3, every 5 steps) and root/channels (one-shot,
-    half the channels at epoch 3): configs/digits.yaml for 4 epochs at np=2, one mpirun job
-    (conftest.train_many)."""
-    if backend not in _PRUNED:
-        root = factory.mktemp(f"pruned-{backend}")
-        digits = ["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=4", "run.progress=off"]
-        train_many([[*digits, "prune.method=unstructured", "prune.target_sparsity=0.75", "prune.start_epoch=1",
-                     "prune.end_epoch=3", "prune.every_steps=5", f"run.dir={root / 'gradual'}"],
-                    [*digits, "prune.method=channels", "prune.schedule=oneshot", "prune.target_sparsity=0.5",
-                     "prune.start_epoch=3", f"run.dir={root / 'channels'}"]],
-                   root / "job.json", launcher="mpirun", np_=2)
-        _PRUNED[backend] = root
-    return _PRUNED[backend]
+    return run_pool.trained(__file__, factory) / backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

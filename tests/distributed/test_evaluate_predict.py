@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import run_pool
 from conftest import read_metrics, run_hvdtrain, together
 from PIL import Image
+from run_pool import PoolRun
 
 pytestmark = pytest.mark.distributed
 
@@ -19,17 +21,16 @@ TRAIN = ["model.name=cnn", "model.channels=[8]", "model.hidden_units=[32]", "tra
          "augment.rescale=2.0", "augment.featurewise_center=true", "augment.featurewise_std_normalization=true"]
 
 
-_RUNS: dict[str, Path] = {}
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """A finished np=2 digits run per backend, root/<backend> (featurewise statistics on, so the preprocessing is
+    exercised), pooled with other modules' runs (tests/run_pool.py)."""
+    return [PoolRun(backend, 2, (*TRAIN, f"backend={backend}", f"run.dir={root / backend}"))
+            for backend in ("torch", "tensorflow")]
 
 
 def finished_run(backend: str, factory: pytest.TempPathFactory) -> Path:
-    """A finished np=2 digits run of `backend` (featurewise statistics on, so the preprocessing is exercised),
-    trained once for the module."""
-    if backend not in _RUNS:
-        run_dir = factory.mktemp(f"run-{backend}") / "run"
-        run_hvdtrain([*TRAIN, f"backend={backend}", f"run.dir={run_dir}"], launcher="mpirun", np_=2)
-        _RUNS[backend] = run_dir
-    return _RUNS[backend]
+    return run_pool.trained(__file__, factory) / backend
 
 
 @pytest.fixture(scope="module", params=["torch", "tensorflow"])

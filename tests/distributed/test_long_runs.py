@@ -17,7 +17,19 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together
+import run_pool
+from conftest import (
+    BIN,
+    REPO,
+    SMALL_CONFIG,
+    max_weight_diff,
+    read_metrics,
+    read_summary,
+    read_weights,
+    run_hvdtrain,
+    together,
+)
+from run_pool import PoolRun
 from shared_runs import digits_run
 
 from hvdtrain.training.checkpoint import newest
@@ -125,23 +137,31 @@ def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path, bac
     assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 2} == {0.05}
 
 
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """root/<backend>/patience: with lr=0 the validation loss never improves after epoch 1, so patience 2 stops
+    after epoch 3 (np=2; pooled with other modules' runs, tests/run_pool.py)."""
+    config = root / "small.yaml"
+    config.write_text(SMALL_CONFIG)
+    return [PoolRun(backend, 2, ("--config", str(config), f"backend={backend}", "train.epochs=10", "optim.lr=0",
+                                 "callbacks.early_stopping_metric=val_loss", "callbacks.early_stopping_patience=2",
+                                 f"run.dir={root / backend / 'patience'}")) for backend in BACKENDS]
+
+
 @pytest.mark.races
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_early_stopping_stops_every_rank_after_the_same_epoch(tmp_path: Path, small_config: Path, backend: str) -> None:
-    base = ["--config", str(small_config), f"backend={backend}", "train.epochs=10"]
-    # With lr=0 the validation loss never improves after epoch 1: patience 2 stops after epoch 3.
-    # And only rank 1's callback asking to stop, after epoch 2: both ranks stop there. The two jobs at once.
-    patient, asked = tmp_path / "patience", tmp_path / "asked"
-    together(lambda: run_hvdtrain([*base, "optim.lr=0", "callbacks.early_stopping_metric=val_loss",
-                                   "callbacks.early_stopping_patience=2", f"run.dir={patient}"],
-                                  launcher="mpirun", np_=2),
-             lambda: run_hvdtrain([*base, FAULTS, f"run.dir={asked}"], launcher="mpirun", np_=2,
-                                  env=fault_env(stop_rank=1, stop_epoch=2)))
+def test_early_stopping_stops_every_rank_after_the_same_epoch(tmp_path: Path, small_config: Path, backend: str,
+                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    patient = run_pool.trained(__file__, tmp_path_factory) / backend / "patience"
     summary = read_summary(patient)
     assert summary["stopped_early"] is True and summary["epochs"] == 3
     assert summary["steps_per_rank"] == [15, 15]  # 5 steps per epoch on both ranks
     assert len(read_metrics(patient)) == 3
 
+    # Only rank 1's callback asks to stop, after epoch 2: both ranks stop there.
+    asked = tmp_path / "asked"
+    run_hvdtrain(["--config", str(small_config), f"backend={backend}", "train.epochs=10", FAULTS,
+                  f"run.dir={asked}"], launcher="mpirun", np_=2, env=fault_env(stop_rank=1, stop_epoch=2))
     summary = read_summary(asked)
     assert summary["stopped_early"] is True and summary["epochs"] == 2
     assert summary["steps_per_rank"] == [10, 10]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import run_pool
 from conftest import (
     REPO,
     launcher_prefix,
@@ -36,6 +37,7 @@ from conftest import (
     run_hvdtrain,
     train_many,
 )
+from run_pool import PoolRun
 from shared_runs import batching_runs
 
 pytestmark = pytest.mark.distributed
@@ -189,18 +191,21 @@ def test_fp16_overflow_skips_the_step_on_every_rank(backend: str, step_probe: Ca
 
 PRECISIONS = {"bf16+compression": ["policy.precision=bf16", "policy.compression=fp16"],
               "fp16": ["policy.precision=fp16"]}
-_PRECISION_RUNS: dict[str, Path] = {}
+ADASUM = ["policy.reduce_op=adasum", "optim.lr=0.05"]
+_TIMELINE_RUNS: dict[str, Path] = {}
 
 
-def precision_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
-    """Both PRECISIONS runs of configs/digits.yaml at np=2 under mpirun, one job (conftest.train_many)."""
-    if backend not in _PRECISION_RUNS:
-        root = factory.mktemp(f"precision-{backend}")
+def timeline_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
+    """Both PRECISIONS runs and the `adasum` run of configs/digits.yaml at np=2 under mpirun, each recording
+    Horovod's timeline: one job (conftest.train_many; not pooled, since horovod.timeline is a Horovod setting)."""
+    if backend not in _TIMELINE_RUNS:
+        root = factory.mktemp(f"timeline-{backend}")
         runs = [["--config", "configs/digits.yaml", f"backend={backend}", *options, "horovod.timeline=timeline.json",
-                 "run.progress=off", f"run.dir={root / name}"] for name, options in PRECISIONS.items()]
+                 "run.progress=off", f"run.dir={root / name}"]
+                for name, options in [*PRECISIONS.items(), ("adasum", ADASUM)]]
         train_many(runs, root / "job.json", launcher="mpirun", np_=2)
-        _PRECISION_RUNS[backend] = root
-    return _PRECISION_RUNS[backend]
+        _TIMELINE_RUNS[backend] = root
+    return _TIMELINE_RUNS[backend]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -211,7 +216,7 @@ def test_reduced_precision_trains_digits(tmp_path_factory: pytest.TempPathFactor
     # not send float16 exactly when policy.compression=fp16 (Horovod's timeline records the dtype of every
     # collective): compression silently off would send float32, and the metric sums must stay float64.
     options = PRECISIONS[name]
-    run_dir = precision_runs(backend, tmp_path_factory) / name
+    run_dir = timeline_runs(backend, tmp_path_factory) / name
     summary = read_summary(run_dir)
     accuracy = summary["final"]["val_accuracy"]
     gradients = wire_dtypes(run_dir / "timeline.json", gradients=True)
@@ -287,20 +292,30 @@ def expected_lr(step: int, base: float, peak: float, warmup: int, per_epoch: int
     return ramp
 
 
+LR_SCHEDULE = "step"
+
+
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """root/<backend>/lr: the LR schedule run read by test_lr_at_every_step_follows_the_formula, one process per
+    backend (pooled with other modules' runs, tests/run_pool.py)."""
+    return [PoolRun(backend, 1, (
+        f"backend={backend}", "data.name=synthetic", "data.synthetic_samples=256", "data.synthetic_shape=[4,4,1]",
+        "data.val_fraction=0", "model.name=mlp", "model.hidden_units=[8]", "train.epochs=4", "train.batch_size=8",
+        "policy.accumulation_steps=2", "policy.warmup_epochs=1.5", "optim.lr=0.1", f"optim.schedule={LR_SCHEDULE}",
+        "optim.step_milestones=[2.5]", "optim.step_gamma=0.5", "optim.cosine_min_ratio=0.1", "run.log_every_steps=1",
+        "run.progress=off", f"run.dir={root / backend / 'lr'}")) for backend in BACKENDS]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_lr_at_every_step_follows_the_formula(tmp_path: Path, backend: str) -> None:
+def test_lr_at_every_step_follows_the_formula(tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
     # The LR read back from the framework's optimizer at every step. 256 samples, batch 8 x accumulation 2: 16
     # optimizer steps per epoch, 64 in all; warmup 1.5 epochs = 24 steps (a new LR every step), then the step
     # schedule (the same LR for 16 steps, then halved at 2.5 epochs); linear scaling on one rank: peak = 0.1 x 1 x
     # 2. The constant and cosine schedules follow the same formula through the same loop in-process
     # (tests/unit/training/test_engine.py), where the backend only receives the LR.
-    schedule = "step"
-    run_dir = tmp_path / "run"
-    run_hvdtrain([f"backend={backend}", "data.name=synthetic", "data.synthetic_samples=256",
-                  "data.synthetic_shape=[4,4,1]", "data.val_fraction=0", "model.name=mlp", "model.hidden_units=[8]",
-                  "train.epochs=4", "train.batch_size=8", "policy.accumulation_steps=2", "policy.warmup_epochs=1.5",
-                  "optim.lr=0.1", f"optim.schedule={schedule}", "optim.step_milestones=[2.5]", "optim.step_gamma=0.5",
-                  "optim.cosine_min_ratio=0.1", "run.log_every_steps=1", "run.progress=off", f"run.dir={run_dir}"])
+    schedule = LR_SCHEDULE
+    run_dir = run_pool.trained(__file__, tmp_path_factory) / backend / "lr"
     steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 65))
     for record in steps:
@@ -318,33 +333,29 @@ def test_two_ranks_print_one_policy_line_with_scaled_lr(tmp_path_factory: pytest
     assert "2 rank(s) x micro-batch 8 x accumulation 2 = global batch 32; LR 0.05 -> 0.2 (x4)" in lines[0]
 
 
-def adasum_args(backend: str) -> list[str]:
-    return ["--config", "configs/digits.yaml", f"backend={backend}", "policy.reduce_op=adasum", "optim.lr=0.05"]
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_adasum_trains_under_mpi(tmp_path: Path, backend: str) -> None:
+def test_adasum_trains_under_mpi(tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
     # Fails if policy.reduce_op=adasum does not reach Horovod from the command line: the timeline must show
     # every gradient reduced by an ADASUM operation (an average would show ALLREDUCE), the metric sums still
     # allreduced. What Adasum computes is checked against its formula in test_adasum_step_follows_its_formula.
-    run_hvdtrain([*adasum_args(backend), "horovod.timeline=timeline.json", f"run.dir={tmp_path / 'mpi'}"],
-                 launcher="mpirun", np_=2)
-    summary = read_summary(tmp_path / "mpi")
-    gradients = wire_dtypes(tmp_path / "mpi" / "timeline.json", gradients=True)
+    run_dir = timeline_runs(backend, tmp_path_factory) / "adasum"
+    summary = read_summary(run_dir)
+    gradients = wire_dtypes(run_dir / "timeline.json", gradients=True)
     print(f"{backend} adasum: val_accuracy {summary['final']['val_accuracy']:.4f}, gradient collectives "
           f"{dict(gradients)}")
     assert summary["reduce_op"] == "adasum" and summary["scaled_lr"] == 0.05  # Horovod's CPU rule: x 1
     assert summary["final"]["val_accuracy"] >= 0.95
     assert set(gradients) == {("ADASUM", "float32")}
-    reductions = reductions_per_gradient(tmp_path / "mpi" / "timeline.json")
+    reductions = reductions_per_gradient(run_dir / "timeline.json")
     assert len(reductions) >= 4 and set(reductions.values()) == {summary["steps"]}, reductions
-    assert set(wire_dtypes(tmp_path / "mpi" / "timeline.json", gradients=False)) == {("ALLREDUCE", "float64")}
+    assert set(wire_dtypes(run_dir / "timeline.json", gradients=False)) == {("ALLREDUCE", "float64")}
 
 
 @pytest.mark.races
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_adasum_is_refused_on_gloo(tmp_path: Path, backend: str) -> None:
-    proc = run_hvdtrain([*adasum_args(backend), f"run.dir={tmp_path / 'gloo'}"], launcher="gloo", np_=2, check=False)
+    proc = run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", *ADASUM,
+                         f"run.dir={tmp_path / 'gloo'}"], launcher="gloo", np_=2, check=False)
     assert proc.returncode != 0
     assert "<stderr>:Traceback" not in proc.stderr  # (horovodrun itself reports the exit with a traceback)
     errors = [line for line in proc.stderr.splitlines() if "hvdtrain: error: policy.reduce_op=adasum needs" in line]

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together, train_many
+import run_pool
+from conftest import REPO, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together
 from PIL import Image
+from run_pool import PoolRun
 
 pytestmark = pytest.mark.distributed
 
@@ -39,21 +41,15 @@ def write_jpegs(root: Path, per_class: int, seed: int, size: tuple[int, int] = (
             Image.fromarray(pixels).save(root / f"class{c}" / f"{i:03d}.jpg", quality=90)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("jpegs")
-    write_jpegs(root / "train", TRAIN_PER_CLASS, 0)
-    write_jpegs(root / "val", VAL_PER_CLASS, 1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def runs(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The module's uninterrupted runs, one mpirun job per backend (conftest.train_many: they differ only in
-    config): torch's `reference` (two workers per rank, every sample logged), `threaded` (no workers) and
-    `user-torch`; TensorFlow's `shards` (the folder packed into tar shards of 25) and `user-tensorflow` (your own
-    dataset, stripes_data:build)."""
-    root = tmp_path_factory.mktemp("runs")
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """The module's uninterrupted np=2 runs, pooled with other modules' runs (tests/run_pool.py: they differ only
+    in config), over the JPEG folder root/jpegs: torch's `reference` (two workers per rank, every sample logged),
+    `threaded` (no workers) and `user-torch`; TensorFlow's `shards` (the folder packed into tar shards of 25) and
+    `user-tensorflow` (your own dataset, stripes_data:build)."""
+    folder = root / "jpegs"
+    write_jpegs(folder / "train", TRAIN_PER_CLASS, 0)
+    write_jpegs(folder / "val", VAL_PER_CLASS, 1)
     packed = subprocess.run([sys.executable, "-m", "hvdtrain", "pack", str(folder), str(root / "shards-data"),
                              "--shard-size", "25"], capture_output=True, text=True, cwd=REPO, check=True)
     assert "120 samples" in packed.stdout or "150 samples" in packed.stdout, packed.stdout
@@ -62,15 +58,25 @@ def runs(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     user = ["model.name=cnn", "model.channels=[8]", "model.hidden_units=[16]", "optim.name=adam", "optim.lr=0.01",
             "train.batch_size=16", "train.epochs=3", "data.name=stripes_data:build", "data.workers=1",
             "run.progress=off"]
-    jobs = {"torch": [[*images, "data.workers=2", "data.log_samples=true", f"run.dir={root / 'reference'}"],
-                      [*images, "data.workers=0", f"run.dir={root / 'threaded'}"],
-                      [*user, "backend=torch", f"run.dir={root / 'user-torch'}"]],
-            "tensorflow": [[*COMMON, "backend=tensorflow", "data.name=shards", f"data.path={root / 'shards-data'}",
-                            "data.workers=1", "data.log_samples=true", f"run.dir={root / 'shards'}"],
-                           [*user, "backend=tensorflow", f"run.dir={root / 'user-tensorflow'}"]]}
-    for backend, runs_of_backend in jobs.items():
-        train_many(runs_of_backend, root / f"{backend}.json", launcher="mpirun", np_=2, env={"PYTHONPATH": str(root)})
-    return root
+    on_torch = [[*images, "backend=torch", "data.workers=2", "data.log_samples=true", f"run.dir={root / 'reference'}"],
+                [*images, "backend=torch", "data.workers=0", f"run.dir={root / 'threaded'}"],
+                [*user, "backend=torch", f"run.dir={root / 'user-torch'}"]]
+    on_tensorflow = [[*COMMON, "backend=tensorflow", "data.name=shards", f"data.path={root / 'shards-data'}",
+                      "data.workers=1", "data.log_samples=true", f"run.dir={root / 'shards'}"],
+                     [*user, "backend=tensorflow", f"run.dir={root / 'user-tensorflow'}"]]
+    return ([PoolRun("torch", 2, tuple(a)) for a in on_torch]
+            + [PoolRun("tensorflow", 2, tuple(a)) for a in on_tensorflow])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_pool.trained(__file__, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def folder(runs: Path) -> Path:
+    """The JPEG folder the runs read: train/ (40 images a class) and val/ (10 a class)."""
+    return runs / "jpegs"
 
 
 @pytest.fixture(scope="module")

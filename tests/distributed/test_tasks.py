@@ -21,11 +21,11 @@ import json
 import os
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+import run_pool
 from conftest import (
     REPO,
     max_weight_diff,
@@ -34,8 +34,8 @@ from conftest import (
     read_weights,
     run_hvdtrain,
     together,
-    train_many,
 )
+from run_pool import PoolRun
 
 from hvdtrain.data.datasets import digits_file
 
@@ -94,18 +94,16 @@ def digits_npz(multilabel: Path, classification: Path) -> None:
     np.savez(classification, x=x[:-360], y=digit[:-360], x_val=x[-360:], y_val=digit[-360:])
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """root/<backend>/<name>: per backend one np=2 job and one np=1 process (conftest.train_many), the four side
-    by side."""
-    root = tmp_path_factory.mktemp("tasks")
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """root/<backend>/<name>, pooled with other modules' runs (tests/run_pool.py): per backend the np=2 runs and
+    the np=1 runs."""
     regression_npz(root / "regression.npz")
     digits_npz(root / "multilabel.npz", root / "classification.npz")
     (root / "user_losses.py").write_text(USER_LOSSES)
-    env = {"PYTHONPATH": str(root)}
     data = {"mse": ["task=regression", f"data.path={root / 'regression.npz'}"],
             "bce": ["task=multilabel", f"data.path={root / 'multilabel.npz'}"]}
-    jobs = []
+    runs = []
     for backend in BACKENDS:
         out = root / backend
         two = [[*DIABETES, f"backend={backend}", f"run.dir={out / 'diabetes'}"],
@@ -121,11 +119,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         one += [[*SHORT, *data["mse"], "train.batch_size=16", f"train.loss={loss}", f"backend={backend}",
                  f"run.dir={out / 'huber' / name}"] for name, loss in (("builtin", "huber"),
                                                                       ("user", USER_HUBER[backend]))]
-        jobs += [partial(train_many, two, out.with_suffix(".np2.json"), launcher="mpirun", np_=2, env=env),
-                 partial(train_many, one, out.with_suffix(".np1.json"), env=env)]
-    for proc in together(*jobs[:2]) + together(*jobs[2:]):
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
+        runs += [PoolRun(backend, 2, tuple(args)) for args in two] + [PoolRun(backend, 1, tuple(args)) for args in one]
+    return runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_pool.trained(__file__, tmp_path_factory)
 
 
 def numbers(record: dict) -> dict:

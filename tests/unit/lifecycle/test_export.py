@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import REPO, together, train_many
+import run_pool
+from conftest import REPO
+from run_pool import PoolRun
 
 from hvdtrain.errors import UserError
 from hvdtrain.lifecycle import export as export_module
@@ -94,14 +96,17 @@ print("RESULTS", json.dumps({"results": results, "refused": refused,
 """
 
 
+@run_pool.builder(__file__)
+def pooled(root: Path) -> list[PoolRun]:
+    """A finished tiny run per backend and model, root/<backend>-<model>, one process each (pooled with other
+    modules' runs, tests/run_pool.py)."""
+    return [PoolRun(backend, 1, (f"backend={backend}", *TINY, *MODELS[model], f"run.dir={root / f'{backend}-{model}'}"))
+            for backend in JOBS for model in MODELS]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    """A finished tiny run per backend and model: one process per backend trains its models (conftest.train_many),
-    the two at once."""
-    root = tmp_path_factory.mktemp("export-runs")
-    jobs = {backend: [[f"backend={backend}", *TINY, *MODELS[model], f"run.dir={root / f'{backend}-{model}'}"]
-                      for model in MODELS] for backend in JOBS}
-    together(*(lambda b=b: train_many(jobs[b], root / f"{b}.json") for b in JOBS))
+    root = run_pool.trained(__file__, tmp_path_factory)
     return {(backend, model): root / f"{backend}-{model}" for backend in JOBS for model in MODELS}
 
 
