@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -100,41 +101,47 @@ def test_kill_9_during_checkpoint_writes_then_resume_equals_uninterrupted(tmp_pa
 
 
 @pytest.mark.races
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path, backend: str) -> None:
+def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path) -> None:
     """Two "hosts" on this machine (localhost and 127.0.0.1, one slot each). Rank 1 is killed with SIGKILL at
     step 30 (epoch 2); rank 0 rolls back to the commit of step 25 and goes on alone; after the blacklist
-    cooldown the host is back and the job grows to 2 ranks again."""
-    hosts = tmp_path / "hosts"
-    hosts.write_text("localhost:1\n127.0.0.1:1\n")
-    discovery = tmp_path / "discover.sh"
-    discovery.write_text(f"#!/bin/sh\ncat {hosts}\n")
-    discovery.chmod(0o755)
-    marker = tmp_path / "killed"
-    run_dir = tmp_path / "run"
-    prefix = [str(BIN / "horovodrun"), "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
-              str(discovery), "--blacklist-cooldown-range", "2", "4"]
-    proc = run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=6",
-                         f"run.dir={run_dir}", "run.progress=lines", "elastic.commit_every_steps=5", FAULTS],
-                        prefix=prefix, env=fault_env(kill_rank=1, kill_step=30, kill_marker=marker, step_sleep=0.05))
-    killed_pid, killed_step = marker.read_text().split()
-    assert int(killed_step) == 30
-    assert "elastic reset: 1 rank(s) now; continuing epoch 2 at sample 192, step 25" in proc.stdout
-    assert "elastic reset: 2 rank(s) now" in proc.stdout
-    metrics = read_metrics(run_dir)
-    sizes = [m["world_size"] for m in metrics]
-    summary = read_summary(run_dir)
-    print(f"{backend}: killed pid {killed_pid} (rank 1) at step 30; world size per epoch {sizes}; "
-          f"val accuracy per epoch {[round(m['val_accuracy'], 3) for m in metrics]}")
-    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6] and summary["epochs"] == 6
-    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2
-    assert summary["world_size"] == 2 and summary["elastic"] is True
-    assert len(set(summary["steps_per_rank"])) == 1
-    # The normal band for 6 digits epochs at np=2 is 0.95-0.99; recovery costs a little.
-    assert metrics[-1]["val_accuracy"] >= 0.90
-    # The LR followed the world size: x2 at np=2, x1 at np=1 (linear scaling of optim.lr 0.025).
-    assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 1} == {0.025}
-    assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 2} == {0.05}
+    cooldown the host is back and the job grows to 2 ranks again. Both backends' jobs at once: much of their
+    time is spent waiting (the cooldown, host discovery, the steps' sleeps)."""
+
+    def elastic(backend: str) -> subprocess.CompletedProcess:
+        root = tmp_path / backend
+        root.mkdir()
+        hosts = root / "hosts"
+        hosts.write_text("localhost:1\n127.0.0.1:1\n")
+        discovery = root / "discover.sh"
+        discovery.write_text(f"#!/bin/sh\ncat {hosts}\n")
+        discovery.chmod(0o755)
+        prefix = [str(BIN / "horovodrun"), "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
+                  str(discovery), "--blacklist-cooldown-range", "2", "4"]
+        return run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=6",
+                             f"run.dir={root / 'run'}", "run.progress=lines", "elastic.commit_every_steps=5", FAULTS],
+                            prefix=prefix, env=fault_env(kill_rank=1, kill_step=30, kill_marker=root / "killed",
+                                                         step_sleep=0.05))
+
+    for backend, proc in zip(BACKENDS, together(*(partial(elastic, b) for b in BACKENDS)), strict=True):
+        run_dir = tmp_path / backend / "run"
+        killed_pid, killed_step = (tmp_path / backend / "killed").read_text().split()
+        assert int(killed_step) == 30
+        assert "elastic reset: 1 rank(s) now; continuing epoch 2 at sample 192, step 25" in proc.stdout, backend
+        assert "elastic reset: 2 rank(s) now" in proc.stdout, backend
+        metrics = read_metrics(run_dir)
+        sizes = [m["world_size"] for m in metrics]
+        summary = read_summary(run_dir)
+        print(f"{backend}: killed pid {killed_pid} (rank 1) at step 30; world size per epoch {sizes}; "
+              f"val accuracy per epoch {[round(m['val_accuracy'], 3) for m in metrics]}")
+        assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6] and summary["epochs"] == 6
+        assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2
+        assert summary["world_size"] == 2 and summary["elastic"] is True
+        assert len(set(summary["steps_per_rank"])) == 1
+        # The normal band for 6 digits epochs at np=2 is 0.95-0.99; recovery costs a little.
+        assert metrics[-1]["val_accuracy"] >= 0.90
+        # The LR followed the world size: x2 at np=2, x1 at np=1 (linear scaling of optim.lr 0.025).
+        assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 1} == {0.025}
+        assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 2} == {0.05}
 
 
 @run_pool.builder(__file__)
@@ -193,24 +200,28 @@ def test_tensorboard_events_of_real_runs_and_their_plot(tmp_path: Path,
                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
     """Rank 0 alone writes one events file per run, holding what metrics.jsonl holds; `plot` overlays the runs
     (shared_runs.DigitsRun: np=2, steps.jsonl and step scalars every 2 steps)."""
-    runs = []
-    for backend in BACKENDS:
-        shared = digits_run(backend, tmp_path_factory)
-        run_dir, every = shared.dir, shared.log_every_steps
-        summary = read_summary(run_dir)
+    shared = [digits_run(backend, tmp_path_factory) for backend in BACKENDS]
+    out = tmp_path / "compare.png"
+
+    def read_events(run_dir: Path) -> Callable[[], subprocess.CompletedProcess]:
+        return lambda: subprocess.run([sys.executable, str(SCRIPTS / "read_events.py"), str(run_dir / "tensorboard")],
+                                      capture_output=True, text=True, timeout=300, check=True)
+
+    # Three independent processes at once: each run's events read back, and the plot of both.
+    *reads, plotted = together(*(read_events(run.dir) for run in shared),
+                               lambda: subprocess.run([sys.executable, "-m", "hvdtrain", "plot",
+                                                       *(str(run.dir) for run in shared), "--out", str(out)],
+                                                      cwd=REPO, capture_output=True, text=True, timeout=300))
+    for run, proc in zip(shared, reads, strict=True):
+        summary = read_summary(run.dir)
         per_epoch = summary["steps"] // summary["epochs"]
-        proc = subprocess.run([sys.executable, str(SCRIPTS / "read_events.py"), str(run_dir / "tensorboard")],
-                              capture_output=True, text=True, timeout=300, check=True)
         records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         assert records[0] == {"files": 1}
         values = {(r["step"], r["tag"]): r["value"] for r in records if "tag" in r}
-        for epoch in read_metrics(run_dir):
+        for epoch in read_metrics(run.dir):
             for key in ("train_loss", "val_accuracy", "lr", "samples_per_s"):
                 assert values[(per_epoch * epoch["epoch"], f"epoch/{key}")] == pytest.approx(epoch[key], rel=1e-6)
+        every = run.log_every_steps
         assert {step for step, tag in values if tag == "step/loss"} == set(range(every, summary["steps"] + 1, every))
-        runs.append(str(run_dir))
-    out = tmp_path / "compare.png"
-    proc = subprocess.run([sys.executable, "-m", "hvdtrain", "plot", *runs, "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert plotted.returncode == 0, plotted.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
