@@ -49,6 +49,7 @@ class CallbackContext:
     rank: int
     world_size: int
     run_dir: Path
+    epochs: int = 0  # the run's epochs: train.epochs, or as many as train.max_steps needs
 
 
 class Callback:

@@ -237,6 +237,10 @@ class TrainConfig:
                                  "batch_size x world size.", min=1)
     max_steps_per_epoch: int | None = option(None, "Cap on optimizer steps per epoch (null: one pass).",
                                              min=1)
+    max_steps: int | None = option(None, "Optimizer steps in all (the language-model convention): the epochs follow "
+                                         "from it (the last one stops at this step) and train.epochs is not used; "
+                                         "cosine decay runs over these steps. null: train.epochs whole epochs.",
+                                   min=1)
     eval_batch_size: int | None = option(
         None, "Per-rank batch size for evaluation; null: batch_size. Evaluation holds one batch's activations at "
               "once (at 224x224 the cnn's batches of 256 took 1.2 GB more than its training steps): raise it "
@@ -372,8 +376,15 @@ class PolicyConfig:
                              "as given.", choices=("linear", "none"))
     warmup_epochs: float = option(0.0, "Ramp the LR linearly from optim.lr to the scaled LR over this many "
                                        "epochs (Goyal et al. 2017); fractions allowed.", min=0.0)
+    warmup_steps: int = option(0, "Ramp the LR linearly from zero over this many optimizer steps (the "
+                                  "language-model convention: step t, from 0, trains at the scaled LR x (t + 1) / "
+                                  "(warmup_steps + 1)); cosine decay then starts where the ramp ends. Not with "
+                                  "warmup_epochs.", min=0)
 
     def __post_init__(self) -> None:
+        if self.warmup_steps and self.warmup_epochs:
+            raise ConfigError("policy.warmup_epochs and policy.warmup_steps are two different ramps (from optim.lr "
+                              "per epoch, from zero per step): set one of them to 0")
         if self.reduce_op == "adasum" and self.precision == "fp16":
             raise ConfigError("policy.reduce_op=adasum cannot be combined with policy.precision=fp16 "
                               "(Horovod's Adasum optimizer cannot skip an overflowing step): use bf16 or "

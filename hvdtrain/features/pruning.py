@@ -25,15 +25,17 @@ def zhu_gupta(progress: float, target: float) -> float:
 class Pruner:
     """The `prune` schedule in optimizer steps and the mask rule."""
 
-    def __init__(self, cfg: Config, steps_per_epoch: int) -> None:
+    def __init__(self, cfg: Config, steps_per_epoch: int, epochs: int | None = None) -> None:
+        """`epochs`: the run's (train.epochs, or what train.max_steps gives)."""
         self.cfg: PruneConfig = cfg.prune
-        end = self.cfg.end_epoch if self.cfg.end_epoch is not None else max(cfg.train.epochs - 1, 1)
-        if self.enabled and self.cfg.schedule == "gradual" and not self.cfg.start_epoch < end <= cfg.train.epochs:
+        epochs = cfg.train.epochs if epochs is None else epochs
+        end = self.cfg.end_epoch if self.cfg.end_epoch is not None else max(epochs - 1, 1)
+        if self.enabled and self.cfg.schedule == "gradual" and not self.cfg.start_epoch < end <= epochs:
             raise ConfigError(f"prune: start_epoch={self.cfg.start_epoch} and end_epoch={end} must satisfy "
-                              f"start_epoch < end_epoch <= train.epochs ({cfg.train.epochs}): adjust them")
-        if self.enabled and self.cfg.start_epoch >= cfg.train.epochs:
+                              f"start_epoch < end_epoch <= the run's epochs ({epochs}): adjust them")
+        if self.enabled and self.cfg.start_epoch >= epochs:
             raise ConfigError(f"prune.start_epoch={self.cfg.start_epoch} leaves no epoch to prune in "
-                              f"(train.epochs={cfg.train.epochs}): lower it")
+                              f"(the run's epochs: {epochs}): lower it")
         self.start = self.cfg.start_epoch * steps_per_epoch
         self.end = end * steps_per_epoch if self.cfg.schedule == "gradual" else self.start
 

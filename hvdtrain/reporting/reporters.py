@@ -40,13 +40,13 @@ class ProgressReport(Callback):
     def on_step_report(self, ctx: CallbackContext, report: StepReport) -> None:
         if report.epoch != self._epoch:
             self._epoch = report.epoch
-            self.display.start_epoch(report.epoch - 1, ctx.cfg.train.epochs, report.steps_in_epoch)
+            self.display.start_epoch(report.epoch - 1, ctx.epochs or ctx.cfg.train.epochs, report.steps_in_epoch)
         self.display.update(report.step_in_epoch, report.loss, report.samples_per_s)
 
     def on_epoch_end(self, ctx: CallbackContext, record: dict[str, Any]) -> None:
         if record["epoch"] != self._epoch:  # an epoch with no step left in this entry
             self._epoch = record["epoch"]
-            self.display.start_epoch(record["epoch"] - 1, ctx.cfg.train.epochs, 0)
+            self.display.start_epoch(record["epoch"] - 1, ctx.epochs or ctx.cfg.train.epochs, 0)
         self.display.end_epoch(record, self.metrics)
 
 

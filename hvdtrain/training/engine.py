@@ -87,12 +87,12 @@ class Engine:
         # run.profile's own timeline covers the first epoch of the run only: recording it slows the steps.
         self.profiler.timeline_on = timeline is not None
         timeline_ends_after_epoch = run_state.epoch + 1 if cfg.horovod.timeline is None else None
-        ctx = CallbackContext(cfg, world.rank, world.size, outputs.dir)
+        ctx = CallbackContext(cfg, world.rank, world.size, outputs.dir, plan.epochs)
         self.callbacks.begin(ctx, run_state.history, self._reporters(run_state, world, plan))
         if plan.pruner.active(run_state.step):  # resumed or rolled back: the masks in force are the weights' zeros
             prunable = require_prunable(backend)
             prunable.set_masks(masks_from_zeros(prunable.prunable()))
-        while run_state.epoch < cfg.train.epochs and not run_state.stopped_early:
+        while run_state.epoch < plan.epochs and not run_state.stopped_early:
             record = self._train_epoch(state, plan, augment, checkpointer, ctx)
             if timeline is not None and run_state.epoch + 1 == timeline_ends_after_epoch:
                 comm.stop_timeline()
@@ -113,7 +113,7 @@ class Engine:
                 self.progress.print(f"stopping after epoch {run_state.epoch}, asked by "
                                     f"{', '.join(asked) or 'a callback on another rank'}")
             if checkpointer.due_at_epoch_end(run_state.epoch,
-                                             last=run_state.epoch == cfg.train.epochs or run_state.stopped_early):
+                                             last=run_state.epoch == plan.epochs or run_state.stopped_early):
                 checkpointer.save(backend, run_state)  # statistics made consistent by the evaluation above
             state.commit()
         if self.profiler.timeline_on:
@@ -240,8 +240,9 @@ class Engine:
         cfg, backend, comm, dataset, run_state = self.cfg, self.backend, self.comm, self.dataset, state.training
         world, policy, schedule = plan.world, plan.policy, plan.schedule
         batch, window_size = cfg.train.batch_size, policy.accumulation_steps
+        steps_before = run_state.step - run_state.position // policy.global_batch
         epoch_plan = plan_epoch(len(dataset.train), rank=world.rank, world_size=world.size, batch_size=batch,
-                                seed=cfg.seed, epoch=run_state.epoch, max_steps=cfg.train.max_steps_per_epoch,
+                                seed=cfg.seed, epoch=run_state.epoch, max_steps=plan.epoch_steps_cap(cfg, steps_before),
                                 accumulation_steps=window_size, start=run_state.position,
                                 order=dataset.train.epoch_order(cfg.seed, run_state.epoch, True))
         transform = augment.train_transform(cfg.seed, world.rank, run_state.epoch,

@@ -4,6 +4,7 @@ schedule. Pure functions: no collective, no file."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hvdtrain.backend import BuildSpec, Placement, StepPolicy
@@ -56,8 +57,17 @@ class RunPlan:
     world: World
     policy: ResolvedPolicy
     steps_per_epoch: int
+    epochs: int  # train.epochs, or as many as train.max_steps needs (the last one cut at that step)
     schedule: LRSchedule
     pruner: Pruner
+
+    def epoch_steps_cap(self, cfg: Config, steps_before_epoch: int) -> int | None:
+        """The most optimizer steps the epoch that starts after `steps_before_epoch` may take (null: a pass)."""
+        cap = cfg.train.max_steps_per_epoch
+        if cfg.train.max_steps is not None:
+            left = cfg.train.max_steps - steps_before_epoch
+            cap = left if cap is None else min(cap, left)
+        return cap
 
 
 def plan_run(cfg: Config, world: World, train_samples: int, nccl_built: bool) -> RunPlan:
@@ -67,7 +77,9 @@ def plan_run(cfg: Config, world: World, train_samples: int, nccl_built: bool) ->
                                  batch_size=cfg.train.batch_size, seed=cfg.seed, epoch=0,
                                  max_steps=cfg.train.max_steps_per_epoch,
                                  accumulation_steps=cfg.policy.accumulation_steps).steps
+    max_steps = cfg.train.max_steps
+    epochs = cfg.train.epochs if max_steps is None else math.ceil(max_steps / steps_per_epoch)
     schedule = LRSchedule.from_config(cfg.optim, policy.scaled_lr, cfg.policy.warmup_epochs, steps_per_epoch,
-                                      cfg.train.epochs)
-    return RunPlan(world=world, policy=policy, steps_per_epoch=steps_per_epoch, schedule=schedule,
-                   pruner=Pruner(cfg, steps_per_epoch))
+                                      epochs, warmup_steps=cfg.policy.warmup_steps, total_steps=max_steps)
+    return RunPlan(world=world, policy=policy, steps_per_epoch=steps_per_epoch, epochs=epochs, schedule=schedule,
+                   pruner=Pruner(cfg, steps_per_epoch, epochs))

@@ -297,14 +297,19 @@ LR_SCHEDULE = "step"
 
 @run_pool.builder(__file__)
 def pooled(root: Path) -> list[PoolRun]:
-    """root/<backend>/lr: the LR schedule run read by test_lr_at_every_step_follows_the_formula, one process per
-    backend (pooled with other modules' runs, tests/run_pool.py)."""
-    return [PoolRun(backend, 1, (
-        f"backend={backend}", "data.name=synthetic", "data.synthetic_samples=256", "data.synthetic_shape=[4,4,1]",
-        "data.val_fraction=0", "model.name=mlp", "model.hidden_units=[8]", "train.epochs=4", "train.batch_size=8",
-        "policy.accumulation_steps=2", "policy.warmup_epochs=1.5", "optim.lr=0.1", f"optim.schedule={LR_SCHEDULE}",
-        "optim.step_milestones=[2.5]", "optim.step_gamma=0.5", "optim.cosine_min_ratio=0.1", "run.log_every_steps=1",
-        "run.progress=off", f"run.dir={root / backend / 'lr'}")) for backend in BACKENDS]
+    """Per backend, one process each (pooled with other modules' runs, tests/run_pool.py): root/<backend>/lr, the
+    epoch-based schedule run, and root/<backend>/lr-steps, the step-based one (train.max_steps=40,
+    policy.warmup_steps=6, cosine), read by the two LR tests below."""
+    common = ("data.name=synthetic", "data.synthetic_samples=256", "data.synthetic_shape=[4,4,1]",
+              "data.val_fraction=0", "model.name=mlp", "model.hidden_units=[8]", "train.batch_size=8",
+              "policy.accumulation_steps=2", "optim.lr=0.1", "optim.cosine_min_ratio=0.1", "run.log_every_steps=1",
+              "run.progress=off")
+    return [run for backend in BACKENDS for run in (
+        PoolRun(backend, 1, (f"backend={backend}", *common, "train.epochs=4", "policy.warmup_epochs=1.5",
+                             f"optim.schedule={LR_SCHEDULE}", "optim.step_milestones=[2.5]", "optim.step_gamma=0.5",
+                             f"run.dir={root / backend / 'lr'}")),
+        PoolRun(backend, 1, (f"backend={backend}", *common, "train.max_steps=40", "policy.warmup_steps=6",
+                             "optim.schedule=cosine", f"run.dir={root / backend / 'lr-steps'}")))]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -321,6 +326,22 @@ def test_lr_at_every_step_follows_the_formula(tmp_path_factory: pytest.TempPathF
     for record in steps:
         t = record["step"] - 1
         want = expected_lr(t, 0.1, 0.2, 24, 16, 64, schedule)
+        assert record["lr"] == pytest.approx(want, rel=1e-6), (t, record["lr"], want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_based_run_takes_max_steps_at_the_lr_of_the_formula(tmp_path_factory: pytest.TempPathFactory,
+                                                                   backend: str) -> None:
+    # docs/policy.md, step-based runs, read back from the framework's optimizer: 16 steps an epoch, so
+    # train.max_steps=40 is epochs 1 and 2 and 8 steps of epoch 3; a ramp from zero over 6 steps (peak 0.2), then
+    # cosine from step 6 to step 40 down to 0.1 x peak.
+    run_dir = run_pool.trained(__file__, tmp_path_factory) / backend / "lr-steps"
+    steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 41))
+    assert [m["epoch"] for m in read_metrics(run_dir)] == [1, 2, 3] and read_summary(run_dir)["steps"] == 40
+    for record in steps:
+        t = record["step"] - 1
+        want = 0.2 * (t + 1) / 7 if t < 6 else 0.2 * (0.1 + 0.9 * (1 + math.cos(math.pi * (t - 6) / 34)) / 2)
         assert record["lr"] == pytest.approx(want, rel=1e-6), (t, record["lr"], want)
 
 

@@ -235,6 +235,47 @@ def test_checkpoints_are_written_and_kept_on_their_cadence(tmp_path: Path, every
     assert json.loads((root / "best" / "manifest.json").read_text())["epoch"] == best["epoch"]
 
 
+def test_max_steps_sets_the_epochs_and_warmup_steps_ramp_from_zero(tmp_path: Path) -> None:
+    """train.max_steps=12 at S = 5 steps an epoch (2 ranks x batch 4 x accumulation 2 over 80 samples): epochs 1
+    and 2 whole, epoch 3 cut after 2 steps (train.epochs=2 is not used). policy.warmup_steps=3 ramps from zero:
+    lr(t) = peak x (t + 1) / 4 for t < 3; cosine then decays over steps 3..12 to 0.1 x peak."""
+    cfg = make_cfg(tmp_path / "run", "train.max_steps=12", "optim.lr=0.1", "optim.schedule=cosine",
+                   "optim.cosine_min_ratio=0.1", "policy.accumulation_steps=2", "policy.warmup_steps=3",
+                   "run.log_every_steps=1", "checkpoint.every_epochs=1")
+    backend = FakeBackend(FakeCommunicator(size=2))
+    summary = train(cfg, backend)
+
+    peak, total, warm = 0.1 * 4, 12, 3
+    expected = [peak * (t + 1) / (warm + 1) if t < warm
+                else peak * (0.1 + 0.9 * (1 + math.cos(math.pi * (t - warm) / (total - warm))) / 2)
+                for t in range(total)]
+    np.testing.assert_allclose(backend.lrs, expected, rtol=1e-12, atol=0)
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3] and summary["steps"] == 12
+    assert len(backend.windows) == 12
+    assert (tmp_path / "run" / "checkpoints" / "epoch-0003").is_dir()  # the cut epoch is the last: saved
+
+
+def test_a_run_of_max_steps_resumes_exactly_in_its_cut_epoch(tmp_path: Path) -> None:
+    """One rank, batch 8: 10 steps an epoch; train.max_steps=23 cuts epoch 3 after 3 steps. Killed during step
+    23, resumed from the mid-epoch checkpoint of step 21: the uninterrupted run's windows and LRs."""
+    opts = ["train.batch_size=8", "train.max_steps=23", "checkpoint.every_steps=3", "checkpoint.keep_last=0",
+            "optim.schedule=cosine", "policy.warmup_steps=5", "run.log_every_steps=1"]
+    whole = FakeBackend()
+    train(make_cfg(tmp_path / "whole", *opts), whole)
+    assert len(whole.lrs) == 23
+
+    cfg = make_cfg(tmp_path / "cut", *opts, "train.resume=auto")
+    with pytest.raises(InjectedFailure):
+        train(cfg, FakeBackend(fail_at={"train_step": 23}))
+    resumed = FakeBackend()
+    summary = train(cfg, resumed)
+    assert resumed.loads == [("checkpoint", tmp_path / "cut" / "checkpoints" / "epoch-0002-step-00000021")]
+    assert resumed.lrs == whole.lrs[21:] and summary["steps"] == 23
+    for key, value in whole.weights().items():
+        np.testing.assert_array_equal(resumed.weights()[key], value)
+
+
 @pytest.mark.parametrize(("killed_at_step", "resumed_from"), [(17, "epoch-0001-step-00000016"), (21, "epoch-0002")])
 def test_resume_auto_continues_exactly_where_the_checkpoint_left(tmp_path: Path, killed_at_step: int,
                                                                  resumed_from: str) -> None:

@@ -82,6 +82,37 @@ def test_step_and_cosine_decay() -> None:
     assert cosine.at(25) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
 
 
+def nanogpt_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int, min_lr: float) -> float:
+    """nanoGPT's train.py `get_lr` (karpathy/nanoGPT 3adf61e), written out from its definition: a linear ramp
+    learning_rate x (it + 1) / (warmup_iters + 1) below warmup_iters, then cosine from learning_rate down to min_lr
+    over [warmup_iters, lr_decay_iters], min_lr after."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def test_warmup_steps_and_cosine_over_max_steps_give_nanogpts_lr_at_every_step() -> None:
+    """The baby-GPT recipe of nanoGPT's README (lr 1e-3, 100 warm-up steps, cosine to 1e-4 over 2,000 steps),
+    written as hvdtrain's config at one rank: the same LR at each of the 2,000 optimizer steps."""
+    cfg = load_config(None, ["optim.lr=1e-3", "optim.schedule=cosine", "optim.cosine_min_ratio=0.1",
+                             "policy.warmup_steps=100", "train.max_steps=2000"])
+    schedule = LRSchedule.from_config(cfg.optim, cfg.optim.lr, cfg.policy.warmup_epochs, steps_per_epoch=37,
+                                      epochs=55, warmup_steps=cfg.policy.warmup_steps, total_steps=cfg.train.max_steps)
+    ours = np.array([schedule.at(t) for t in range(2000)])
+    theirs = np.array([nanogpt_lr(t, 1e-3, 100, 2000, 1e-4) for t in range(2000)])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)
+    assert ours[0] == pytest.approx(1e-3 / 101) and ours[100] == pytest.approx(1e-3)
+    assert ours[-1] == pytest.approx(1e-4, rel=1e-5)
+
+
+def test_the_two_warmups_are_refused_together() -> None:
+    with pytest.raises(ConfigError, match="set one of them to 0"):
+        load_config(None, ["policy.warmup_steps=10", "policy.warmup_epochs=1"])
+
+
 def test_accumulation_plans_whole_windows_only() -> None:
     # 100 samples, 2 ranks x batch 4 x accumulation 3 = 24 per optimizer step: 4 steps, 4 samples left.
     plans = [plan_epoch(100, rank=r, world_size=2, batch_size=4, seed=0, epoch=0, accumulation_steps=3)
