@@ -282,6 +282,10 @@ class OptimConfig:
     nesterov: bool = option(False, "sgd: use Nesterov momentum.")
     weight_decay: float = option(0.0, "sgd/adam: L2 penalty added to the gradient; adamw: decoupled "
                                       "weight decay.", min=0.0)
+    weight_decay_on: str = option("all", "Which parameters weight_decay applies to: all, or matrices (those of 2 "
+                                         "or more dimensions: weights of dense, conv and embedding layers, not "
+                                         "biases or normalisation scales, as nanoGPT and GPT-2 trainers do).",
+                                  choices=("all", "matrices"))
     beta1: float = option(0.9, "adam/adamw: first-moment decay.", min=0.0, below=1.0)
     beta2: float = option(0.999, "adam/adamw: second-moment decay.", min=0.0, below=1.0)
     eps: float = option(1e-8, "adam/adamw: denominator epsilon.", min=0.0)

@@ -37,7 +37,7 @@ from hvdtrain.config import OptimConfig  # noqa: E402
 from hvdtrain.distributed.communicator import Communicator  # noqa: E402
 from hvdtrain.distributed.environment import gpu_for_rank, no_gpu_support_error, threads_for_rank  # noqa: E402
 from hvdtrain.errors import CheckpointError, ConfigError  # noqa: E402
-from hvdtrain.features.finetune import frozen, lr_multipliers  # noqa: E402
+from hvdtrain.features.finetune import decays, frozen, lr_multipliers  # noqa: E402
 from tf_backend.augment import augment_on_device  # noqa: E402
 from tf_backend.batchnorm import sync_statistics, with_sync_batchnorm  # noqa: E402
 from tf_backend.losses import cross_entropy, distillation_loss, per_sample_loss  # noqa: E402
@@ -54,6 +54,13 @@ def make_optimizer(optim: OptimConfig, clip_norm: float | None = None) -> keras.
                         learning_rate=optim.lr, global_clipnorm=clip_norm)
     return TorchAdam(beta_1=optim.beta1, beta_2=optim.beta2, epsilon=optim.eps, decay=optim.weight_decay,
                      decoupled=optim.name == "adamw", learning_rate=optim.lr, global_clipnorm=clip_norm)
+
+
+def per_variable_rules(optimizer: keras.optimizers.Optimizer, variables: list[Any], optim: OptimConfig) -> None:
+    """optim.param_groups' LR multipliers and optim.weight_decay_on's exemptions, by variable path: set before
+    the optimizer's `build`."""
+    optimizer.lr_multipliers = lr_multipliers((v.path for v in variables), optim.param_groups)
+    optimizer.no_decay = {v.path for v in variables if not decays(tuple(v.shape), optim.weight_decay_on)}
 
 
 WEIGHTS_FILE, OPTIMIZER_FILE, MODEL_FILE = "model.weights.h5", "optimizer.npz", "model.keras"
@@ -117,7 +124,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         fixed = frozen((v.path for v in model.trainable_variables), spec.freeze)
         self._trainable = [v for v in model.trainable_variables if v.path not in fixed]
         inner = make_optimizer(spec.optim, spec.step.grad_clip_norm)
-        inner.lr_multipliers = lr_multipliers((v.path for v in self._trainable), spec.optim.param_groups)
+        per_variable_rules(inner, self._trainable, spec.optim)
         optimizer = precision.wrap(inner)
         # Create the optimizer's slots now (Keras would create them lazily inside the first step), so
         # that they too start as rank 0's. Frozen variables get none and no gradient.

@@ -18,14 +18,19 @@ from keras import ops
 
 
 class _PerVariableLR(keras.optimizers.Optimizer):
-    """torch's per-parameter-group LR: `lr_multipliers` maps a variable's path to a factor (default 1); set it
-    before `build`."""
+    """torch's per-parameter-group LR and weight decay: `lr_multipliers` maps a variable's path to a factor
+    (default 1), `no_decay` holds the paths weight decay skips (optim.weight_decay_on); set both before `build`."""
 
     lr_multipliers: dict[str, float] = {}
+    no_decay: set[str] = set()
 
     def build(self, variables: list[Any]) -> None:
         super().build(variables)
         self._factors = [self.lr_multipliers.get(v.path, 1.0) for v in variables]
+        self._decayed: list[bool] = [v.path not in self.no_decay for v in variables]
+
+    def _decays(self, variable: Any) -> bool:
+        return bool(self._decayed[self._get_variable_index(variable)])
 
     def _lr(self, learning_rate: Any, variable: Any) -> Any:
         lr = ops.cast(learning_rate, variable.dtype)
@@ -52,7 +57,7 @@ class TorchSGD(_PerVariableLR):
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         lr = self._lr(learning_rate, variable)
         g = ops.cast(gradient, variable.dtype)
-        if self.l2:
+        if self.l2 and self._decays(variable):
             g = ops.add(g, ops.multiply(variable, self.l2))
         if self.momentum:
             buf = self.buffers[self._get_variable_index(variable)]
@@ -95,9 +100,9 @@ class TorchAdam(_PerVariableLR):
         lr = self._lr(learning_rate, variable)
         g = ops.cast(gradient, variable.dtype)
         step = ops.cast(self.iterations + 1, variable.dtype)
-        if self.decay and self.decoupled:
+        if self.decay and self.decoupled and self._decays(variable):
             self.assign(variable, ops.multiply(variable, 1.0 - lr * self.decay))
-        elif self.decay:
+        elif self.decay and self._decays(variable):
             g = ops.add(g, ops.multiply(variable, self.decay))
         index = self._get_variable_index(variable)
         m, v = self.moments[index], self.second_moments[index]

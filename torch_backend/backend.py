@@ -32,7 +32,7 @@ from hvdtrain.config import OptimConfig
 from hvdtrain.distributed.communicator import Communicator
 from hvdtrain.distributed.environment import gpu_for_rank, no_gpu_support_error, threads_for_rank
 from hvdtrain.errors import ConfigError
-from hvdtrain.features.finetune import frozen, lr_multipliers
+from hvdtrain.features.finetune import decays, frozen, lr_multipliers
 from hvdtrain.files import write_atomic
 from torch_backend.augment import augment_on_device
 from torch_backend.batchnorm import sync_statistics, with_sync_batchnorm
@@ -52,6 +52,15 @@ def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def param_groups(named: Sequence[tuple[str, torch.Tensor]], optim: OptimConfig) -> list[dict[str, Any]]:
+    """torch parameter groups, one per (LR multiplier of optim.param_groups, decayed or not by
+    optim.weight_decay_on): torch keeps both per group; `lr_mult` is applied by train_step."""
+    multipliers = lr_multipliers((n for n, _ in named), optim.param_groups)
+    keys = {n: (multipliers[n], decays(tuple(p.shape), optim.weight_decay_on)) for n, p in named}
+    return [{"params": [p for n, p in named if keys[n] == key], "lr_mult": key[0],
+             "weight_decay": optim.weight_decay if key[1] else 0.0} for key in dict.fromkeys(keys.values())]
 
 
 def distributed_optimizer(optimizer: torch.optim.Optimizer, named_parameters: Sequence[tuple[str, torch.Tensor]],
@@ -120,10 +129,8 @@ class TorchBackend(Backend, Prunable, Penalized):
         trainable = [(n, p) for n, p in model.named_parameters() if n not in fixed]
         for name, param in model.named_parameters():
             param.requires_grad_(name not in fixed)
-        multipliers = lr_multipliers((n for n, _ in trainable), spec.optim.param_groups)
-        groups = [{"params": [p for n, p in trainable if multipliers[n] == m], "lr_mult": m}
-                  for m in dict.fromkeys(multipliers[n] for n, _ in trainable)]
-        self.optimizer = distributed_optimizer(make_optimizer(spec.optim, groups), trainable, spec.step)
+        self.optimizer = distributed_optimizer(make_optimizer(spec.optim, param_groups(trainable, spec.optim)),
+                                               trainable, spec.step)
         self.precision = make_precision(self.device.type, spec.step)
         self.model = model
         return sum(p.numel() for p in model.parameters())

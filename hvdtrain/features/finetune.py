@@ -1,4 +1,5 @@
-"""Fine-tuning rules shared by the backends: which parameters are frozen and their LR multipliers. Parameter
+"""Parameter rules shared by the backends: which parameters are frozen, their LR multipliers, and which ones
+weight decay applies to. Parameter
 names are each backend's own (torch: `features.0.weight`; Keras: `sequential/conv2d/kernel`). Where
 `train.init_from` weights come from is the loop's business (hvdtrain/training/weight_sources.py)."""
 
@@ -38,3 +39,8 @@ def lr_multipliers(names: Iterable[str], entries: tuple[str, ...]) -> dict[str, 
     for name in names:
         out[name] = next((m for pattern, m in rules if fnmatch.fnmatchcase(name, pattern)), 1.0)
     return out
+
+
+def decays(shape: tuple[int, ...], weight_decay_on: str) -> bool:
+    """Whether `optim.weight_decay` applies to a parameter of this shape (`optim.weight_decay_on`)."""
+    return weight_decay_on == "all" or len(shape) >= 2

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from hvdtrain.config import Config, load_config
-from hvdtrain.features.finetune import lr_multipliers
 from hvdtrain.training.schedule import LRSchedule
 
 STEPS_PER_EPOCH, EPOCHS, WARMUP_EPOCHS, WORLD = 6, 5, 1, 4  # 30 steps: 6 of warmup, then cosine
@@ -44,6 +43,9 @@ CASES: dict[str, list[str]] = {
     "adam": ["optim.name=adam", *_ADAM],
     "adam_weight_decay": ["optim.name=adam", *_ADAM, "optim.weight_decay=0.05", "policy.grad_clip_norm=3.0"],
     "adamw": ["optim.name=adamw", *_ADAM, "optim.weight_decay=0.1", "optim.param_groups=['conv=0.1']"],
+    # Decay on the matrix and the kernel only, not on the bias (a vector).
+    "adamw_matrices": ["optim.name=adamw", *_ADAM, "optim.weight_decay=0.1", "optim.weight_decay_on=matrices"],
+    "sgd_matrices": [*_SGD, "optim.weight_decay=0.05", "optim.weight_decay_on=matrices"],
 }
 
 
@@ -70,21 +72,14 @@ def gradients(t: int, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: (np.float32(C) * weights[name] + NOISES[t][name]).astype(np.float32) for name in SHAPES}
 
 
-def multipliers(cfg: Config) -> dict[str, float]:
-    return lr_multipliers(list(SHAPES), cfg.optim.param_groups)
-
-
 def run_torch(case: str) -> dict[str, Any]:
     import torch
 
-    from torch_backend.backend import make_optimizer
+    from torch_backend.backend import make_optimizer, param_groups
 
     cfg = config(case)
     params = {name: torch.nn.Parameter(torch.from_numpy(w.copy())) for name, w in initial_weights().items()}
-    mults = multipliers(cfg)
-    groups = [{"params": [params[n] for n in SHAPES if mults[n] == m], "lr_mult": m}  # as TorchBackend.build
-              for m in dict.fromkeys(mults[n] for n in SHAPES)]
-    optimizer = make_optimizer(cfg.optim, groups)
+    optimizer = make_optimizer(cfg.optim, param_groups(list(params.items()), cfg.optim))  # as TorchBackend.build
     clip = cfg.policy.grad_clip_norm
     out: dict[str, list] = {name: [p.detach().numpy().copy()] for name, p in params.items()}
     out["lr"], out["grad_norm"], out["clip"] = [], [], [np.nan if clip is None else clip]
@@ -111,13 +106,13 @@ def run_tensorflow(case: str) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from tf_backend.backend import make_optimizer
+    from tf_backend.backend import make_optimizer, per_variable_rules
 
     cfg = config(case)
     variables = [keras.Variable(w, name=name) for name, w in initial_weights().items()]
     assert [v.path for v in variables] == list(SHAPES)
     optimizer = make_optimizer(cfg.optim, cfg.policy.grad_clip_norm)
-    optimizer.lr_multipliers = multipliers(cfg)  # as TensorFlowBackend.build: before build
+    per_variable_rules(optimizer, variables, cfg.optim)  # as TensorFlowBackend.build: before build
     optimizer.build(variables)
 
     @tf.function

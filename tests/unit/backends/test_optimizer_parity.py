@@ -3,7 +3,8 @@ as torch.optim (via torch_backend.backend.make_optimizer) for the same config.
 
 Cases: SGD with momentum 0.9; with nesterov; with coupled weight_decay, global-norm clipping
 (policy.grad_clip_norm: clip_grad_norm_ vs Keras' global_clipnorm) and a param_groups LR multiplier; Adam;
-Adam with coupled weight_decay and clipping; AdamW (decoupled weight_decay) with a param_groups multiplier.
+Adam with coupled weight_decay and clipping; AdamW (decoupled weight_decay) with a param_groups multiplier; AdamW
+and SGD with optim.weight_decay_on=matrices (the 4-vector is not decayed).
 Each runs 30 steps on three float32 variables (a 5x4 matrix, a 4-vector, a 3x3x2x2 kernel) from the same
 initial weights, with gradients g = 0.5 * w + noise[t] computed in numpy from each framework's own weights,
 and the LR of hvdtrain's schedule (6 steps of warmup from optim.lr to 4 x optim.lr, then cosine), so the LR
@@ -32,7 +33,8 @@ TOL = 1e-5
 # Adam's bias correction 1 - beta2^t taken in float32 cancelled (float32(0.999) = 0.99900001287): the Adam
 # cases were 1.9 to 2.2e-6 apart before tf_backend/optimizers.py took it without cancellation (0.6 to 1.8e-7).
 ADAM_TOL = 5e-7
-CASES = ("sgd_momentum", "sgd_nesterov", "sgd_weight_decay", "adam", "adam_weight_decay", "adamw")
+CASES = ("sgd_momentum", "sgd_nesterov", "sgd_weight_decay", "adam", "adam_weight_decay", "adamw", "adamw_matrices",
+         "sgd_matrices")
 VARIABLES = {"kernel": (5, 4), "bias": (4,), "conv": (3, 3, 2, 2)}
 STEPS, WARMUP_STEPS = 30, 6
 SCRIPT = REPO / "tests" / "scripts" / "optimizer_trajectory.py"
@@ -117,3 +119,15 @@ def test_comparison_is_sensitive(runs: dict[str, dict[str, np.ndarray]]) -> None
     for case in CASES:  # and every case moves the weights
         weights = trajectory(torch_runs, case)
         assert max(float(np.max(np.abs(w[-1] - w[0]))) for w in weights.values()) > 1000 * TOL, case
+
+
+def test_weight_decay_on_matrices_leaves_vectors_undecayed(runs: dict[str, dict[str, np.ndarray]]) -> None:
+    # Each variable's gradient depends on its own weights only, so the bias (a vector) of AdamW with
+    # weight_decay_on=matrices must follow plain Adam's bias exactly (no decay at all), while the matrix and the
+    # kernel are decayed (they leave Adam's path); on both frameworks.
+    for framework, run in runs.items():
+        decayed, plain = trajectory(run, "adamw_matrices"), trajectory(run, "adam")
+        np.testing.assert_array_equal(decayed["bias"], plain["bias"], err_msg=framework)
+        for name in ("kernel", "conv"):
+            assert np.max(np.abs(decayed[name] - plain[name])) > 100 * TOL, (framework, name)
+
