@@ -1,5 +1,5 @@
 """Command line: `hvdtrain [train] --config FILE key=value ...`, `bench`, `sweep`, `plot`, `augment-preview`,
-`doctor`, `config-docs`, `pack`."""
+`doctor`, `config-docs`, `pack`, `tokenize`, and the finished-run commands."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hvdtrain.distributed.error_exit import announce, ending_with_errors_reporte
 from hvdtrain.errors import UserError
 from hvdtrain.registry import BACKEND_NAMES
 
-COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack", "evaluate",
-            "predict", "export", "convert")
+COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack", "tokenize",
+            "evaluate", "predict", "export", "convert")
 # The commands that run under launchers, one process per rank: their errors are reported on every rank.
 LAUNCHED_COMMANDS = ("train", "bench", "evaluate", "predict")
 
@@ -22,8 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="hvdtrain", description="Horovod data-parallel training for PyTorch and TensorFlow/Keras 3. "
                                      "Launch under horovodrun or mpirun for several ranks.")
     sub = parser.add_subparsers(dest="command",
-                                metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep,pack,evaluate,predict,"
-                                        "export,convert}")
+                                metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep,pack,tokenize,"
+                                        "evaluate,predict,export,convert}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     train.add_argument("--profile", action="store_true",
@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     pack.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the shuffle across shards (default 0)")
     pack.add_argument("--overwrite", action="store_true", help="replace a previous pack's output in OUT_DIR")
+    tokenize = sub.add_parser("tokenize", help="a text corpus as token files for language models "
+                                               "(docs/language-models.md)")
+    tokenize.add_argument("texts", nargs="+", metavar="TEXT", help="UTF-8 text files, or folders of them")
+    tokenize.add_argument("--out", required=True, help="new (or empty) directory for the token files")
+    tokenize.add_argument("--tokenizer", required=True, help="byte, char or bpe (trained here on the corpus)")
+    tokenize.add_argument("--vocab-size", type=int, help="bpe: the vocabulary to train (default 8192)")
+    tokenize.add_argument("--val-fraction", type=float, default=0.1,
+                          help="the end of each file held out for validation (default 0.1)")
     evaluate = sub.add_parser("evaluate", help="score a finished run on its validation split or other data "
                                                "(docs/lifecycle.md); under a launcher like training")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
@@ -207,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
 
             print(pack_folder(Path(args.folder), Path(args.out_dir), args.shard_size, args.seed,
                               args.overwrite).line())
+            return 0
+        if args.command == "tokenize":
+            from pathlib import Path
+
+            from hvdtrain.commands.tokenize import tokenize_corpus
+
+            print(tokenize_corpus([Path(t) for t in args.texts], Path(args.out), args.tokenizer, args.vocab_size,
+                                  args.val_fraction).line())
             return 0
         if args.command in ("evaluate", "predict", "export", "convert"):
             return _after_training(args)
