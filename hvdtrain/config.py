@@ -44,8 +44,8 @@ class DataConfig:
     name: str = option("digits", "Dataset source: digits, synthetic, npz (a .npz file, or a folder of "
                                  "x.npy/y.npy: images or feature vectors), diabetes (regression), image_folder "
                                  "(streamed), shards (tar shards, streamed), cifar10, "
-                                 "mnist (docs/data.md), or 'package.module:function' returning your own map-style "
-                                 "dataset.")
+                                 "mnist (docs/data.md), tokens (a `tokenize` directory: docs/language-models.md), "
+                                 "or 'package.module:function' returning your own map-style dataset.")
     path: str | None = option(None, "File (npz) or folder (npy arrays; image_folder: class sub-folders, or train/ and "
                                     "val/ of them; shards: a folder of .tar shards or a {000..009} brace pattern; "
                                     "cifar10: cifar-10-batches-py or the folder holding it; mnist: the IDX files) to "
@@ -70,6 +70,8 @@ class DataConfig:
                            choices=("stop", "skip"))
     log_samples: bool = option(False, "Write samples/epoch-NNN.tsv (rank, step and name of every training sample "
                                       "used), to audit sharding.")
+    block_size: int = option(256, "tokens: the context length; a sample is a window of block_size + 1 tokens "
+                                  "(docs/language-models.md).", min=1)
 
     def __post_init__(self) -> None:
         if self.name not in BUILTIN_DATASETS and not ModelConfig.is_import_path(self.name):
@@ -85,7 +87,7 @@ class DataConfig:
         return self.name not in BUILTIN_DATASETS
 
 
-BUILTIN_DATASETS = ("digits", "synthetic", "npz", "image_folder", "shards", "cifar10", "mnist", "diabetes")
+BUILTIN_DATASETS = ("digits", "synthetic", "npz", "image_folder", "shards", "cifar10", "mnist", "diabetes", "tokens")
 BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet", "resnet50")
 @dataclass(frozen=True)
 class ModelConfig:
