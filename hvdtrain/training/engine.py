@@ -231,6 +231,10 @@ class Engine:
         if outputs.enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.comm.start_timeline(path, mark_cycles=cfg.horovod.timeline_mark_cycles)
+        # No rank submits a collective of the run before rank 0 records: Horovod writes an operation's start
+        # only if its timeline was on when the first rank asked for it (a rank running ahead into the first
+        # collective left that operation's end without its start). Only this barrier may straddle the start.
+        self.comm.barrier()
         return path
 
     def _train_epoch(self, state: Any, plan: RunPlan, augment: AugmentPipeline, checkpointer: Checkpointer,
