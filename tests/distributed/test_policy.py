@@ -133,6 +133,7 @@ def gradient_allreduces(timeline: Path) -> int:
     return sum(n for (op, _), n in wire_dtypes(timeline, gradients=True).items() if op == "ALLREDUCE")
 
 
+@pytest.mark.races  # reads Horovod's timeline: what the ranks ask for, in the order they ask
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_accumulation_divides_allreduce_calls(backend: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     # 5 optimizer steps each: of 1 micro-batch per rank (gloo) and of 2 (mpi, accumulation 2). Every gradient
@@ -150,6 +151,7 @@ def test_accumulation_divides_allreduce_calls(backend: str, tmp_path_factory: py
     assert counts["mpi"] > 0 and counts["gloo"] / micro_batches["gloo"] == 2 * counts["mpi"] / micro_batches["mpi"]
 
 
+@pytest.mark.races  # reads Horovod's timeline: what the ranks ask for, in the order they ask
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_horovod_knobs_reach_horovod(backend: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     # The mpirun run sets fusion off, a 2 ms cycle and a 30 s stall check: Horovod reads them (its settings in the
@@ -214,6 +216,7 @@ def timeline_runs(backend: str, factory: pytest.TempPathFactory) -> Path:
     return _TIMELINE_RUNS[backend]
 
 
+@pytest.mark.races  # reads Horovod's timeline: what the ranks ask for, in the order they ask
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", PRECISIONS)
 def test_reduced_precision_trains_digits(tmp_path_factory: pytest.TempPathFactory, backend: str, name: str) -> None:
@@ -360,6 +363,7 @@ def test_two_ranks_print_one_policy_line_with_scaled_lr(tmp_path_factory: pytest
     assert "2 rank(s) x micro-batch 8 x accumulation 2 = global batch 32; LR 0.05 -> 0.2 (x4)" in lines[0]
 
 
+@pytest.mark.races  # reads Horovod's timeline: what the ranks ask for, in the order they ask
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_adasum_trains_under_mpi(tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
     # Fails if policy.reduce_op=adasum does not reach Horovod from the command line: the timeline must show
