@@ -177,6 +177,12 @@ def busbw(size: int, seconds: float, ranks: int) -> float:
     return size / seconds * 2 * (ranks - 1) / ranks / 1e9
 
 
+def _gbs(value: float) -> str:
+    """GB/s with two decimals, or two significant digits below 0.1 (tiny sizes on a busy machine: "0.00" would
+    hide a measured rate)."""
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
+
+
 def _human(size: int) -> str:
     return f"{size // 2**20} MiB" if size >= 2**20 else f"{size // 2**10} KiB"
 
@@ -188,7 +194,7 @@ def report(data: dict[str, Any], command: str, repeats: int) -> str:
         gloo, mpi = (busbw(s, med[c]["horovod"][s], n) for c in CONTROLLERS)
         ideal = statistics.median([busbw(s, med[c]["shm"][s], n) for c in CONTROLLERS])
         copy = statistics.median([s / med[c]["memcpy"][s] / 1e9 for c in CONTROLLERS])
-        rows.append(f"| {_human(s)} | {gloo:.2f} | {mpi:.2f} | {ideal:.2f} | {copy:.2f} | "
+        rows.append(f"| {_human(s)} | {_gbs(gloo)} | {_gbs(mpi)} | {_gbs(ideal)} | {_gbs(copy)} | "
                     f"{gloo / ideal:.2f} | {mpi / ideal:.2f} |")
         if s >= 64 * 2**20:
             verdict.append((s, gloo / ideal, mpi / ideal))
