@@ -109,9 +109,11 @@ def _train(keys: list[str], factory: pytest.TempPathFactory) -> None:
                 launch = {"launcher": "mpirun", "np_": 2} if ranks == 2 else {}
                 jobs[backend, ranks] = partial(train_many, group, base / f"{backend}-np{ranks}.json", env=env,
                                                **launch)
-    # A backend's np=2 job beside its np=1 process: three processes on two cores, one framework at a time.
-    for backend in ("torch", "tensorflow"):
-        started = [job for (b, _), job in jobs.items() if b == backend]
-        if started:
-            together(*started)
+    if all(ranks == 1 for _, ranks in jobs):  # one process per backend: both at once
+        together(*jobs.values())
+    else:  # a backend's np=2 job beside its np=1 process: three processes on two cores, one framework at a time
+        for backend in ("torch", "tensorflow"):
+            started = [job for (b, _), job in jobs.items() if b == backend]
+            if started:
+                together(*started)
     _ROOTS.update(roots)
