@@ -32,6 +32,7 @@ from hvdtrain.errors import DataError, UserError
 from hvdtrain.text.tokenizer import (
     DEFAULT_BPE_VOCAB,
     KINDS,
+    META_FILE,
     BpeTokenizer,
     ByteTokenizer,
     CharTokenizer,
@@ -39,7 +40,6 @@ from hvdtrain.text.tokenizer import (
     token_dtype,
 )
 
-META_FILE = "meta.json"
 SPLITS = ("train", "val")
 DEFAULT_VAL_FRACTION = 0.1
 

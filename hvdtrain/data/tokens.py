@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from hvdtrain.errors import DataError
-
-META_FILE = "meta.json"
+from hvdtrain.text.tokenizer import META_FILE
 
 
 class TokenWindows:

@@ -14,6 +14,7 @@ import numpy as np
 from hvdtrain.errors import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "meta.json"  # written by `tokenize`, read by data.name: tokens
 KINDS = ("byte", "char", "bpe")
 DEFAULT_BPE_VOCAB = 8192
 
