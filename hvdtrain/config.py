@@ -88,14 +88,15 @@ class DataConfig:
 
 
 BUILTIN_DATASETS = ("digits", "synthetic", "npz", "image_folder", "shards", "cifar10", "mnist", "diabetes", "tokens")
-BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet", "resnet50")
+BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet", "resnet50", "gpt")
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network to build (docs/models.md)."""
 
     name: str = option("cnn", "mlp, cnn, mobilenet (depthwise-separable blocks), resnet (for 32x32 inputs), "
-                              "resnet50 (torchvision's ImageNet ResNet-50, v1.5), or 'package.module:function' "
-                              "returning a torch nn.Module or a Keras model.")
+                              "resnet50 (torchvision's ImageNet ResNet-50, v1.5), gpt (a decoder-only "
+                              "Transformer in the GPT-2 layout, for task=language_model), or "
+                              "'package.module:function' returning a torch nn.Module or a Keras model.")
     channels: tuple[int, ...] = option((32, 64), "cnn: output channels of each conv block (3x3 conv, ReLU, 2x2 "
                                                  "max-pool while the feature map is at least 2x2); mobilenet: of "
                                                  "each depthwise-separable block (x width_multiplier).", min=1)
@@ -103,13 +104,20 @@ class ModelConfig:
         None, "Units of each hidden dense layer (mlp body; head of cnn, mobilenet, resnet and resnet50); [] for "
               "none; null: the model's own, [128], except [] for resnet50 (torchvision's pool -> fc).",
         min=1, min_items=0)
-    dropout: float = option(0.0, "Dropout rate after each hidden dense layer.", min=0.0, below=1.0)
+    dropout: float = option(0.0, "Dropout rate after each hidden dense layer; gpt: on the embeddings, the attention "
+                                 "weights and each block's two residual branches.", min=0.0, below=1.0)
     width_multiplier: float = option(1.0, "mobilenet: scales every block's channels; resnet: scales the stage "
                                           "widths 16, 32, 64; resnet50: the stem's 64 and the bottleneck widths "
                                           "64, 128, 256, 512 (outputs x4) (channels are rounded, at least 1).",
                                      above=0.0)
     depth: int = option(20, "resnet: layers, 6n + 2 (n basic blocks per stage): 8, 14, 20, 32, 56... "
                             "(resnet50 is always [3, 4, 6, 3] bottlenecks).", min=8)
+
+    n_layer: int = option(4, "gpt: Transformer blocks.", min=1)
+    n_head: int = option(4, "gpt: attention heads per block (n_embd must divide by it).", min=1)
+    n_embd: int = option(128, "gpt: width of the embeddings and the residual stream.", min=1)
+    bias: bool = option(False, "gpt: biases in the linear layers and LayerNorms (GPT-2 has them; the baby GPT of "
+                               "docs/language-models.md does not).")
 
     batchnorm_stats: str = option("average", "BatchNorm running statistics made identical on every rank before "
                                              "each evaluation, checkpoint and final save: average (over the "
@@ -125,6 +133,9 @@ class ModelConfig:
         if ":" in self.name and not self.is_import_path(self.name):
             raise ConfigError(f"config key model.name: {self.name!r} is not an import path "
                               "'package.module:function': write e.g. model.name=my_pkg.models:build")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"config key model.n_embd: {self.n_embd} does not divide into model.n_head="
+                              f"{self.n_head} heads: choose n_embd a multiple of n_head")
         if self.depth % 6 != 2:
             raise ConfigError(f"config key model.depth: {self.depth} is not 6n + 2: use 8, 14, 20, 32, 44 or 56")
         # null resolves here, so the saved config.yaml (and its hash) names the head that was built.
@@ -494,8 +505,9 @@ class Config:
 
     backend: str = option("torch", "Framework that trains the model.", choices=BACKEND_NAMES)
     task: str = option("classification", "What the model learns: classification (int labels), regression (float "
-                                         "targets) or multilabel (0/1 per label); sets the default loss and metrics "
-                                         "(docs/tasks.md).", choices=TASKS)
+                                         "targets), multilabel (0/1 per label) or language_model (the next token "
+                                         "of each position, docs/language-models.md); sets the default loss and "
+                                         "metrics (docs/tasks.md).", choices=TASKS)
     seed: int = option(42, "Seed for model init, the validation split and data order.", min=0)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -517,7 +529,19 @@ class Config:
         if self.task != "classification" and self.distill.teacher:
             raise ConfigError(f"distill.teacher distils class probabilities, but task={self.task}: distil a "
                               "classification run, or set distill.teacher=null")
-        if self.task != "classification" and self.regularization.label_smoothing:
+        sequence_model = self.model.name == "gpt" or self.model.is_import_path(self.model.name)
+        if self.task == "language_model" and not sequence_model:
+            raise ConfigError(f"task=language_model needs a sequence model, and model.name={self.model.name} takes "
+                              "images: set model.name=gpt (or your own model by import path)")
+        if self.model.name == "gpt" and self.task != "language_model":
+            raise ConfigError(f"model.name=gpt predicts next tokens, but task={self.task}: set task=language_model")
+        token_data = self.data.name == "tokens" or self.data.user_dataset
+        if self.task == "language_model" and not token_data:
+            raise ConfigError(f"task=language_model trains on token windows, but data.name={self.data.name}: set "
+                              "data.name=tokens with data.path=DIR (written by `python -m hvdtrain tokenize`)")
+        if self.data.name == "tokens" and self.task != "language_model":
+            raise ConfigError(f"data.name=tokens holds token windows, but task={self.task}: set task=language_model")
+        if self.task not in ("classification", "language_model") and self.regularization.label_smoothing:
             raise ConfigError(f"regularization.label_smoothing smooths class labels, but task={self.task}: set "
                               "regularization.label_smoothing=0")
         if self.checkpoint.best_metric == "auto":  # resolved here, so config.yaml names the field

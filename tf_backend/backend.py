@@ -40,7 +40,13 @@ from hvdtrain.errors import CheckpointError, ConfigError  # noqa: E402
 from hvdtrain.features.finetune import decays, frozen, lr_multipliers  # noqa: E402
 from tf_backend.augment import augment_on_device  # noqa: E402
 from tf_backend.batchnorm import sync_statistics, with_sync_batchnorm  # noqa: E402
-from tf_backend.losses import cross_entropy, distillation_loss, per_sample_loss  # noqa: E402
+from tf_backend.losses import (  # noqa: E402
+    cross_entropy,
+    distillation_loss,
+    per_sample_loss,
+    token_losses,
+    window_summary,
+)
 from tf_backend.models import CREATION_INDEX, build_model  # noqa: E402
 from tf_backend.optimizers import TorchAdam, TorchSGD  # noqa: E402
 from tf_backend.precision import Precision, make_precision  # noqa: E402
@@ -248,9 +254,13 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables] if window > 1 else []
         reduce_op = hvd.Adasum if policy.reduce_op == "adasum" else hvd.Average
         compression = hvd.Compression.fp16 if policy.compression == "fp16" else hvd.Compression.none
-        targets = (tf.TensorSpec([None], tf.int64) if spec.task.int_targets else
-                   tf.TensorSpec([None, spec.num_classes], tf.float32))
-        signature = [tf.TensorSpec([None, *spec.image_shape], tf.float32), targets]
+        sequences = spec.task.sequences
+        if sequences:  # token windows in, the next tokens as targets
+            signature = [tf.TensorSpec([None, *spec.image_shape], tf.int64), tf.TensorSpec([None, None], tf.int64)]
+        else:
+            targets = (tf.TensorSpec([None], tf.int64) if spec.task.int_targets else
+                       tf.TensorSpec([None, spec.num_classes], tf.float32))
+            signature = [tf.TensorSpec([None, *spec.image_shape], tf.float32), targets]
         smoothing, distill = spec.regularization.label_smoothing, spec.distill
         per_sample, fused_cross_entropy = per_sample_loss(spec.task.loss), spec.task.loss == "cross_entropy"
 
@@ -259,6 +269,9 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             if teacher is not None:  # the teacher sees the same (augmented) batch, in inference mode, without gradients
                 teacher_logits = tf.stop_gradient(tf.cast(teacher(x, training=False), tf.float32))
                 loss = distillation_loss(logits, teacher_logits, y, distill.temperature, distill.alpha, smoothing)
+            elif sequences:  # every window has t positions: the token mean is the window mean
+                losses = token_losses(logits, y, smoothing) if fused_cross_entropy else per_sample(logits, y)
+                return tf.reduce_mean(losses), window_summary(logits, y, None if smoothing else losses)
             elif fused_cross_entropy:
                 loss = tf.reduce_mean(cross_entropy(logits, y, smoothing))
             else:
@@ -269,7 +282,10 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             with tf.GradientTape() as tape:
                 loss, logits = train_loss(x, y)
                 window_loss = precision.scale_loss(optimizer, (loss + self._penalty()) / window)  # window mean
-            return loss, logits, tape.gradient(window_loss, variables)
+            # Embedding lookups give sparse gradients (IndexedSlices); Horovod's grouped allreduce takes dense ones.
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                     for g in tape.gradient(window_loss, variables)]
+            return loss, logits, grads
 
         def reduce_gradients(grads: list[tf.Tensor]) -> list[tf.Tensor]:
             if reduce_op == hvd.Average:
@@ -315,6 +331,11 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
         def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             logits = tf.cast(model(x, training=False), tf.float32)
+            if sequences:
+                summary = window_summary(logits, y)
+                loss_sum = tf.reduce_sum(tf.cast(summary[:, 0], tf.float64) if fused_cross_entropy else
+                                         per_sample(logits, y))
+                return loss_sum, summary
             return tf.reduce_sum(cross_entropy(logits, y) if fused_cross_entropy else per_sample(logits, y)), logits
 
         @tf.function(input_signature=signature[:1], reduce_retracing=True, autograph=False)

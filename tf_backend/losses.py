@@ -27,6 +27,21 @@ def distillation_loss(student: tf.Tensor, teacher: tf.Tensor, labels: tf.Tensor,
     return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
 
 
+def token_losses(logits: tf.Tensor, tokens: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
+    """language_model: each position's next-token cross-entropy, (n, t) from (n, t, vocabulary) logits."""
+    shape = tf.shape(tokens)
+    flat = cross_entropy(tf.reshape(logits, [-1, tf.shape(logits)[-1]]), tf.reshape(tokens, [-1]), label_smoothing)
+    return tf.reshape(flat, shape)
+
+
+def window_summary(logits: tf.Tensor, tokens: tf.Tensor, losses: tf.Tensor | None = None) -> tf.Tensor:
+    """language_model's step outputs (hvdtrain/tasks/metrics.py, WINDOW_SUMMARY), as torch_backend/losses.py: per
+    window its mean token loss and its share of positions whose highest logit is the next token; (n, 2)."""
+    losses = tf.stop_gradient(token_losses(logits, tokens) if losses is None else losses)
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1), tokens), tf.float32)
+    return tf.stack([tf.reduce_mean(losses, axis=1), tf.reduce_mean(correct, axis=1)], axis=1)
+
+
 def _per_target_mean(values: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(values, axis=1) if values.shape.rank > 1 else values
 

@@ -191,6 +191,10 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int
     their creation order (CREATION_INDEX)."""
     if ":" in cfg.name:
         return _user_model(cfg, image_shape, num_classes)
+    if cfg.name == "gpt":  # image_shape: (block_size,) token windows; num_classes: the vocabulary
+        from tf_backend.gpt import build_gpt
+
+        return build_gpt(cfg, image_shape[0], num_classes)
     builders = {"mobilenet": _mobilenet, "resnet": _resnet, "resnet50": _resnet50}
     with _stamping_creation_order():
         return builders.get(cfg.name, _plain)(cfg, image_shape, num_classes)

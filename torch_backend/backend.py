@@ -36,7 +36,7 @@ from hvdtrain.features.finetune import decays, frozen, lr_multipliers
 from hvdtrain.files import write_atomic
 from torch_backend.augment import augment_on_device
 from torch_backend.batchnorm import sync_statistics, with_sync_batchnorm
-from torch_backend.losses import distillation_loss, per_sample_loss
+from torch_backend.losses import distillation_loss, per_sample_loss, token_losses, window_summary
 from torch_backend.models import build_model
 from torch_backend.precision import Precision, make_precision
 
@@ -251,7 +251,24 @@ class TorchBackend(Backend, Prunable, Penalized):
                 total = total + (l1 * p.abs().sum() if l1 else 0) + (l2 * p.square().sum() if l2 else 0)
         return total
 
-    def _loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean loss and its outputs for the metrics (the logits; language_model: the window
+        summaries)."""
+        spec, _, _, _ = self._parts()
+        if spec.task.sequences:
+            if spec.task.loss != "cross_entropy":
+                loss = self._per_sample(logits, labels).mean()
+                return loss, window_summary(logits, labels)
+            if spec.regularization.label_smoothing:
+                loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(),
+                                       label_smoothing=spec.regularization.label_smoothing)
+                return loss, window_summary(logits, labels)
+            losses = token_losses(logits, labels)  # every window has t positions: the token mean is the window mean
+            return losses.mean(), window_summary(logits, labels, losses)
+        return self._class_loss(logits, images, labels), logits.detach()
+
+    def _class_loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         spec, _, _, _ = self._parts()
         smoothing = spec.regularization.label_smoothing
         if self.teacher is None:
@@ -276,12 +293,12 @@ class TorchBackend(Backend, Prunable, Penalized):
         for batch in batches:
             images, labels = self._tensors(batch)
             logits = self._forward(images, model)
-            loss = self._loss(logits, images, labels)
+            loss, batch_outputs = self._loss(logits, images, labels)
             penalty = self._penalty()
             objective = loss if penalty is None else loss + penalty
             precision.backward(objective / len(batches))  # the window's mean gradient, not Horovod's sum
             loss_sum += loss.detach().double() * len(labels)
-            outputs.append(logits.detach())
+            outputs.append(batch_outputs)
             count += len(labels)
         if spec.step.reduce_op == "adasum":
             # Horovod's Adasum optimizer reduces inside step() and cannot skip synchronisation (the policy
@@ -300,6 +317,11 @@ class TorchBackend(Backend, Prunable, Penalized):
         images, labels = self._tensors((x, y))
         model.eval()
         logits = self._forward(images, model)
+        if spec.task.sequences:
+            summary = window_summary(logits, labels)
+            loss = summary[:, 0].double().sum() if spec.task.loss == "cross_entropy" else \
+                self._per_sample(logits, labels).sum()
+            return StepResult(loss.item(), len(labels), summary.cpu().numpy())
         loss = (F.cross_entropy(logits, labels, reduction="sum") if spec.task.loss == "cross_entropy" else
                 self._per_sample(logits, labels).sum())
         return StepResult(loss.item(), len(labels), logits.cpu().numpy())

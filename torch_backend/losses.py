@@ -21,6 +21,20 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
 
 
+def token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """language_model: each position's next-token cross-entropy, (n, t) from (n, t, vocabulary) logits."""
+    return F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)
+
+
+def window_summary(logits: torch.Tensor, tokens: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+    """language_model's step outputs (hvdtrain/tasks/metrics.py, WINDOW_SUMMARY): per window, its mean token loss
+    and its share of positions whose highest logit is the next token; (n, 2) float32, without gradient."""
+    with torch.no_grad():
+        losses = token_losses(logits, tokens) if losses is None else losses.detach()
+        correct = (logits.argmax(dim=-1) == tokens).float()
+        return torch.stack([losses.mean(dim=1), correct.mean(dim=1)], dim=1).float()
+
+
 def _per_target_mean(values: torch.Tensor) -> torch.Tensor:
     return values.mean(dim=1) if values.ndim > 1 else values
 

@@ -175,6 +175,10 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int
     """The model named by `cfg.name` for NCHW input of `image_shape` given as (H, W, C)."""
     if ":" in cfg.name:
         return _user_model(cfg, image_shape, num_classes)
+    if cfg.name == "gpt":  # image_shape: (block_size,) token windows; num_classes: the vocabulary
+        from torch_backend.gpt import build_gpt
+
+        return build_gpt(cfg, image_shape[0], num_classes)
     if cfg.name == "mobilenet":
         return _mobilenet(cfg, image_shape, num_classes)
     if cfg.name == "resnet":

@@ -1,7 +1,8 @@
 """`python -m hvdtrain tokenize TEXT... --out DIR --tokenizer byte|char|bpe`: a text corpus as token files for
 language-model training (docs/language-models.md).
 
-Reads UTF-8 files, or every file under a folder (sorted paths), in order. The validation part is the end of each
+Reads UTF-8 files, or every file under a folder (sorted paths; hidden entries and Python's `__pycache__` folders
+left out), in order. The validation part is the end of each
 file (its last `val_fraction` of characters, as nanoGPT holds out the end of its corpus); each part is tokenized
 on its own, so no token straddles the split. Writes, into DIR:
 
@@ -63,8 +64,8 @@ class TokenizeSummary:
 
 
 def corpus_files(inputs: list[Path], out: Path | None = None) -> list[Path]:
-    """The files the inputs name: files as given, folders' files (not hidden ones, nothing under `out`) in sorted
-    order."""
+    """The files the inputs name: files as given, folders' files (not hidden ones, not in `__pycache__`, nothing
+    under `out`) in sorted order."""
     files: list[Path] = []
     skip = out.resolve() if out is not None else None
     for path in inputs:
@@ -72,7 +73,8 @@ def corpus_files(inputs: list[Path], out: Path | None = None) -> list[Path]:
             files.append(path)
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                           and not any(part.startswith(".") or part == "__pycache__"
+                                       for part in p.relative_to(path).parts)
                            and (skip is None or skip not in p.resolve().parents))
             if not found:
                 raise DataError(f"{path} holds no file: point at text files or folders of them")

@@ -46,9 +46,7 @@ def _loader(cfg: Any, task: str) -> Callable[[Any, int], Loaded]:
     if cfg.user_dataset:
         return lambda c, s: open_user_dataset(c, task)
     if cfg.name == "tokens":
-        # The windows are ready (hvdtrain/data/tokens.py); the task and model that train on them are not yet.
-        raise DataError("data.name=tokens holds language-model windows, and task=language_model with model.name=gpt "
-                        "is not in this version yet (docs/language-models.md, \"Next\"): tokenize now, train later")
+        return lambda c, s: _tokens(c)
     if task != "classification" and cfg.name not in ("npz", "diabetes"):
         raise DataError(f"data.name={cfg.name} holds class labels, but task={task}: train it with "
                         "task=classification, or give npz data (or your own dataset) with the task's targets")
@@ -61,6 +59,15 @@ def _loader(cfg: Any, task: str) -> Callable[[Any, int], Loaded]:
     if cfg.name not in loaders:
         raise DataError(f"data.name={cfg.name!r} is unknown: choose one of {', '.join(loaders)}")
     return loaders[cfg.name]
+
+
+def _tokens(cfg: Any) -> Loaded:
+    """A `tokenize` directory's windows; the classes are the vocabulary's token ids (the model's output width)."""
+    from hvdtrain.data.tokens import open_tokens
+
+    train, val, meta = open_tokens(Path(_require_path(cfg, "token directory written by `hvdtrain tokenize`")),
+                                   cfg.block_size)
+    return train, val, [str(i) for i in range(int(meta["vocab_size"]))]
 
 
 def _arrays(cfg: Any, loaded: tuple[Any, ...]) -> Loaded:

@@ -9,6 +9,11 @@ Outputs are the model's raw outputs: logits for classification and multilabel (a
 its logit is above 0, i.e. its probability above 0.5), values for regression. Targets are int labels (n,)
 for classification, floats (n, T) for regression and 0/1 (n, C) for multilabel. Multi-column regression
 metrics are the mean over columns of each column's metric (scikit-learn's 'uniform_average').
+
+language_model: a step's outputs are not the logits (a window's are block_size x vocabulary floats) but one
+summary per window, computed on the device: WINDOW_SUMMARY's columns, the window's mean next-token loss and its
+share of tokens whose highest logit is the target. Every window holds block_size targets, so means over windows
+are means over tokens: perplexity = exp(mean token loss) and token_accuracy are exact across ranks.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from hvdtrain.errors import ConfigError
 
 Sums = dict[str, np.ndarray]
+ALL_TASKS = ("classification", "regression", "multilabel", "language_model")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,9 @@ def _top_k_correct(outputs: np.ndarray, targets: np.ndarray, k: int) -> float:
     target_logit = np.take_along_axis(outputs, targets.reshape(-1, 1), axis=1)
     # Counted as correct when fewer than k classes score strictly higher than the target (ties favour it).
     return float(((outputs > target_logit).sum(axis=1) < k).sum())
+
+
+WINDOW_SUMMARY = ("token_loss", "token_accuracy")  # language_model: the columns of a step's outputs
 
 
 def _per_column_mean(values: np.ndarray, count: float) -> float | None:
@@ -95,6 +104,12 @@ BUILTIN_METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("exact_match", ("multilabel",), False,
            lambda o, t: {"matched": np.float64(((o > 0) == (t > 0.5)).all(axis=1).sum())},
            lambda s, n: float(s["matched"] / n) if n else None),
+    Metric("perplexity", ("language_model",), True,
+           lambda o, t: {"token_loss": np.float64(o[:, 0].sum(dtype=np.float64))},
+           lambda s, n: float(np.exp(s["token_loss"] / n)) if n else None),
+    Metric("token_accuracy", ("language_model",), False,
+           lambda o, t: {"correct": np.float64(o[:, 1].sum(dtype=np.float64))},
+           lambda s, n: float(s["correct"] / n) if n else None),
 )}
 
 
@@ -146,7 +161,8 @@ def per_class_table(task: str, totals: Mapping[str, np.ndarray], count: float,
 
 
 def user_metric(name: str, obj: object) -> Metric:
-    """A metric from the user's object (train.metrics by import path), named `name`:
+    """A metric from the user's object (train.metrics by import path), named `name` (language_model: its outputs
+    are the per-window summaries, WINDOW_SUMMARY):
     - a function `(outputs, targets) -> per-sample values` (numpy): its value is their mean over all samples,
       higher is better unless the function has `lower_is_better = True`;
     - an object with `batch_sums(outputs, targets) -> {name: array}`, `value(totals, count) -> float` and
@@ -155,7 +171,7 @@ def user_metric(name: str, obj: object) -> Metric:
     lower = bool(getattr(obj, "lower_is_better", False))
     batch_sums, value = getattr(obj, "batch_sums", None), getattr(obj, "value", None)
     if callable(batch_sums) and callable(value):
-        return Metric(name, ("classification", "regression", "multilabel"), lower,
+        return Metric(name, ALL_TASKS, lower,
                       lambda o, t: {k: np.asarray(v, dtype=np.float64) for k, v in batch_sums(o, t).items()},
                       lambda s, n: None if not n else float(value(s, n)))
     if not callable(obj):
@@ -168,5 +184,5 @@ def user_metric(name: str, obj: object) -> Metric:
                               f"{len(outputs)}: return one value per sample (the trainer sums them exactly)")
         return {"total": np.float64(values.sum())}
 
-    return Metric(name, ("classification", "regression", "multilabel"), lower, per_sample_sum,
+    return Metric(name, ALL_TASKS, lower, per_sample_sum,
                   lambda s, n: float(s["total"] / n) if n else None)

@@ -11,15 +11,18 @@ from typing import Any
 import numpy as np
 
 from hvdtrain.errors import ConfigError
-from hvdtrain.tasks.metrics import BUILTIN_METRICS, Metric, Sums, user_metric
+from hvdtrain.tasks.metrics import BUILTIN_METRICS, WINDOW_SUMMARY, Metric, Sums, user_metric
 
-TASKS = ("classification", "regression", "multilabel")
+TASKS = ("classification", "regression", "multilabel", "language_model")
 BUILTIN_LOSSES = ("cross_entropy", "mse", "mae", "huber", "bce")
 # The losses each task accepts: what its targets can be compared with.
-TASK_LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "mae", "huber"), "multilabel": ("bce",)}
-DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse", "multilabel": "bce"}
+TASK_LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "mae", "huber"), "multilabel": ("bce",),
+               "language_model": ("cross_entropy",)}
+DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse", "multilabel": "bce",
+                "language_model": "cross_entropy"}
 DEFAULT_METRICS = {"classification": ("accuracy",), "regression": ("mae", "rmse", "r2"),
-                   "multilabel": ("f1_micro", "f1_macro", "exact_match")}
+                   "multilabel": ("f1_micro", "f1_macro", "exact_match"),
+                   "language_model": ("perplexity", "token_accuracy")}
 LOSS, COUNT = "loss", "count"  # the sums every task has: the loss summed over samples, and the samples
 
 
@@ -37,8 +40,14 @@ class TaskSpec:
 
     @property
     def int_targets(self) -> bool:
-        """Classification: int labels (n,); the others: float targets (n, width)."""
-        return self.name == "classification"
+        """Classification: int labels (n,); language_model: int next tokens (n, block_size); the others: float
+        targets (n, width)."""
+        return self.name in ("classification", "language_model")
+
+    @property
+    def sequences(self) -> bool:
+        """language_model: token windows in, per-window summaries out (hvdtrain/tasks/metrics.py, WINDOW_SUMMARY)."""
+        return self.name == "language_model"
 
     def metric_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.metrics)
@@ -58,6 +67,8 @@ class TaskSpec:
 
     def empty_sums(self, width: int) -> Sums:
         """Zero sums of every key and shape (a rank with no batch still takes part in the allreduce)."""
+        if self.sequences:  # outputs: one summary per window
+            width = len(WINDOW_SUMMARY)
         targets = np.zeros((0,), np.int64) if self.int_targets else np.zeros((0, width), np.float32)
         sums = self.batch_sums(np.zeros((0, width), np.float32), targets)
         return {LOSS: np.float64(0.0), COUNT: np.float64(0.0), **sums}

@@ -31,7 +31,9 @@ def build_spec(cfg: Config, image_shape: tuple[int, ...], num_classes: int,
                augment_in_step: bool = False) -> BuildSpec:
     """The part of the config a backend needs to build model, optimizer and step (`augment_in_step`: the step
     applies the random transforms, augment.device=gpu). `image_shape`: (H, W, C), or (F,) for feature vectors."""
-    if len(image_shape) == 1:
+    if cfg.task == "language_model":
+        check_token_windows(cfg)
+    elif len(image_shape) == 1:
         check_feature_vectors(cfg, image_shape[0])
     return BuildSpec(model=cfg.model, image_shape=image_shape, num_classes=num_classes, seed=cfg.seed,
                      optim=cfg.optim, step=StepPolicy.from_config(cfg.policy), regularization=cfg.regularization,
@@ -48,6 +50,13 @@ def check_feature_vectors(cfg: Config, features: int) -> None:
     if cfg.augment.random or cfg.augment.standardizes:
         raise ConfigError(f"augment.* transforms images, but data.name={cfg.data.name} gives feature vectors: leave "
                           "the augment section at its defaults (standardise features when you make the data)")
+
+
+def check_token_windows(cfg: Config) -> None:
+    """Token windows go to a sequence model (config.py checks which), without image augmentation."""
+    if cfg.augment.random or cfg.augment.standardizes:
+        raise ConfigError("augment.* transforms images, but task=language_model trains on token windows: leave the "
+                          "augment section at its defaults")
 
 
 @dataclass(frozen=True)

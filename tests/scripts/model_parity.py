@@ -35,6 +35,72 @@ RESNET50_CASES = (("resnet50", ["model.name=resnet50"], (64, 64, 3), 1000),
                                            "model.hidden_units=[16]", "model.dropout=0.5"], (15, 12, 3), 10))
 
 
+# model.name=gpt: (key, overrides, block size, vocabulary). The first is docs/language-models.md's baby GPT.
+GPT_CASES = (("gpt[64]-v65", ["task=language_model", "data.name=tokens", "model.name=gpt"], 64, 65),
+             ("gpt-bias-2x3x48[16]-v50", ["task=language_model", "data.name=tokens", "model.name=gpt",
+                                          "model.bias=true", "model.n_layer=2", "model.n_head=3",
+                                          "model.n_embd=48"], 16, 50))
+
+
+def tokens(block: int, vocab: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, vocab, (3, block))
+
+
+def torch_gpt(out_dir: Path) -> dict:
+    """Per GPT case: sizes and stds in torch's parameter order, the logits, and whether generation's cached steps
+    give the logits of the whole sequence (the weights go to DIR by name)."""
+    import torch
+
+    from torch_backend.models import build_model
+
+    report = {}
+    for key, overrides, block, vocab in GPT_CASES:
+        model = build_model(load_config(None, overrides).model, (block,), vocab).eval()
+        x = torch.from_numpy(tokens(block, vocab))
+        with torch.no_grad():
+            y = model(x).numpy()
+            logits, cache = model.decode(x[:, :5], None)
+            steps = [logits]
+            for i in range(5, block):
+                logits, cache = model.decode(x[:, i:i + 1], cache)
+                steps.append(logits)
+        cached = torch.stack(steps, dim=1).numpy()
+        named = {n: p.detach().numpy() for n, p in model.named_parameters()}
+        np.savez(out_dir / f"{key}.npz", y=y, **named)
+        report[key] = {"out": list(y.shape), "vars": [[int(w.size), float(w.std())] for w in named.values()],
+                       "names": list(named), "cache_max_diff": float(np.abs(cached - y[:, 4:]).max())}
+    return report
+
+
+def tf_gpt(in_dir: Path) -> dict:
+    from tf_backend.gpt import network, torch_named_variables
+    from tf_backend.models import build_model
+
+    report = {}
+    for key, overrides, block, vocab in GPT_CASES:
+        model = build_model(load_config(None, overrides).model, (block,), vocab)
+        named = torch_named_variables(model)
+        assert len(named) == len(model.trainable_variables)
+        entry = {"out": list(model(tokens(block, vocab), training=False).shape), "names": list(named),
+                 "vars": [[int(np.prod(v.shape)), float(np.std(np.asarray(v)))] for v, _ in named.values()]}
+        with np.load(in_dir / f"{key}.npz") as saved:
+            torch_y = saved["y"]
+            for name, (variable, transposed) in named.items():
+                variable.assign(saved[name].T if transposed else saved[name])
+        x = tokens(block, vocab)
+        y = np.asarray(model(x, training=False))
+        entry["max_rel_diff"] = float(np.abs(y - torch_y).max() / np.abs(torch_y).max())
+        net, steps = network(model), []
+        logits, cache = net.decode(x[:, :5], None)
+        steps.append(np.asarray(logits))
+        for i in range(5, block):
+            logits, cache = net.decode(x[:, i:i + 1], cache)
+            steps.append(np.asarray(logits))
+        entry["cache_max_diff"] = float(np.abs(np.stack(steps, axis=1) - y[:, 4:]).max())
+        report[key] = entry
+    return report
+
+
 def cases() -> list[tuple[str, list[str], tuple[int, int, int], int]]:
     """(report key, overrides, input shape, classes) of every model the script builds."""
     out = [(f"{tag}{list(shape)}", overrides, shape, 10) for tag, overrides in VARIANTS for shape in SHAPES]
@@ -127,5 +193,6 @@ def tf_side(in_dir: Path) -> dict:
 
 if __name__ == "__main__":
     framework, directory = sys.argv[1], Path(sys.argv[2])
-    result = torch_side(directory) if framework == "torch" else tf_side(directory)
+    result = ({**torch_side(directory), **torch_gpt(directory)} if framework == "torch" else
+              {**tf_side(directory), **tf_gpt(directory)})
     print(json.dumps(result))

@@ -16,8 +16,11 @@ from conftest import REPO
 # torchvision's resnet50, 25,557,032.
 EXPECTED_COUNTS = {"mobilenet[8, 8, 1]": 13930, "mobilenet[32, 32, 3]": 14506, "mobilenet-x0.5[32, 32, 3]": 7194,
                    "resnet-8[32, 32, 3]": 87002, "resnet-20[8, 8, 1]": 281146, "resnet-20[32, 32, 3]": 281434,
-                   "cnn[8, 8, 1]": 53002, "resnet50[64, 64, 3]": 25_557_032}
+                   "cnn[8, 8, 1]": 53002, "resnet50[64, 64, 3]": 25_557_032,
+                   # nanoGPT's baby GPT (vocabulary 65, context 64; nanoGPT prints 802,944 decayed + 1,152 not)
+                   "gpt[64]-v65": 804_096}
 CLASSES = {"resnet50[64, 64, 3]": 1000}  # every other variant: 10
+GPT_OUT = {"gpt[64]-v65": [3, 64, 65], "gpt-bias-2x3x48[16]-v50": [3, 16, 50]}  # (windows, positions, vocabulary)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +52,11 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 def test_same_variables_in_the_same_order(reports: dict[str, dict]) -> None:
     torch_side, tf_side = reports["torch"], reports["tensorflow"]
-    assert torch_side.keys() == tf_side.keys() and len(torch_side) == 23
+    assert torch_side.keys() == tf_side.keys() and len(torch_side) == 23 + len(GPT_OUT)
     for key in torch_side:
         assert [n for n, _ in torch_side[key]["vars"]] == [n for n, _ in tf_side[key]["vars"]], key
-        assert torch_side[key]["out"] == tf_side[key]["out"] == [3, CLASSES.get(key, 10)], key
+        assert torch_side[key]["out"] == tf_side[key]["out"] == GPT_OUT.get(key, [3, CLASSES.get(key, 10)]), key
+        assert torch_side[key].get("names") == tf_side[key].get("names"), key  # gpt: by torch's names
     totals = {key: sum(n for n, _ in entry["vars"]) for key, entry in torch_side.items()}
     assert {key: totals[key] for key in EXPECTED_COUNTS} == EXPECTED_COUNTS
     assert totals["mobilenet-x0.5[32, 32, 3]"] < totals["mobilenet[32, 32, 3]"] / 1.8  # every layer thinner
@@ -74,3 +78,12 @@ def test_same_initial_distributions(reports: dict[str, dict]) -> None:
 def test_same_outputs_with_the_same_weights(reports: dict[str, dict]) -> None:
     for key, entry in reports["tensorflow"].items():
         assert entry["max_rel_diff"] is not None and entry["max_rel_diff"] < 1e-5, (key, entry["max_rel_diff"])
+
+
+def test_gpt_without_biases_has_none_and_decodes_with_its_cache_as_without(reports: dict[str, dict]) -> None:
+    names = reports["torch"]["gpt[64]-v65"]["names"]
+    assert not [n for n in names if n.endswith(".bias")] and "lm_head.weight" not in names  # tied head
+    assert len([n for n in reports["torch"]["gpt-bias-2x3x48[16]-v50"]["names"] if n.endswith(".bias")]) == 2 * 6 + 1
+    for framework in ("torch", "tensorflow"):  # the last position's logits, one cached token at a time
+        for key in GPT_OUT:
+            assert reports[framework][key]["cache_max_diff"] < 1e-5, (framework, key)

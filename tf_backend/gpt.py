@@ -1,0 +1,156 @@
+"""model.name: gpt on Keras 3: the network of torch_backend/gpt.py (same layout, parameters, initialisation and
+names), for tf_backend's training and the commands after it (docs/language-models.md).
+
+One layer, `GPTNetwork`, holds the whole network inside a functional model whose input is (t,) int token ids
+and whose output is (t, vocabulary) logits; `decode` is generation's step with a key/value cache. Attention
+goes through `keras.ops.dot_product_attention` (causal); with model.dropout > 0 in training, through the same
+formula written out, so that the attention weights can be dropped as torch's kernel does.
+`torch_named_variables` lists the variables under torch's state-dict names (tf_backend/portable.py and the
+architecture parity test copy weights with it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+from hvdtrain.config import ModelConfig
+
+Cache = list[tuple[Any, Any]]
+
+
+def _normal(std: float) -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(mean=0.0, stddev=std)
+
+
+@keras.saving.register_keras_serializable(package="hvdtrain")
+class GPTNetwork(keras.layers.Layer):
+    """The GPT of torch_backend/gpt.py as one Keras layer: (n, t) int tokens -> (n, t, vocabulary) logits."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float,
+                 bias: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
+        self.n_head, self.n_embd, self.dropout_rate, self.bias = n_head, n_embd, dropout, bias
+        residual = _normal(0.02 / math.sqrt(2 * n_layer))
+
+        def dense(units: int, name: str, init: keras.initializers.Initializer | None = None) -> keras.layers.Dense:
+            return keras.layers.Dense(units, use_bias=bias, kernel_initializer=init or _normal(0.02),
+                                      bias_initializer="zeros", name=name)
+
+        def norm(name: str) -> keras.layers.LayerNormalization:
+            return keras.layers.LayerNormalization(epsilon=1e-5, center=bias, name=name)
+
+        self.blocks = [{"ln_1": norm(f"h_{i}_ln_1"), "c_attn": dense(3 * n_embd, f"h_{i}_attn_c_attn"),
+                        "attn_proj": dense(n_embd, f"h_{i}_attn_c_proj", residual), "ln_2": norm(f"h_{i}_ln_2"),
+                        "c_fc": dense(4 * n_embd, f"h_{i}_mlp_c_fc"),
+                        "mlp_proj": dense(n_embd, f"h_{i}_mlp_c_proj", residual)} for i in range(n_layer)]
+        self.ln_f = norm("ln_f")
+        self.drop = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape: Any) -> None:
+        self.wte = self.add_weight(shape=(self.vocab_size, self.n_embd), initializer=_normal(0.02), name="wte")
+        self.wpe = self.add_weight(shape=(self.block_size, self.n_embd), initializer=_normal(0.02), name="wpe")
+        width = self.n_embd
+        for block in self.blocks:
+            block["ln_1"].build((None, None, width))
+            block["c_attn"].build((None, None, width))
+            block["attn_proj"].build((None, None, width))
+            block["ln_2"].build((None, None, width))
+            block["c_fc"].build((None, None, width))
+            block["mlp_proj"].build((None, None, 4 * width))
+        self.ln_f.build((None, None, width))
+        super().build(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "vocab_size": self.vocab_size, "block_size": self.block_size,
+                "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd, "dropout": self.dropout_rate,
+                "bias": self.bias}
+
+    def _attention(self, block: dict[str, Any], x: Any, past: tuple[Any, Any] | None, training: bool
+                   ) -> tuple[Any, tuple[Any, Any]]:
+        n, t = ops.shape(x)[0], ops.shape(x)[1]
+        heads, size = self.n_head, self.n_embd // self.n_head
+        q, k, v = (ops.reshape(part, (n, t, heads, size)) for part in ops.split(block["c_attn"](x), 3, axis=-1))
+        if past is not None:
+            k, v = ops.concatenate([past[0], k], axis=1), ops.concatenate([past[1], v], axis=1)
+        causal = past is None  # generation's step: one new token, which sees every earlier one
+        if training and self.dropout_rate > 0:
+            scores = ops.einsum("nqhd,nkhd->nhqk", q, k) / ops.cast(math.sqrt(size), q.dtype)
+            if causal:
+                allowed = ops.tril(ops.ones((t, t), dtype="bool"))
+                scores = ops.where(allowed, scores, ops.cast(-1e9 if scores.dtype == "float32" else -3e4,
+                                                             scores.dtype))
+            weights = self.drop(ops.softmax(scores, axis=-1), training=True)
+            y = ops.einsum("nhqk,nkhd->nqhd", weights, v)
+        else:
+            y = ops.dot_product_attention(q, k, v, is_causal=causal)
+        y = block["attn_proj"](ops.reshape(y, (n, t, self.n_embd)))
+        return self.drop(y, training=training), (k, v)
+
+    def _trunk(self, tokens: Any, cache: Cache | None, training: bool) -> tuple[Any, Cache]:
+        start = ops.shape(cache[0][0])[1] if cache else 0
+        positions = ops.arange(start, start + ops.shape(tokens)[1])
+        embedded = ops.take(self.wte, tokens, axis=0) + ops.take(self.wpe, positions, axis=0)
+        x = self.drop(ops.cast(embedded, self.compute_dtype), training=training)
+        presents: Cache = []
+        for i, block in enumerate(self.blocks):
+            attended, present = self._attention(block, block["ln_1"](x), cache[i] if cache else None, training)
+            x = x + attended
+            hidden = keras.activations.gelu(block["c_fc"](block["ln_2"](x)), approximate=False)
+            x = x + self.drop(block["mlp_proj"](hidden), training=training)
+            presents.append(present)
+        return self.ln_f(x), presents
+
+    def _logits(self, x: Any) -> Any:
+        return ops.matmul(x, ops.transpose(ops.cast(self.wte, x.dtype)))  # the head is the token embedding
+
+    def call(self, tokens: Any, training: bool | None = None) -> Any:
+        x, _ = self._trunk(tokens, None, bool(training))
+        return self._logits(x)
+
+    def decode(self, tokens: Any, cache: Cache | None) -> tuple[Any, Cache]:
+        """The next-token logits (n, vocabulary) after `tokens` (n, t): the whole prompt without a cache, then one
+        token at a time with it; and the cache with them."""
+        x, presents = self._trunk(tokens, cache, False)
+        return self._logits(x[:, -1]), presents
+
+
+def build_gpt(cfg: ModelConfig, block_size: int, vocab_size: int) -> keras.Model:
+    tokens = keras.Input((block_size,), dtype="int32", name="tokens")
+    network = GPTNetwork(vocab_size, block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout, cfg.bias,
+                         name="gpt")
+    return keras.Model(tokens, network(tokens), name="gpt")
+
+
+def network(model: keras.Model) -> GPTNetwork:
+    """The GPTNetwork layer of a model build_gpt made."""
+    return next(layer for layer in model.layers if isinstance(layer, GPTNetwork))
+
+
+def torch_named_variables(model: keras.Model) -> dict[str, tuple[Any, bool]]:
+    """Every variable of a build_gpt model by the name torch_backend/gpt.py's state dict gives it, and whether
+    its matrix is the transpose of torch's (Dense kernels are (in, out), torch's Linear weights (out, in))."""
+    net = network(model)
+    named: dict[str, tuple[Any, bool]] = {"wte.weight": (net.wte, False), "wpe.weight": (net.wpe, False)}
+    torch_names = {"ln_1": "ln_1", "c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "ln_2": "ln_2",
+                   "c_fc": "mlp.c_fc", "mlp_proj": "mlp.c_proj"}
+
+    def add(prefix: str, layer: Any) -> None:
+        if isinstance(layer, keras.layers.LayerNormalization):
+            named[f"{prefix}.weight"] = (layer.gamma, False)
+            if layer.center:
+                named[f"{prefix}.bias"] = (layer.beta, False)
+        else:
+            named[f"{prefix}.weight"] = (layer.kernel, True)
+            if layer.use_bias:
+                named[f"{prefix}.bias"] = (layer.bias, False)
+
+    for i, block in enumerate(net.blocks):
+        for key, torch_name in torch_names.items():
+            add(f"h.{i}.{torch_name}", block[key])
+    add("ln_f", net.ln_f)
+    return named
