@@ -16,7 +16,8 @@ from hvdtrain.commands.tokenize import tokenize_corpus
 from hvdtrain.config import load_config
 from hvdtrain.data import load_dataset, plan_epoch
 from hvdtrain.data.tokens import open_tokens
-from hvdtrain.errors import DataError
+from hvdtrain.errors import ConfigError, DataError
+from hvdtrain.training.setup import build_spec
 
 BLOCK = 8
 TEXT = "".join(chr(ord("a") + (i * 7) % 26) + (" " if i % 5 == 0 else "") for i in range(1200))
@@ -102,7 +103,21 @@ def test_damaged_or_small_token_directories_are_one_line_errors(token_dir: Path,
     assert json.loads((damaged / "meta.json").read_text())["dtype"] == "uint16"
 
 
-def test_training_on_tokens_waits_for_the_language_model_task(token_dir: Path) -> None:
-    cfg = load_config(None, ["data.name=tokens", f"data.path={token_dir}"])
-    with pytest.raises(DataError, match="task=language_model with model.name=gpt is not in this version yet"):
-        load_dataset(cfg.data, cfg.seed)
+def test_tokens_train_a_language_model_and_nothing_else(token_dir: Path) -> None:
+    lm = ["task=language_model", "model.name=gpt", "data.name=tokens", f"data.path={token_dir}",
+          f"data.block_size={BLOCK}"]
+    cfg = load_config(None, lm)
+    dataset = load_dataset(cfg.data, cfg.seed, cfg.task)
+    assert dataset.num_classes == 256 and dataset.image_shape == (BLOCK,)  # byte vocabulary; the context
+    refusals = {  # each key combination, and the fix its line names
+        ("data.name=tokens", f"data.path={token_dir}"): "set task=language_model",
+        ("task=language_model", "model.name=cnn", "data.name=tokens"): "set model.name=gpt",
+        ("task=language_model", "model.name=gpt"): "set data.name=tokens",
+        ("model.name=gpt",): "set task=language_model",
+        (*lm, "model.n_embd=130", "model.n_head=4"): "choose n_embd a multiple of n_head",
+    }
+    for overrides, fix in refusals.items():
+        with pytest.raises(ConfigError, match=fix):
+            load_config(None, list(overrides))
+    with pytest.raises(ConfigError, match="trains on token windows: leave the augment section at its defaults"):
+        build_spec(load_config(None, [*lm, "augment.horizontal_flip=true"]), (BLOCK,), 256)
