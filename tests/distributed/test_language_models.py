@@ -52,7 +52,8 @@ def pooled(root: Path) -> list[PoolRun]:
                                                  f"run.dir={root / backend / name}")))
         runs.append(PoolRun(backend, 1, (*GPT, data, "data.block_size=32", "train.batch_size=12",
                                          "train.max_steps=160", "train.max_steps_per_epoch=40",
-                                         "policy.warmup_steps=10", "optim.schedule=cosine", "optim.cosine_min_ratio=0.1",
+                                         "policy.warmup_steps=10", "optim.schedule=cosine",
+                                         "optim.cosine_min_ratio=0.1",
                                          f"backend={backend}", f"run.dir={root / backend / 'long'}")))
     return runs
 
