@@ -170,6 +170,15 @@ class Inference(Protocol):
         """The model's logits (float32, (n, classes)) for a batch (uint8 or float32 NHWC), in inference mode."""
 
 
+@runtime_checkable
+class Generation(Protocol):
+    """Language models (model.name=gpt): next-token logits with a key/value cache (hvdtrain/lifecycle/generate.py)."""
+
+    def next_token_logits(self, tokens: np.ndarray, cache: Any | None) -> tuple[np.ndarray, Any]:
+        """float32 (n, vocabulary) logits of the token after `tokens` (n, t) int: without a cache `tokens` is the
+        whole context; with one, the tokens that follow those it holds. Returns the cache with `tokens` in it."""
+
+
 def require_inference(backend: Backend) -> Inference:
     """The backend as an Inference (both built-in backends are)."""
     if not isinstance(backend, Inference):

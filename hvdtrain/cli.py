@@ -1,5 +1,5 @@
 """Command line: `hvdtrain [train] --config FILE key=value ...`, `bench`, `sweep`, `plot`, `augment-preview`,
-`doctor`, `config-docs`, `pack`, `tokenize`, and the finished-run commands."""
+`doctor`, `config-docs`, `pack`, `tokenize`, and the finished-run commands (`generate` among them)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hvdtrain.errors import UserError
 from hvdtrain.registry import BACKEND_NAMES
 
 COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack", "tokenize",
-            "evaluate", "predict", "export", "convert")
+            "evaluate", "predict", "export", "convert", "generate")
 # The commands that run under launchers, one process per rank: their errors are reported on every rank.
 LAUNCHED_COMMANDS = ("train", "bench", "evaluate", "predict")
 
@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "Launch under horovodrun or mpirun for several ranks.")
     sub = parser.add_subparsers(dest="command",
                                 metavar="{train,bench,doctor,config-docs,augment-preview,plot,sweep,pack,tokenize,"
-                                        "evaluate,predict,export,convert}")
+                                        "evaluate,predict,export,convert,generate}")
     train = sub.add_parser("train", help="train a model (the default command)")
     train.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     train.add_argument("--profile", action="store_true",
@@ -106,6 +106,17 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
     convert.add_argument("--to", required=True, choices=BACKEND_NAMES, help="the target backend")
     convert.add_argument("--out", required=True, help="the new run directory to write")
+    generate = sub.add_parser("generate", help="text from a finished language-model run (docs/language-models.md)")
+    generate.add_argument("run_dir", metavar="RUN_DIR", help="a finished task=language_model run directory")
+    generate.add_argument("--prompt", default="\n", help="text the samples start from (default: a newline)")
+    generate.add_argument("--max-new-tokens", type=int, default=200, help="tokens per sample (default 200)")
+    generate.add_argument("--temperature", type=float, default=1.0, help="logits / T before sampling; 0: greedy "
+                                                                         "(default 1.0)")
+    generate.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
+    generate.add_argument("--num-samples", type=int, default=1, help="samples, separated by --- (default 1)")
+    generate.add_argument("--seed", type=int, default=0, help="the sampling's seed: same seed, same text (default 0)")
+    generate.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token "
+                                                                  "instead of keeping keys and values (to compare)")
     return parser
 
 
@@ -147,7 +158,7 @@ def _named_backend(args: argparse.Namespace) -> str:
 
 
 def _after_training(args: argparse.Namespace) -> int:
-    """evaluate, predict, export, convert (docs/lifecycle.md)."""
+    """evaluate, predict, export, convert (docs/lifecycle.md), generate (docs/language-models.md)."""
     if args.command == "evaluate":
         from hvdtrain.lifecycle.evaluate import run_evaluate
 
@@ -160,6 +171,12 @@ def _after_training(args: argparse.Namespace) -> int:
         from hvdtrain.lifecycle.export import export_run
 
         print(export_run(args.run_dir, args.format, args.out, args.checkpoint).line())
+    elif args.command == "generate":
+        from hvdtrain.lifecycle.generate import Sampling, run_generate
+
+        result = run_generate(args.run_dir, args.prompt, args.max_new_tokens,
+                              Sampling(args.temperature, args.top_k, args.seed), args.num_samples, not args.no_cache)
+        print("\n".join(result.lines()), flush=True)
     else:
         from hvdtrain.lifecycle.convert import convert_run
 
@@ -224,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             print(tokenize_corpus([Path(t) for t in args.texts], Path(args.out), args.tokenizer, args.vocab_size,
                                   args.val_fraction).line())
             return 0
-        if args.command in ("evaluate", "predict", "export", "convert"):
+        if args.command in ("evaluate", "predict", "export", "convert", "generate"):
             return _after_training(args)
         if args.command == "config-docs":
             from hvdtrain.config import reference_markdown

@@ -378,6 +378,12 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._predict_fn(_pixels(x)))
 
+    def next_token_logits(self, tokens: np.ndarray, cache: Any | None) -> tuple[np.ndarray, Any]:
+        from tf_backend.gpt import network
+
+        logits, cache = network(self._parts()[1]).decode(tf.convert_to_tensor(np.asarray(tokens, np.int32)), cache)
+        return np.asarray(tf.cast(logits, tf.float32)), cache
+
     def step_info(self) -> StepInfo:
         _, _, optimizer, precision = self._parts()
         lr = self._lr if self._lr is not None else float(np.asarray(optimizer.learning_rate))  # no read per step

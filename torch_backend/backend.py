@@ -337,6 +337,15 @@ class TorchBackend(Backend, Prunable, Penalized):
         model.eval()
         return self._forward(images, model).cpu().numpy()
 
+    @torch.no_grad()
+    def next_token_logits(self, tokens: np.ndarray, cache: Any | None) -> tuple[np.ndarray, Any]:
+        _, model, _, precision = self._parts()
+        model.eval()
+        with precision.forward_context():
+            decode: Any = model.decode  # torch_backend/gpt.py's GPT (generate checks model.name)
+            logits, cache = decode(torch.from_numpy(np.asarray(tokens, np.int64)).to(self.device), cache)
+        return logits.float().cpu().numpy(), cache
+
     def step_info(self) -> StepInfo:
         _, _, optimizer, precision = self._parts()
         group = optimizer.param_groups[0]

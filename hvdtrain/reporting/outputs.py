@@ -91,6 +91,11 @@ class RunOutputs:
         self.rewind(history or [], resume_step)
         (self.dir / "summary.json").unlink(missing_ok=True)
 
+    def copy_in(self, source: Path) -> None:
+        """A copy of the file `source` in the run directory, under its own name (atomically)."""
+        if self.enabled:
+            write_atomic(self.dir / source.name, source.read_bytes())
+
     def rewind(self, history: list[dict[str, Any]], step: int) -> None:
         """Makes the logs say what a run at optimizer step `step` with these completed epochs has done:
         used when resuming and after an elastic rollback (what was logged later is dropped)."""

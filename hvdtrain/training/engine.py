@@ -32,6 +32,7 @@ from hvdtrain.reporting.tensorboard import EventWriter
 from hvdtrain.tasks import sums as named
 from hvdtrain.tasks.metrics import Sums
 from hvdtrain.tasks.task import COUNT
+from hvdtrain.text.tokenizer import TOKENIZER_FILE
 from hvdtrain.training import collectives
 from hvdtrain.training.checkpoint import Checkpointer
 from hvdtrain.training.setup import RunPlan, augment_on_device, plan_run
@@ -189,8 +190,13 @@ class Engine:
             comm.agree(lambda: backend.load(init_source(cfg, cfg.distill.teacher, "distill.teacher"), "teacher")
                        if world.rank == 0 else [])
         backend.sync()
-        comm.agree(lambda: outputs.start(to_yaml(cfg), history=run_state.history if resume else None,
-                                         resume_step=run_state.step, overwrite=cfg.run.overwrite))
+        def start_outputs() -> None:
+            outputs.start(to_yaml(cfg), history=run_state.history if resume else None, resume_step=run_state.step,
+                          overwrite=cfg.run.overwrite)
+            if cfg.data.name == "tokens" and cfg.data.path:  # `generate` reads the run's own copy
+                outputs.copy_in(Path(cfg.data.path) / TOKENIZER_FILE)
+
+        comm.agree(start_outputs)
         checkpointer.remove_leftovers()
         run_state.started = True
         say, placement = self.progress.print, self.placement

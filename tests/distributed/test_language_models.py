@@ -124,3 +124,23 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(runs: Path, tmp_path:
     assert max_weight_diff(read_weights(cut), read_weights(full)) <= 1e-6
     assert [numbers(r) for r in read_metrics(cut)] == [numbers(r) for r in read_metrics(full)]
     assert read_summary(cut)["steps"] == 14
+
+
+def test_generate_is_fixed_by_its_seed_and_its_cache_changes_no_token(runs: Path) -> None:
+    """torch: a seed gives the same samples again; Keras: greedy tokens with and without the cache, past the
+    model's 32 positions (the context restarts from its last half). One process per command, all at once."""
+    def generate(backend: str, *words: str) -> subprocess.CompletedProcess:
+        return run_hvdtrain(["generate", str(runs / backend / "long"), "--prompt", "def ", "--max-new-tokens", "80",
+                             *words])
+
+    sampled, again, cached, uncached = together(
+        lambda: generate("torch", "--seed", "7", "--num-samples", "2", "--top-k", "20"),
+        lambda: generate("torch", "--seed", "7", "--num-samples", "2", "--top-k", "20"),
+        lambda: generate("tensorflow", "--temperature", "0"),
+        lambda: generate("tensorflow", "--temperature", "0", "--no-cache"))
+    samples = sampled.stdout.rstrip("\n").split("\n---\n")
+    assert len(samples) == 2 and samples[0] != samples[1] and all(s.startswith("def ") for s in samples)
+    assert sampled.stdout == again.stdout
+    assert cached.stdout == uncached.stdout and len(cached.stdout) > len("def ") + 40
+    failed = run_hvdtrain(["generate", str(runs / "torch" / "long"), "--prompt", "\u03a9"], check=False)
+    assert failed.returncode == 2 and "character '\u03a9' is not in this char tokenizer's vocabulary" in failed.stderr
