@@ -44,7 +44,8 @@ class DataConfig:
     name: str = option("digits", "Dataset source: digits, synthetic, npz (a .npz file, or a folder of "
                                  "x.npy/y.npy: images or feature vectors), diabetes (regression), image_folder "
                                  "(streamed), shards (tar shards, streamed), cifar10, "
-                                 "mnist (docs/data.md), tokens (a `tokenize` directory: docs/language-models.md), "
+                                 "mnist (docs/data.md), tokens (a `tokenize` directory) or text (UTF-8 files, "
+                                 "tokenized on first use: docs/language-models.md), "
                                  "or 'package.module:function' returning your own map-style dataset.")
     path: str | None = option(None, "File (npz) or folder (npy arrays; image_folder: class sub-folders, or train/ and "
                                     "val/ of them; shards: a folder of .tar shards or a {000..009} brace pattern; "
@@ -70,8 +71,13 @@ class DataConfig:
                            choices=("stop", "skip"))
     log_samples: bool = option(False, "Write samples/epoch-NNN.tsv (rank, step and name of every training sample "
                                       "used), to audit sharding.")
-    block_size: int = option(256, "tokens: the context length; a sample is a window of block_size + 1 tokens "
-                                  "(docs/language-models.md).", min=1)
+    block_size: int = option(256, "tokens, text: the context length; a sample is a window of block_size + 1 "
+                                  "tokens (docs/language-models.md).", min=1)
+    tokenizer: str = option("char", "text: byte, char or bpe (as `hvdtrain tokenize --tokenizer`).",
+                            choices=("byte", "char", "bpe"))
+    vocab_size: int | None = option(None, "text with bpe: the vocabulary's size (null: 8192).", min=2)
+    cache_dir: str | None = option(None, "text: where tokenized corpora are kept (null: $XDG_CACHE_HOME/hvdtrain/text, "
+                                         "~/.cache/hvdtrain/text).")
 
     def __post_init__(self) -> None:
         if self.name not in BUILTIN_DATASETS and not ModelConfig.is_import_path(self.name):
@@ -87,7 +93,8 @@ class DataConfig:
         return self.name not in BUILTIN_DATASETS
 
 
-BUILTIN_DATASETS = ("digits", "synthetic", "npz", "image_folder", "shards", "cifar10", "mnist", "diabetes", "tokens")
+BUILTIN_DATASETS = ("digits", "synthetic", "npz", "image_folder", "shards", "cifar10", "mnist", "diabetes", "tokens",
+                    "text")
 BUILTIN_MODELS = ("mlp", "cnn", "mobilenet", "resnet", "resnet50", "gpt")
 @dataclass(frozen=True)
 class ModelConfig:
@@ -535,12 +542,14 @@ class Config:
                               "images: set model.name=gpt (or your own model by import path)")
         if self.model.name == "gpt" and self.task != "language_model":
             raise ConfigError(f"model.name=gpt predicts next tokens, but task={self.task}: set task=language_model")
-        token_data = self.data.name == "tokens" or self.data.user_dataset
+        token_data = self.data.name in ("tokens", "text") or self.data.user_dataset
         if self.task == "language_model" and not token_data:
             raise ConfigError(f"task=language_model trains on token windows, but data.name={self.data.name}: set "
-                              "data.name=tokens with data.path=DIR (written by `python -m hvdtrain tokenize`)")
-        if self.data.name == "tokens" and self.task != "language_model":
-            raise ConfigError(f"data.name=tokens holds token windows, but task={self.task}: set task=language_model")
+                              "data.name=tokens with data.path=DIR (written by `python -m hvdtrain tokenize`), or "
+                              "data.name=text with data.path=FILE_OR_FOLDER")
+        if self.data.name in ("tokens", "text") and self.task != "language_model":
+            raise ConfigError(f"data.name={self.data.name} gives token windows, but task={self.task}: set "
+                              "task=language_model")
         if self.task not in ("classification", "language_model") and self.regularization.label_smoothing:
             raise ConfigError(f"regularization.label_smoothing smooths class labels, but task={self.task}: set "
                               "regularization.label_smoothing=0")

@@ -157,6 +157,9 @@ def tokenize_corpus(inputs: list[Path], out: Path, kind: str, vocab_size: int | 
         meta = {"tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "dtype": dtype.name,
                 "tokens": counts, "val_fraction": val_fraction, "files": [str(p) for p in files]}
         (work / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # mkdtemp's folder is private; the output is as readable as any new folder
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(work, out)

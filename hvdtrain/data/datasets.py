@@ -45,7 +45,7 @@ def _loader(cfg: Any, task: str) -> Callable[[Any, int], Loaded]:
 
     if cfg.user_dataset:
         return lambda c, s: open_user_dataset(c, task)
-    if cfg.name == "tokens":
+    if cfg.name in ("tokens", "text"):
         return lambda c, s: _tokens(c)
     if task != "classification" and cfg.name not in ("npz", "diabetes"):
         raise DataError(f"data.name={cfg.name} holds class labels, but task={task}: train it with "
@@ -62,11 +62,14 @@ def _loader(cfg: Any, task: str) -> Callable[[Any, int], Loaded]:
 
 
 def _tokens(cfg: Any) -> Loaded:
-    """A `tokenize` directory's windows; the classes are the vocabulary's token ids (the model's output width)."""
+    """A `tokenize` directory's windows (data.name=text: its cache entry's); the classes are the vocabulary's token
+    ids (the model's output width)."""
+    from hvdtrain.data.text import text_tokens
     from hvdtrain.data.tokens import open_tokens
 
-    train, val, meta = open_tokens(Path(_require_path(cfg, "token directory written by `hvdtrain tokenize`")),
-                                   cfg.block_size)
+    directory = text_tokens(cfg) if cfg.name == "text" else \
+        _require_path(cfg, "token directory written by `hvdtrain tokenize`")
+    train, val, meta = open_tokens(directory, cfg.block_size)
     return train, val, [str(i) for i in range(int(meta["vocab_size"]))]
 
 

@@ -21,6 +21,7 @@ from hvdtrain.callbacks import Callback, CallbackContext, CallbackList, StepRepo
 from hvdtrain.config import Config, config_hash, to_yaml
 from hvdtrain.data import BatchLoader, Dataset, plan_epoch
 from hvdtrain.data.pipeline import InputPipeline
+from hvdtrain.data.text import token_directory
 from hvdtrain.distributed.communicator import World
 from hvdtrain.features.pruning import mask_digest, masks_from_zeros
 from hvdtrain.reporting.outputs import RunOutputs, peak_rss_mb
@@ -193,8 +194,8 @@ class Engine:
         def start_outputs() -> None:
             outputs.start(to_yaml(cfg), history=run_state.history if resume else None, resume_step=run_state.step,
                           overwrite=cfg.run.overwrite)
-            if cfg.data.name == "tokens" and cfg.data.path:  # `generate` reads the run's own copy
-                outputs.copy_in(Path(cfg.data.path) / TOKENIZER_FILE)
+            if cfg.data.name in ("tokens", "text"):  # `generate` reads the run's own copy
+                outputs.copy_in(token_directory(cfg.data) / TOKENIZER_FILE)
 
         comm.agree(start_outputs)
         checkpointer.remove_leftovers()
