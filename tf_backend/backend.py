@@ -256,7 +256,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         compression = hvd.Compression.fp16 if policy.compression == "fp16" else hvd.Compression.none
         sequences = spec.task.sequences
         if sequences:  # token windows in, the next tokens as targets
-            signature = [tf.TensorSpec([None, *spec.image_shape], tf.int64), tf.TensorSpec([None, None], tf.int64)]
+            signature = [tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.int64)]  # any length
         else:
             targets = (tf.TensorSpec([None], tf.int64) if spec.task.int_targets else
                        tf.TensorSpec([None, spec.num_classes], tf.float32))

@@ -39,9 +39,17 @@ def exact_math() -> None:
 
 
 def serving_function(model: keras.Model, standardization: Standardization,
-                     image_shape: tuple[int, ...]) -> Any:
+                     image_shape: tuple[int, ...], tokens: bool = False) -> Any:
     """A tf.function: `images` (NHWC float32 in [0, 1], any batch size) -> {"logits": float32}, the
-    standardisation in Keras' order (hvdtrain/augment/standardize.py) before the model."""
+    standardisation in Keras' order (hvdtrain/augment/standardize.py) before the model; a language model's
+    (`tokens`): `tokens` (int64 ids, any batch and up to block_size positions) -> {"logits": float32}."""
+    if tokens:
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64, name="tokens")])
+        def serve_tokens(ids: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"logits": tf.cast(model(ids, training=False), tf.float32)}
+
+        return serve_tokens
+
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="images")])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         x = standardize_tensor(images, standardization) if len(image_shape) == 3 else images
@@ -66,7 +74,7 @@ def write(backend: Backend, fmt: str, standardization: Standardization, path: Pa
     """Writes the standardised model as `fmt`: "savedmodel" (the directory `path`) or "onnx" (the file)."""
     assert isinstance(backend, TensorFlowBackend) and backend.spec is not None, "build() first"
     model = backend.framework_model()
-    serve = serving_function(model, standardization, backend.spec.image_shape)
+    serve = serving_function(model, standardization, backend.spec.image_shape, backend.spec.task.sequences)
     if fmt == "savedmodel":
         module = tf.Module()
         module.model = model  # tracks the model's variables (weights and BatchNorm statistics)
@@ -86,5 +94,8 @@ def run_artifact(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
     """The logits of a SavedModel directory's serving signature for NHWC float32 `images`."""
     assert fmt == "savedmodel", fmt
     loaded = tf.saved_model.load(str(path))
-    out = loaded.signatures[SERVING](images=tf.constant(images, tf.float32))["logits"]
+    if images.dtype.kind == "i":  # a language model's token ids
+        out = loaded.signatures[SERVING](tokens=tf.constant(images, tf.int64))["logits"]
+    else:
+        out = loaded.signatures[SERVING](images=tf.constant(images, tf.float32))["logits"]
     return np.asarray(out)

@@ -26,55 +26,49 @@ def _normal(std: float) -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(mean=0.0, stddev=std)
 
 
-@keras.saving.register_keras_serializable(package="hvdtrain")
-class GPTNetwork(keras.layers.Layer):
-    """The GPT of torch_backend/gpt.py as one Keras layer: (n, t) int tokens -> (n, t, vocabulary) logits."""
+def gelu(x: Any) -> Any:
+    """GELU with the error function (torch's nn.GELU()), written with erf: ONNX has Erf but not Erfc, which
+    Keras' exact gelu uses."""
+    return 0.5 * x * (1.0 + ops.erf(x / ops.cast(math.sqrt(2.0), x.dtype)))
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float,
-                 bias: bool, **kwargs: Any) -> None:
+
+@keras.saving.register_keras_serializable(package="hvdtrain")
+class Block(keras.layers.Layer):
+    """One pre-LayerNorm Transformer block: x + attention(ln_1(x)), then + MLP(ln_2(x)); layer names as torch's
+    modules (attn_c_attn for attn.c_attn)."""
+
+    def __init__(self, n_layer: int, n_head: int, n_embd: int, dropout: float, bias: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
-        self.n_head, self.n_embd, self.dropout_rate, self.bias = n_head, n_embd, dropout, bias
+        self.n_layer, self.n_head, self.n_embd, self.dropout_rate, self.bias = n_layer, n_head, n_embd, dropout, bias
         residual = _normal(0.02 / math.sqrt(2 * n_layer))
 
         def dense(units: int, name: str, init: keras.initializers.Initializer | None = None) -> keras.layers.Dense:
             return keras.layers.Dense(units, use_bias=bias, kernel_initializer=init or _normal(0.02),
                                       bias_initializer="zeros", name=name)
 
-        def norm(name: str) -> keras.layers.LayerNormalization:
-            return keras.layers.LayerNormalization(epsilon=1e-5, center=bias, name=name)
-
-        self.blocks = [{"ln_1": norm(f"h_{i}_ln_1"), "c_attn": dense(3 * n_embd, f"h_{i}_attn_c_attn"),
-                        "attn_proj": dense(n_embd, f"h_{i}_attn_c_proj", residual), "ln_2": norm(f"h_{i}_ln_2"),
-                        "c_fc": dense(4 * n_embd, f"h_{i}_mlp_c_fc"),
-                        "mlp_proj": dense(n_embd, f"h_{i}_mlp_c_proj", residual)} for i in range(n_layer)]
-        self.ln_f = norm("ln_f")
+        self.ln_1 = keras.layers.LayerNormalization(epsilon=1e-5, center=bias, name="ln_1")
+        self.attn_c_attn = dense(3 * n_embd, "attn_c_attn")
+        self.attn_c_proj = dense(n_embd, "attn_c_proj", residual)
+        self.ln_2 = keras.layers.LayerNormalization(epsilon=1e-5, center=bias, name="ln_2")
+        self.mlp_c_fc = dense(4 * n_embd, "mlp_c_fc")
+        self.mlp_c_proj = dense(n_embd, "mlp_c_proj", residual)
         self.drop = keras.layers.Dropout(dropout)
 
     def build(self, input_shape: Any) -> None:
-        self.wte = self.add_weight(shape=(self.vocab_size, self.n_embd), initializer=_normal(0.02), name="wte")
-        self.wpe = self.add_weight(shape=(self.block_size, self.n_embd), initializer=_normal(0.02), name="wpe")
         width = self.n_embd
-        for block in self.blocks:
-            block["ln_1"].build((None, None, width))
-            block["c_attn"].build((None, None, width))
-            block["attn_proj"].build((None, None, width))
-            block["ln_2"].build((None, None, width))
-            block["c_fc"].build((None, None, width))
-            block["mlp_proj"].build((None, None, 4 * width))
-        self.ln_f.build((None, None, width))
+        for layer in (self.ln_1, self.attn_c_attn, self.attn_c_proj, self.ln_2, self.mlp_c_fc):
+            layer.build((None, None, width))
+        self.mlp_c_proj.build((None, None, 4 * width))
         super().build(input_shape)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "vocab_size": self.vocab_size, "block_size": self.block_size,
-                "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd, "dropout": self.dropout_rate,
-                "bias": self.bias}
+        return {**super().get_config(), "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
+                "dropout": self.dropout_rate, "bias": self.bias}
 
-    def _attention(self, block: dict[str, Any], x: Any, past: tuple[Any, Any] | None, training: bool
-                   ) -> tuple[Any, tuple[Any, Any]]:
+    def _attention(self, x: Any, past: tuple[Any, Any] | None, training: bool) -> tuple[Any, tuple[Any, Any]]:
         n, t = ops.shape(x)[0], ops.shape(x)[1]
         heads, size = self.n_head, self.n_embd // self.n_head
-        q, k, v = (ops.reshape(part, (n, t, heads, size)) for part in ops.split(block["c_attn"](x), 3, axis=-1))
+        q, k, v = (ops.reshape(part, (n, t, heads, size)) for part in ops.split(self.attn_c_attn(x), 3, axis=-1))
         if past is not None:
             k, v = ops.concatenate([past[0], k], axis=1), ops.concatenate([past[1], v], axis=1)
         causal = past is None  # generation's step: one new token, which sees every earlier one
@@ -88,8 +82,42 @@ class GPTNetwork(keras.layers.Layer):
             y = ops.einsum("nhqk,nkhd->nqhd", weights, v)
         else:
             y = ops.dot_product_attention(q, k, v, is_causal=causal)
-        y = block["attn_proj"](ops.reshape(y, (n, t, self.n_embd)))
+        y = self.attn_c_proj(ops.reshape(y, (n, t, self.n_embd)))
         return self.drop(y, training=training), (k, v)
+
+    def call(self, x: Any, past: tuple[Any, Any] | None = None, training: bool | None = None
+             ) -> tuple[Any, tuple[Any, Any]]:
+        attended, present = self._attention(self.ln_1(x), past, bool(training))
+        x = x + attended
+        x = x + self.drop(self.mlp_c_proj(gelu(self.mlp_c_fc(self.ln_2(x)))), training=training)
+        return x, present
+
+
+@keras.saving.register_keras_serializable(package="hvdtrain")
+class GPTNetwork(keras.layers.Layer):
+    """The GPT of torch_backend/gpt.py as one Keras layer: (n, t) int tokens -> (n, t, vocabulary) logits."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float,
+                 bias: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
+        self.n_head, self.n_embd, self.dropout_rate, self.bias = n_head, n_embd, dropout, bias
+        self.blocks = [Block(n_layer, n_head, n_embd, dropout, bias, name=f"h_{i}") for i in range(n_layer)]
+        self.ln_f = keras.layers.LayerNormalization(epsilon=1e-5, center=bias, name="ln_f")
+        self.drop = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape: Any) -> None:
+        self.wte = self.add_weight(shape=(self.vocab_size, self.n_embd), initializer=_normal(0.02), name="wte")
+        self.wpe = self.add_weight(shape=(self.block_size, self.n_embd), initializer=_normal(0.02), name="wpe")
+        for block in self.blocks:
+            block.build((None, None, self.n_embd))
+        self.ln_f.build((None, None, self.n_embd))
+        super().build(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "vocab_size": self.vocab_size, "block_size": self.block_size,
+                "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd, "dropout": self.dropout_rate,
+                "bias": self.bias}
 
     def _trunk(self, tokens: Any, cache: Cache | None, training: bool) -> tuple[Any, Cache]:
         start = ops.shape(cache[0][0])[1] if cache else 0
@@ -98,10 +126,7 @@ class GPTNetwork(keras.layers.Layer):
         x = self.drop(ops.cast(embedded, self.compute_dtype), training=training)
         presents: Cache = []
         for i, block in enumerate(self.blocks):
-            attended, present = self._attention(block, block["ln_1"](x), cache[i] if cache else None, training)
-            x = x + attended
-            hidden = keras.activations.gelu(block["c_fc"](block["ln_2"](x)), approximate=False)
-            x = x + self.drop(block["mlp_proj"](hidden), training=training)
+            x, present = block(x, cache[i] if cache else None, training=training)
             presents.append(present)
         return self.ln_f(x), presents
 
@@ -120,7 +145,7 @@ class GPTNetwork(keras.layers.Layer):
 
 
 def build_gpt(cfg: ModelConfig, block_size: int, vocab_size: int) -> keras.Model:
-    tokens = keras.Input((block_size,), dtype="int32", name="tokens")
+    tokens = keras.Input((None,), dtype="int32", name="tokens")  # up to block_size positions
     network = GPTNetwork(vocab_size, block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout, cfg.bias,
                          name="gpt")
     return keras.Model(tokens, network(tokens), name="gpt")
@@ -136,8 +161,6 @@ def torch_named_variables(model: keras.Model) -> dict[str, tuple[Any, bool]]:
     its matrix is the transpose of torch's (Dense kernels are (in, out), torch's Linear weights (out, in))."""
     net = network(model)
     named: dict[str, tuple[Any, bool]] = {"wte.weight": (net.wte, False), "wpe.weight": (net.wpe, False)}
-    torch_names = {"ln_1": "ln_1", "c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "ln_2": "ln_2",
-                   "c_fc": "mlp.c_fc", "mlp_proj": "mlp.c_proj"}
 
     def add(prefix: str, layer: Any) -> None:
         if isinstance(layer, keras.layers.LayerNormalization):
@@ -150,7 +173,9 @@ def torch_named_variables(model: keras.Model) -> dict[str, tuple[Any, bool]]:
                 named[f"{prefix}.bias"] = (layer.bias, False)
 
     for i, block in enumerate(net.blocks):
-        for key, torch_name in torch_names.items():
-            add(f"h.{i}.{torch_name}", block[key])
+        for torch_name, layer in (("ln_1", block.ln_1), ("attn.c_attn", block.attn_c_attn),
+                                  ("attn.c_proj", block.attn_c_proj), ("ln_2", block.ln_2),
+                                  ("mlp.c_fc", block.mlp_c_fc), ("mlp.c_proj", block.mlp_c_proj)):
+            add(f"h.{i}.{torch_name}", layer)
     add("ln_f", net.ln_f)
     return named

@@ -22,6 +22,10 @@ _VARIABLES = {keras.layers.Conv2D: ("kernel", "bias"), keras.layers.DepthwiseCon
 
 
 def _variables(model: keras.Model, architecture: str) -> list[Any]:
+    from tf_backend.gpt import GPTNetwork, torch_named_variables
+
+    if any(isinstance(layer, GPTNetwork) for layer in model.layers):  # in torch's order, in Keras' layout
+        return [variable for variable, _ in torch_named_variables(model).values()]
     layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True) if layer.weights]
     unstamped = [layer.name for layer in layers if not hasattr(layer, CREATION_INDEX)]
     if unstamped:

@@ -3,6 +3,8 @@
 
 The exported module takes NHWC float32 images in [0, 1] with a dynamic batch dimension, standardises them as
 the trainer's validation does, permutes them to NCHW and returns the model's logits, in eval mode, on the CPU.
+A language model's takes int64 token ids (batch, positions), both dynamic (positions up to its block_size), and
+returns (batch, positions, vocabulary) logits.
 """
 
 from __future__ import annotations
@@ -78,13 +80,19 @@ def write(backend: Backend, fmt: str, standardization: Standardization, path: Pa
     """Writes the standardised model as `fmt` ("onnx" or "torch-export") to the file `path`."""
     assert isinstance(backend, TorchBackend) and backend.spec is not None, "build() first"
     model = standardized_model(backend, standardization)
-    example = torch.rand(EXAMPLE_BATCH, *backend.spec.image_shape)
-    dynamic = ({0: torch.export.Dim("batch")},)
+    if backend.spec.task.sequences:  # token ids (batch, positions) in, up to the model's block_size positions
+        block = backend.spec.image_shape[0]
+        example = torch.randint(0, backend.spec.num_classes, (EXAMPLE_BATCH, block))
+        dynamic = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("positions", min=2, max=block)},)
+    else:
+        example = torch.rand(EXAMPLE_BATCH, *backend.spec.image_shape)
+        dynamic = ({0: torch.export.Dim("batch")},)
+    input_name = "tokens" if backend.spec.task.sequences else "images"
     with _quiet(), torch.no_grad():
         if fmt == "torch-export":
             torch.export.save(torch.export.export(model, (example,), dynamic_shapes=dynamic), path)
         elif fmt == "onnx":
-            torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+            torch.onnx.export(model, (example,), str(path), input_names=[input_name], output_names=["logits"],
                               dynamic_shapes=dynamic, dynamo=True, external_data=False)
         else:
             raise ValueError(f"torch runs do not export to {fmt}")
@@ -95,5 +103,6 @@ def run_artifact(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
     assert fmt == "torch-export", fmt
     module = torch.export.load(path).module()
     with torch.no_grad():
-        out: np.ndarray = module(torch.from_numpy(np.ascontiguousarray(images, np.float32))).numpy()
+        inputs = np.ascontiguousarray(images, None if images.dtype.kind == "i" else np.float32)  # tokens, images
+        out: np.ndarray = module(torch.from_numpy(inputs)).numpy()
     return out

@@ -7,6 +7,8 @@ layout:
 - conv (out, in, kh, kw) -> (kh, kw, in, out); depthwise (C, 1, kh, kw) -> (kh, kw, C, 1);
 - linear (out, in) -> (in, out), and the first linear after a Flatten of a (C, H, W) feature map also has its
   inputs reordered from torch's C-H-W flattening to Keras' H-W-C;
+- embeddings as they are; LayerNorm as Keras' gamma, beta (gpt: tf_backend/gpt.py lists its variables in this
+  order);
 - BatchNorm as Keras' gamma, beta, moving_mean, moving_variance. `num_batches_tracked` has no Keras
   counterpart: it is left out, and set on import to a count the caller gives (only momentum=None reads it).
 """
@@ -107,6 +109,12 @@ def _slots(model: nn.Module, image_shape: tuple[int, int, int], architecture: st
             to_keras, from_keras = _dense_transforms(pending)
             pending = None
             slots.append(_Slot(prefix + "weight", module.weight, to_keras, from_keras))
+            if module.bias is not None:
+                slots.append(_Slot(prefix + "bias", module.bias, _same, _same))
+        elif isinstance(module, nn.Embedding):  # gpt's token and position tables: (rows, width) in both
+            slots.append(_Slot(prefix + "weight", module.weight, _same, _same))
+        elif isinstance(module, nn.LayerNorm):  # Keras' gamma and beta
+            slots.append(_Slot(prefix + "weight", module.weight, _same, _same))
             if module.bias is not None:
                 slots.append(_Slot(prefix + "bias", module.bias, _same, _same))
         elif isinstance(module, _BatchNorm):

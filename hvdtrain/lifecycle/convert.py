@@ -40,6 +40,7 @@ from hvdtrain.files import write_atomic
 from hvdtrain.lifecycle import convert_worker as worker
 from hvdtrain.lifecycle.finished_run import FinishedRun, open_run
 from hvdtrain.registry import BACKEND_NAMES, other_backend
+from hvdtrain.text.tokenizer import TOKENIZER_FILE
 
 TARGETS = BACKEND_NAMES
 MAX_IMAGES = 512
@@ -188,8 +189,9 @@ def convert_run(run_dir: str, to: str, out: str) -> ConvertResult:
                             "written; please report this as a bug with the run's config.yaml")
         summary = _summary(run, cfg, imported["framework_version"], diff, limit, len(images), exported["tensors"])
         write_atomic(work / "summary.json", json.dumps(summary, indent=2) + "\n")
-        if (run.dir / "metrics.jsonl").is_file():
-            shutil.copyfile(run.dir / "metrics.jsonl", work / "metrics.jsonl")
+        for kept in ("metrics.jsonl", TOKENIZER_FILE):  # the history; a language model's tokenizer (generate)
+            if (run.dir / kept).is_file():
+                shutil.copyfile(run.dir / kept, work / kept)
         shutil.rmtree(scratch)
         try:
             os.replace(work, target)  # onto an empty directory too

@@ -51,7 +51,12 @@ class Evaluation:
     def report(self, run: FinishedRun, source: str, weights: str, world_size: int) -> dict[str, Any]:
         values = {f"val_{name}": value for name, value in self.task.values(self.totals).items()}
         report: dict[str, Any] = {**values, "samples": self.count, "skipped_samples": self.skipped}
-        table = per_class_table(self.task.name, self.totals, self.count, run.class_names)
+        table = per_class_table(self.task.name, self.totals, self.count, run.class_names) \
+            if self.task.name in EVAL_TABLES else {}
+        if self.task.sequences:  # a vocabulary, not classes: no table
+            report.update({"vocab_size": len(run.class_names), "block_size": run.image_shape[0], "weights": weights,
+                           "data": source, "world_size": world_size})
+            return report
         if self.confusion is not None:
             report["per_class_accuracy"] = {name: row["accuracy"] for name, row in table.items()}
             report["confusion_matrix"] = self.confusion.astype(int).tolist()
@@ -62,7 +67,26 @@ class Evaluation:
         return report
 
 
+def _check_tokens_match(run: FinishedRun, dataset: Dataset) -> None:
+    """language_model: the data's tokens are the run's tokenizer's, in windows the model's positions hold."""
+    from hvdtrain.data.text import token_directory
+    from hvdtrain.text.tokenizer import TOKENIZER_FILE
+
+    mine, theirs = run.dir / TOKENIZER_FILE, token_directory(run.cfg.data) / TOKENIZER_FILE
+    if dataset.num_classes != len(run.class_names) or (
+            mine.is_file() and theirs.is_file() and mine.read_bytes() != theirs.read_bytes()):
+        raise DataError(f"evaluate: data.path={run.cfg.data.path} holds tokens of another tokenizer than the run's "
+                        f"({run.dir / TOKENIZER_FILE}): tokenize the corpus with the run's tokenizer, or evaluate a "
+                        "run trained on these tokens")
+    if dataset.image_shape[0] > run.image_shape[0]:
+        raise DataError(f"evaluate: data.block_size={dataset.image_shape[0]} is longer than the model's context "
+                        f"({run.image_shape[0]} positions): set data.block_size={run.image_shape[0]} or less")
+
+
 def _check_matches(run: FinishedRun, dataset: Dataset) -> None:
+    if run.cfg.task == "language_model":
+        _check_tokens_match(run, dataset)
+        return
     if dataset.class_names != run.class_names:
         raise DataError(f"evaluate: the data has classes {list(dataset.class_names)[:6]}... but the model was trained "
                         f"on {list(run.class_names)[:6]}...: give data with the run's class folders (same names)"
@@ -81,7 +105,7 @@ def evaluate(model: TrainedModel, dataset: Dataset) -> Evaluation:
     cfg, comm = model.run.cfg, model.backend.comm
     world = comm.world()
     task, width = cfg.task_spec(), len(model.run.class_names)
-    counted = replace(task, metrics=(*task.metrics, EVAL_TABLES[task.name]))
+    counted = replace(task, metrics=(*task.metrics, *([EVAL_TABLES[task.name]] if task.name in EVAL_TABLES else [])))
     workers = resolve_workers(cfg.data.workers, dataset.val.on_disk, 1, world.local_size)
     with InputPipeline(cfg, dataset, workers) as inputs:
         with inputs.eval_loader(world.rank, world.size, model.preprocess()) as batches:
