@@ -261,6 +261,11 @@ class TrainConfig:
                                          "from it (the last one stops at this step) and train.epochs is not used; "
                                          "cosine decay runs over these steps. null: train.epochs whole epochs.",
                                    min=1)
+    eval_every_steps: int | None = option(
+        None, "Validation, metrics.jsonl's record, the best checkpoint and early stopping every N optimizer steps "
+              "(nanoGPT's eval_interval): the run's epochs become periods of N steps, each drawing its batches from "
+              "a new shuffle (not the rest of a pass). The same as max_steps_per_epoch=N; null: at each pass's end.",
+        min=1)
     eval_batch_size: int | None = option(
         None, "Per-rank batch size for evaluation; null: batch_size. Evaluation holds one batch's activations at "
               "once (at 224x224 the cnn's batches of 256 took 1.2 GB more than its training steps): raise it "
@@ -286,6 +291,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # null resolves here, so config.yaml (and evaluate on the finished run) names the batch evaluated with.
         object.__setattr__(self, "eval_batch_size", self.eval_batch())
+        if self.eval_every_steps is not None:
+            if self.max_steps_per_epoch not in (None, self.eval_every_steps):
+                raise ConfigError(f"train.eval_every_steps={self.eval_every_steps} makes epochs of that many steps, "
+                                  f"but train.max_steps_per_epoch={self.max_steps_per_epoch}: set one of them")
+            object.__setattr__(self, "max_steps_per_epoch", self.eval_every_steps)
 
     def eval_batch(self) -> int:
         """The per-rank evaluation batch: eval_batch_size, or when it is null batch_size."""

@@ -56,7 +56,7 @@ def pooled(root: Path) -> list[PoolRun]:
         if backend == "torch":  # the uninterrupted run of the kill -9 test
             runs.append(PoolRun(backend, 1, (*KILLED, data, f"run.dir={root / 'uninterrupted'}")))
         runs.append(PoolRun(backend, 1, (*GPT, data, "data.block_size=32", "train.batch_size=12",
-                                         "train.max_steps=160", "train.max_steps_per_epoch=40",
+                                         "train.max_steps=160", "train.eval_every_steps=40",
                                          "policy.warmup_steps=10", "optim.schedule=cosine",
                                          "optim.cosine_min_ratio=0.1",
                                          f"backend={backend}", f"run.dir={root / backend / 'long'}")))
@@ -102,6 +102,7 @@ def test_a_short_run_beats_the_unigram_baseline_alike_on_both_backends(runs: Pat
     print(f"unigram {baseline:.3f}; " + "; ".join(f"{b} val_loss {f['val_loss']:.3f}" for b, f in finals.items()))
     for backend, final in finals.items():
         assert read_summary(runs / backend / "long")["steps"] == 160
+        assert len(read_metrics(runs / backend / "long")) == 4  # train.eval_every_steps=40
         assert final["val_loss"] < baseline - 0.25, (backend, final, baseline)
         assert final["val_perplexity"] == pytest.approx(math.exp(final["val_loss"]), rel=1e-6)
         assert 0.3 < final["val_token_accuracy"] < 1.0

@@ -108,6 +108,7 @@ def test_tokens_train_a_language_model_and_nothing_else(token_dir: Path) -> None
           f"data.block_size={BLOCK}"]
     cfg = load_config(None, lm)
     dataset = load_dataset(cfg.data, cfg.seed, cfg.task)
+    assert load_config(None, [*lm, "train.eval_every_steps=50"]).train.max_steps_per_epoch == 50
     assert dataset.num_classes == 256 and dataset.image_shape == (BLOCK,)  # byte vocabulary; the context
     refusals = {  # each key combination, and the fix its line names
         ("data.name=tokens", f"data.path={token_dir}"): "set task=language_model",
@@ -115,6 +116,7 @@ def test_tokens_train_a_language_model_and_nothing_else(token_dir: Path) -> None
         ("task=language_model", "model.name=gpt"): "set data.name=tokens",
         ("model.name=gpt",): "set task=language_model",
         (*lm, "model.n_embd=130", "model.n_head=4"): "choose n_embd a multiple of n_head",
+        (*lm, "train.eval_every_steps=50", "train.max_steps_per_epoch=20"): "set one of them",
     }
     for overrides, fix in refusals.items():
         with pytest.raises(ConfigError, match=fix):
