@@ -1,0 +1,183 @@
+"""Language models: nanoGPT's baby GPT recipe (configs/lm-python.yaml) trained by hvdtrain on both backends at
+np=1 and np=2, by a minimal hand-written PyTorch loop (benchmarks/handwritten_lm.py) and, given --nanogpt DIR (a
+checkout of karpathy/nanoGPT), by nanoGPT's own train.py, on the same token files; then generation with and
+without the key/value cache.
+
+    python -m benchmarks.lm [--steps 2000] [--quick] [--nanogpt DIR]
+
+Tokens/s: hvdtrain's from metrics.jsonl (windows/s x block_size, median of the evaluation periods after the
+first), the loops' from their step times (after the first 10 steps). Validation loss: every non-overlapping
+window of the held-out part, after the last step. Generation: 500 new tokens (--quick: 100) from one prompt,
+greedy, timed inside one process per backend (the model loaded first).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.launch import horovodrun, run, section_parser
+from benchmarks.report import machine, update_section
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lm-python.yaml"
+QUICK = ("model.n_layer=2", "model.n_embd=32", "model.n_head=2")
+TARGETS = "hvdtrain torch >= 0.97x the hand-written loop's tokens/s at np=1; validation losses within 0.03"
+
+
+def _tokens(out: Path) -> Path:
+    """The example's corpus as token files (what data.name=text caches), written once into `out`."""
+    from hvdtrain.commands.tokenize import tokenize_corpus
+    from hvdtrain.config import load_config
+    from hvdtrain.data.text import corpus_path
+
+    data = load_config(CONFIG).data
+    tokenize_corpus([corpus_path(data.path)], out, data.tokenizer, data.vocab_size, data.val_fraction)
+    return out
+
+
+def hvdtrain_run(backend: str, np_: int, tokens: Path, steps: int, extra: tuple[str, ...], out: Path) -> dict:
+    run_dir = out / f"hvdtrain-{backend}-np{np_}"
+    batch = 12 // np_  # nanoGPT's 12 windows per step at any rank count
+    launcher = [*horovodrun(np_, controller="mpi"), sys.executable] if np_ > 1 else [sys.executable]
+    run([*launcher, "-m", "hvdtrain", "--config", str(CONFIG), f"backend={backend}", "data.name=tokens",
+         f"data.path={tokens}", f"train.batch_size={batch}", f"train.max_steps={steps}",
+         f"train.eval_every_steps={max(1, steps // 8)}", "run.progress=off", f"run.dir={run_dir}",
+         "run.overwrite=true", *extra], timeout=7200)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    block = 64
+    rates = [r["samples_per_s"] * block for r in records[1:] or records]
+    return {"tokens_per_s": statistics.median(rates), "val_loss": records[-1]["val_loss"], "run_dir": str(run_dir)}
+
+
+def handwritten_run(tokens: Path, steps: int, extra: tuple[str, ...], out: Path) -> dict:
+    result = out / "handwritten.json"
+    model = [word for word in extra if word.startswith("model.")]
+    run([sys.executable, "-m", "benchmarks.handwritten_lm", "--data", str(tokens), "--json", str(result),
+         "--steps", str(steps), "--warmup", str(min(100, steps // 10)), *model], timeout=7200)
+    return dict(json.loads(result.read_text()))
+
+
+def nanogpt_run(checkout: Path, tokens: Path, steps: int, quick: bool, out: Path) -> dict:
+    """nanoGPT's train.py on the same train.bin/val.bin (its data/<dataset>/ layout, in a scratch folder that also
+    holds its configurator.py, which train.py reads from the working directory)."""
+    import pickle
+
+    work = out / "nanogpt"
+    (work / "data" / "hvdtrain").mkdir(parents=True)
+    for name in ("train.bin", "val.bin"):
+        (work / "data" / "hvdtrain" / name).symlink_to(tokens / name)
+    meta = json.loads((tokens / "meta.json").read_text())
+    with open(work / "data" / "hvdtrain" / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": meta["vocab_size"]}, f)
+    (work / "configurator.py").symlink_to(checkout / "configurator.py")
+    size = ["--n_layer=2", "--n_head=2", "--n_embd=32"] if quick else ["--n_layer=4", "--n_head=4", "--n_embd=128"]
+    proc = subprocess.run([sys.executable, str(checkout / "train.py"), "--dataset=hvdtrain", "--device=cpu",
+                           "--compile=False", "--dtype=float32", "--eval_iters=20", f"--eval_interval={steps}",
+                           "--log_interval=1", "--block_size=64", "--batch_size=12", "--dropout=0.0", "--bias=False",
+                           "--learning_rate=1e-3", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
+                           "--min_lr=1e-4", "--beta2=0.99", f"--warmup_iters={min(100, steps // 10)}",
+                           "--always_save_checkpoint=False", f"--out_dir={work / 'out'}", *size],
+                          cwd=work, capture_output=True, text=True, timeout=7200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nanoGPT's train.py exited {proc.returncode}: {proc.stderr[-2000:]}")
+    times = [float(line.split("time ")[1].split("ms")[0]) for line in proc.stdout.splitlines()
+             if line.startswith("iter ") and "time " in line][10:]
+    val = [float(line.split("val loss ")[1].split(",")[0]) for line in proc.stdout.splitlines() if "val loss" in line]
+    return {"tokens_per_s": 12 * 64 / (statistics.median(times) / 1000), "val_loss": val[-1]}
+
+
+def generation_timing(run_dir: str, new_tokens: int) -> dict:
+    """Seconds to generate `new_tokens` greedily with and without the cache (inside this process)."""
+    from hvdtrain.lifecycle.generate import Sampling, run_generate
+
+    seconds = {}
+    for mode, cache in (("cached", True), ("recomputed", False)):
+        start = time.perf_counter()
+        result = run_generate(run_dir, "def ", new_tokens, Sampling(temperature=0), 1, cache)
+        seconds[mode] = min(result.seconds, time.perf_counter() - start)
+        seconds[f"{mode}_text"] = result.texts[0]
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = section_parser(__doc__, repeats=1)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT: also run its train.py")
+    parser.add_argument("--generate-timing", nargs=2, metavar=("RUN_DIR", "TOKENS"), help=argparse_hidden())
+    args = parser.parse_args(argv)
+    if args.generate_timing:  # the per-backend timing process
+        print(json.dumps(generation_timing(args.generate_timing[0], int(args.generate_timing[1]))))
+        return
+    steps = 60 if args.quick else args.steps
+    warmup = min(100, steps // 10)  # the recipe's 100 steps, or a tenth of a shorter run (the loops' too)
+    extra = (*(QUICK if args.quick else ()), f"policy.warmup_steps={warmup}")
+    new_tokens = 100 if args.quick else 500
+    with tempfile.TemporaryDirectory() as tmp_name:
+        out = Path(tmp_name)
+        tokens = _tokens(out / "tokens")
+        results: dict[str, dict] = {"hand-written torch loop": handwritten_run(tokens, steps, extra, out)}
+        for backend in ("torch", "tensorflow"):
+            for np_ in (1, 2):
+                results[f"hvdtrain {backend} np={np_}"] = hvdtrain_run(backend, np_, tokens, steps, extra, out)
+                print(f"lm: {backend} np={np_}: {results[f'hvdtrain {backend} np={np_}']}", file=sys.stderr)
+        if args.nanogpt is not None:
+            results["nanoGPT train.py"] = nanogpt_run(args.nanogpt.resolve(), tokens, steps, args.quick, out)
+        generation = {backend: json.loads(run([sys.executable, "-m", "benchmarks.lm", "--generate-timing",
+                                               results[f"hvdtrain {backend} np=1"]["run_dir"], str(new_tokens)],
+                                              timeout=3600).strip().splitlines()[-1])
+                      for backend in ("torch", "tensorflow")}
+    update_section("lm", report(results, generation, steps, new_tokens, args))
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def report(results: dict[str, dict], generation: dict[str, dict], steps: int, new_tokens: int,
+           args: object) -> str:
+    base = results["hand-written torch loop"]
+    rows = [f"| {name} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.3f} | "
+            f"{r['val_loss']:.4f} |" for name, r in results.items()]
+    torch_ratio = results["hvdtrain torch np=1"]["tokens_per_s"] / base["tokens_per_s"]
+    losses = [results[f"hvdtrain {b} np=1"]["val_loss"] for b in ("torch", "tensorflow")]
+    gen_rows = [f"| {b} | {g['cached']:.2f} | {g['recomputed']:.2f} | {g['recomputed'] / g['cached']:.1f}x | "
+                f"{'yes' if g['cached_text'] == g['recomputed_text'] else 'no'} |" for b, g in generation.items()]
+    quick = getattr(args, "quick", False)
+    command = "python -m benchmarks.lm" + (" --quick" if quick else f" --steps {steps}") + \
+        (" --nanogpt DIR" if getattr(args, "nanogpt", None) else "")
+    met = "met" if torch_ratio >= 0.97 else "not met"
+    verdict = (f"hvdtrain torch / hand-written at np=1: {torch_ratio:.3f} ({met} against 0.97); validation loss "
+               f"torch - tensorflow: {losses[0] - losses[1]:+.4f}, torch - hand-written: {losses[0] - base['val_loss']:+.4f} (target: within 0.03); generation with the cache: "
+               + ", ".join(f"{b} {g['recomputed'] / g['cached']:.1f}x" for b, g in generation.items())
+               + " faster (target >= 3x)")
+    return f"""## Language models
+
+`{command}`: configs/lm-python.yaml (nanoGPT's baby GPT: 4 layers, 4 heads, width 128, context 64, 12 windows per
+step, AdamW 1e-3 with 100 warm-up steps and cosine decay to 1e-4, betas (0.9, 0.99), decay 0.1 on matrices,
+clipping 1.0{'; --quick: 2 layers, 2 heads, width 32' if quick else ''}) for {steps} steps on the char-level
+tokens of Python's email package. Tokens/s of training (np=2: both ranks together, 6 windows each); validation
+loss after the last step over every window of the held-out part. Ratio: to the hand-written loop. {machine()}.
+
+| trainer | tokens/s | ratio | validation loss |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+Generation, {new_tokens} new tokens after "def ", greedy, one sample (the context restarts from its last half
+when the model's 64 positions are used up), seconds:
+
+| backend | with the cache | recomputing the context | speed-up | same text |
+|---|---|---|---|---|
+{chr(10).join(gen_rows)}
+
+{verdict}. Targets: {TARGETS}; generation >= 3x at 500 tokens."""
+
+
+if __name__ == "__main__":
+    main()
