@@ -154,7 +154,8 @@ def report(results: dict[str, dict], generation: dict[str, dict], steps: int, ne
         (" --nanogpt DIR" if getattr(args, "nanogpt", None) else "")
     met = "met" if torch_ratio >= 0.97 else "not met"
     verdict = (f"hvdtrain torch / hand-written at np=1: {torch_ratio:.3f} ({met} against 0.97); validation loss "
-               f"torch - tensorflow: {losses[0] - losses[1]:+.4f}, torch - hand-written: {losses[0] - base['val_loss']:+.4f} (target: within 0.03); generation with the cache: "
+               f"torch - tensorflow: {losses[0] - losses[1]:+.4f}, torch - hand-written: "
+               f"{losses[0] - base['val_loss']:+.4f} (target: within 0.03); generation with the cache: "
                + ", ".join(f"{b} {g['recomputed'] / g['cached']:.1f}x" for b, g in generation.items())
                + " faster (target >= 3x)")
     return f"""## Language models
