@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         times.append(time.perf_counter() - start)
     timed = times[10:] or times
     result = {"tokens_per_s": args.batch * args.block * len(timed) / sum(timed), "steps": args.steps,

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from hvdtrain.config import ModelConfig
-from hvdtrain.features.user_model import build_user_model, check_logits, probe_failed
+from hvdtrain.features.user_model import build_user_model, check_logits, check_token_logits, probe_failed
 
 
 def _torch_like_init(fan_in: int, bias: bool = True) -> dict[str, keras.initializers.Initializer]:
@@ -146,18 +146,21 @@ def _resnet50(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) 
     return keras.Model(inputs, _head(x, channels, cfg, num_classes, output_name="fc"), name="resnet50")
 
 
-def _user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+def _user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int, tokens: bool = False) -> keras.Model:
     """The user's Keras model, called once on a zero batch (training=False): that builds a model given
     without an Input (otherwise it would have no variables to train yet) and checks that it maps NHWC
-    images to `num_classes` logits."""
+    images to `num_classes` logits (`tokens`: token ids to next-token logits)."""
     model = build_user_model(cfg, image_shape, num_classes, keras.Model, "tensorflow")
-    batch = np.zeros((2, *image_shape), dtype="float32")
+    batch = np.zeros((2, *image_shape), dtype="int64" if tokens else "float32")
     try:
         output = model(batch, training=False)
     except Exception as exc:
         probe_failed(exc, cfg.name, batch.shape, "NHWC")
         raise
-    check_logits(cfg.name, output, batch.shape, num_classes)
+    if tokens:
+        check_token_logits(cfg.name, output, batch.shape, num_classes)
+    else:
+        check_logits(cfg.name, output, batch.shape, num_classes)
     return model
 
 
@@ -186,11 +189,11 @@ def _stamping_creation_order() -> Iterator[None]:
         keras.layers.Layer.__init__ = original
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int, tokens: bool = False) -> keras.Model:
     """The model named by `cfg.name` for NHWC input of `image_shape` (H, W, C); a built-in one's layers carry
     their creation order (CREATION_INDEX)."""
     if ":" in cfg.name:
-        return _user_model(cfg, image_shape, num_classes)
+        return _user_model(cfg, image_shape, num_classes, tokens)
     if cfg.name == "gpt":  # image_shape: (block_size,) token windows; num_classes: the vocabulary
         from tf_backend.gpt import build_gpt
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hvdtrain.config import ModelConfig
-from hvdtrain.features.user_model import build_user_model, check_logits, probe_failed
+from hvdtrain.features.user_model import build_user_model, check_logits, check_token_logits, probe_failed
 
 
 def _head(features: int, cfg: ModelConfig, num_classes: int) -> list[nn.Module]:
@@ -151,13 +151,19 @@ class ResNet50(nn.Module):
         return out
 
 
-def _user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def _user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int, tokens: bool = False) -> nn.Module:
     """The user's nn.Module, run once on a zero batch in eval mode: that materialises lazy layers
-    (nn.LazyLinear...) and checks that it maps NCHW images to `num_classes` logits."""
+    (nn.LazyLinear...) and checks that it maps NCHW images to `num_classes` logits (`tokens`: token ids to
+    next-token logits)."""
     model = build_user_model(cfg, image_shape, num_classes, nn.Module, "torch")
-    height, width, channels = image_shape
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    batch = torch.zeros(2, channels, height, width, device=device)
+    if tokens:
+        batch = torch.zeros(2, image_shape[0], dtype=torch.long, device=device)
+    elif len(image_shape) == 1:
+        batch = torch.zeros(2, image_shape[0], device=device)
+    else:
+        height, width, channels = image_shape
+        batch = torch.zeros(2, channels, height, width, device=device)
     training = model.training
     try:
         with torch.no_grad():
@@ -167,14 +173,18 @@ def _user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int
         raise
     finally:
         model.train(training)
-    check_logits(cfg.name, output, tuple(batch.shape), num_classes)
+    if tokens:
+        check_token_logits(cfg.name, output, tuple(batch.shape), num_classes)
+    else:
+        check_logits(cfg.name, output, tuple(batch.shape), num_classes)
     return model
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The model named by `cfg.name` for NCHW input of `image_shape` given as (H, W, C)."""
+def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int, tokens: bool = False) -> nn.Module:
+    """The model named by `cfg.name` for NCHW input of `image_shape` given as (H, W, C); `tokens`
+    (task=language_model): token windows of `image_shape` = (block_size,), `num_classes` the vocabulary."""
     if ":" in cfg.name:
-        return _user_model(cfg, image_shape, num_classes)
+        return _user_model(cfg, image_shape, num_classes, tokens)
     if cfg.name == "gpt":  # image_shape: (block_size,) token windows; num_classes: the vocabulary
         from torch_backend.gpt import build_gpt
 

@@ -2,7 +2,9 @@
 
 The function is called as `function(model_cfg, input_shape, num_classes)` with `input_shape` = (H, W, C)
 and returns a torch `nn.Module` (taking NCHW float32 batches) or a Keras model (taking NHWC batches),
-matching the run's backend, that outputs logits of shape (batch, num_classes). Every broken contract is a
+matching the run's backend, that outputs logits of shape (batch, num_classes). For task=language_model,
+`input_shape` is (block_size,) and `num_classes` the vocabulary size: the model takes int64 token ids
+(windows, positions) and outputs next-token logits (windows, positions, vocabulary). Every broken contract is a
 one-line ConfigError naming the fix; an exception raised inside the user's own code keeps its traceback.
 This module imports no framework: each backend passes its model class and probes the model itself.
 """
@@ -66,6 +68,17 @@ def check_logits(name: str, output: Any, batch_shape: tuple[int, ...], num_class
         raise ConfigError(f"model.name={name!r} outputs shape {list(shape)} for a batch of shape {list(batch_shape)}, "
                           f"expected [{batch_shape[0]}, {num_classes}]: end the model with {num_classes} logits "
                           "(one per class, no softmax)")
+
+
+def check_token_logits(name: str, output: Any, batch_shape: tuple[int, ...], vocab_size: int) -> None:
+    """task=language_model: refuses a probe output that is not (windows, positions, vocabulary) logits."""
+    expected = (*batch_shape, vocab_size)
+    shape = getattr(output, "shape", None)
+    if shape is None or tuple(shape) != expected:
+        got = list(shape) if shape is not None else type(output).__name__
+        raise ConfigError(f"model.name={name!r} outputs {got} for token ids of shape {list(batch_shape)}, expected "
+                          f"{list(expected)}: return next-token logits (windows, positions, {vocab_size}) for "
+                          "int64 token ids (windows, positions)")
 
 
 def probe_failed(exc: BaseException, name: str, batch_shape: tuple[int, ...], layout: str) -> None:

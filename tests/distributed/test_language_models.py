@@ -41,14 +41,42 @@ def corpus() -> list[Path]:
     return sorted((Path(sysconfig.get_paths()["stdlib"]) / "json").glob("*.py"))
 
 
+USER_MODELS = """
+def torch_bigram(model_cfg, input_shape, num_classes):
+    import torch
+
+    class Bigram(torch.nn.Module):  # each token's next-token logits from a table: (windows, positions, vocabulary)
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(num_classes, num_classes)
+
+        def forward(self, tokens):
+            return self.table(tokens)
+
+    return Bigram()
+
+
+def keras_bigram(model_cfg, input_shape, num_classes):
+    import keras
+
+    tokens = keras.Input(input_shape, dtype="int64")
+    return keras.Model(tokens, keras.layers.Embedding(num_classes, num_classes)(tokens))
+"""
+
+
 @run_pool.builder(__file__)
 def pooled(root: Path) -> list[PoolRun]:
     """root/tokens (char-level), and per backend root/<backend>/<batching> (8 steps of 16 positions, global batch
     8) and root/<backend>/long (160 steps of 32 positions, batch 12)."""
     tokenize_corpus(corpus(), root / "tokens", "char", val_fraction=0.1)
+    (root / "lm_user_models.py").write_text(USER_MODELS)
     data = f"data.path={root / 'tokens'}"
     runs = []
     for backend in BACKENDS:
+        user_model = {"torch": "torch_bigram", "tensorflow": "keras_bigram"}[backend]
+        runs.append(PoolRun(backend, 1, (*GPT, data, "data.block_size=16", "train.batch_size=8", "train.max_steps=30",
+                                         "optim.lr=0.05", f"model.name=lm_user_models:{user_model}",
+                                         f"backend={backend}", f"run.dir={root / backend / 'user'}")))
         for name, (ranks, batching) in BATCHINGS.items():
             runs.append(PoolRun(backend, ranks, (*GPT, data, "data.block_size=16", "train.max_steps=8",
                                                  "policy.warmup_steps=2", *batching, f"backend={backend}",
@@ -89,6 +117,15 @@ def test_two_ranks_and_accumulation_equal_one_larger_batch(runs: Path, backend: 
             assert mine["train_perplexity"] == pytest.approx(theirs["train_perplexity"], rel=1e-4)
 
 
+def test_a_users_sequence_model_gets_the_vocabulary_and_context(runs: Path) -> None:
+    """model.name by import path with task=language_model: a bigram table per backend, built for the run's
+    vocabulary and context, learns (30 steps from its random start)."""
+    for backend in BACKENDS:
+        records = read_metrics(runs / backend / "user")
+        assert read_summary(runs / backend / "user")["steps"] == 30
+        assert records[-1]["val_loss"] < math.log(len(read_summary(runs / backend / "user")["class_names"])), records
+
+
 def unigram_loss(tokens: Path) -> float:
     """The validation cross-entropy of predicting every token by its frequency in the training part (add-one)."""
     train, val = (np.fromfile(tokens / f"{split}.bin", dtype=np.uint16) for split in ("train", "val"))
@@ -114,6 +151,7 @@ def test_a_short_run_beats_the_unigram_baseline_alike_on_both_backends(runs: Pat
     assert abs(finals["torch"]["val_loss"] - finals["tensorflow"]["val_loss"]) < 0.25, finals
 
 
+@pytest.mark.races
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(runs: Path, tmp_path: Path) -> None:
     """torch: the windows' order of the unfinished epoch and its perplexity and accuracy sums come back (the
     uninterrupted run is pooled: its callback does nothing without the variables set here)."""

@@ -242,6 +242,7 @@ def test_a_user_huber_loss_equals_the_builtin(runs: Path, backend: str) -> None:
         assert all(a[k] == (b[k] if b[k] is None else pytest.approx(b[k], rel=EXACT)) for k in a), (a, b)
 
 
+@pytest.mark.races
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, runs: Path) -> None:
     """torch: the named sums of the unfinished epoch (two targets' per-column sums) come back from the checkpoint."""
     args = [*SHORT, "task=regression", f"data.path={runs / 'regression.npz'}", "train.batch_size=16",

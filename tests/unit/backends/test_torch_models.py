@@ -178,3 +178,25 @@ def test_resnet50_head_rule() -> None:
     assert [type(m).__name__ for m in headed.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Dropout))] == \
         ["Linear", "Dropout", "Linear"]
     assert headed.fc.in_features == 32 and list(headed.state_dict())[-2:] == ["fc.weight", "fc.bias"]
+
+
+def test_a_users_sequence_model_is_probed_with_token_ids(tmp_path, monkeypatch) -> None:
+    """task=language_model: the builder gets (block_size,) and the vocabulary; image logits are refused."""
+    import pytest
+
+    from hvdtrain.errors import ConfigError
+
+    (tmp_path / "seq_models.py").write_text(
+        "import torch\n"
+        "def table(cfg, input_shape, num_classes):\n"
+        "    assert input_shape == (12,)\n"
+        "    return torch.nn.Embedding(num_classes, num_classes)\n"
+        "def pooled(cfg, input_shape, num_classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Embedding(num_classes, 4), torch.nn.Flatten(),\n"
+        "                               torch.nn.Linear(4 * input_shape[0], num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model(ModelConfig(name="seq_models:table"), (12,), 30, tokens=True)
+    assert model(torch.zeros(3, 12, dtype=torch.long)).shape == (3, 12, 30)
+    refused = r"outputs \[2, 30\] for token ids of shape \[2, 12\], expected \[2, 12, 30\]"
+    with pytest.raises(ConfigError, match=refused):
+        build_model(ModelConfig(name="seq_models:pooled"), (12,), 30, tokens=True)

@@ -44,6 +44,7 @@ def test_a_corpus_is_tokenized_once_per_tokenizer_and_read_as_tokens(tmp_path: P
     assert cache_entry(cfg.data) != entry  # the file changed: its tokens are made again
 
 
+@pytest.mark.races
 def test_ranks_starting_together_tokenize_once(tmp_path: Path) -> None:
     (tmp_path / "corpus").mkdir()
     for i in range(20):
