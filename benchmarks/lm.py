@@ -78,7 +78,8 @@ def nanogpt_run(checkout: Path, tokens: Path, steps: int, quick: bool, out: Path
     size = ["--n_layer=2", "--n_head=2", "--n_embd=32"] if quick else ["--n_layer=4", "--n_head=4", "--n_embd=128"]
     proc = subprocess.run([sys.executable, str(checkout / "train.py"), "--dataset=hvdtrain", "--device=cpu",
                            "--compile=False", "--dtype=float32", "--eval_iters=20", f"--eval_interval={steps}",
-                           "--log_interval=1", "--block_size=64", "--batch_size=12", "--dropout=0.0", "--bias=False",
+                           "--log_interval=1", "--block_size=64", "--batch_size=12",
+                           "--gradient_accumulation_steps=1", "--dropout=0.0", "--bias=False",
                            "--learning_rate=1e-3", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
                            "--min_lr=1e-4", "--beta2=0.99", f"--warmup_iters={min(100, steps // 10)}",
                            "--always_save_checkpoint=False", f"--out_dir={work / 'out'}", *size],
