@@ -337,7 +337,7 @@ class TorchBackend(Backend, Prunable, Penalized):
         model.eval()
         return self._forward(images, model).cpu().numpy()
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: generation never trains
     def next_token_logits(self, tokens: np.ndarray, cache: Any | None) -> tuple[np.ndarray, Any]:
         _, model, _, precision = self._parts()
         model.eval()
