@@ -80,6 +80,9 @@ class DataConfig:
                                          "~/.cache/hvdtrain/text).")
 
     def __post_init__(self) -> None:
+        if self.vocab_size is not None and self.tokenizer != "bpe":
+            raise ConfigError(f"config key data.vocab_size applies to data.tokenizer=bpe ({self.tokenizer}'s "
+                              "vocabulary follows from the text): set data.vocab_size=null or data.tokenizer=bpe")
         if self.name not in BUILTIN_DATASETS and not ModelConfig.is_import_path(self.name):
             close = difflib.get_close_matches(self.name, BUILTIN_DATASETS, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""

@@ -117,6 +117,7 @@ def test_tokens_train_a_language_model_and_nothing_else(token_dir: Path) -> None
         ("model.name=gpt",): "set task=language_model",
         (*lm, "model.n_embd=130", "model.n_head=4"): "choose n_embd a multiple of n_head",
         (*lm, "train.eval_every_steps=50", "train.max_steps_per_epoch=20"): "set one of them",
+        ("data.vocab_size=300",): "data.vocab_size applies to data.tokenizer=bpe",
     }
     for overrides, fix in refusals.items():
         with pytest.raises(ConfigError, match=fix):
