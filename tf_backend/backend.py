@@ -123,7 +123,8 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         self.spec = spec
         self.precision = precision = make_precision(spec.step)
         with precision.build_context():
-            model = build_model(spec.model, spec.image_shape, spec.num_classes, tokens=spec.task.sequences)
+            model = build_model(spec.model, spec.image_shape, spec.num_classes, tokens=spec.task.sequences,
+                                seed=spec.seed)
             if spec.model.sync_batchnorm:
                 model = with_sync_batchnorm(model, keep=CREATION_INDEX)
             if spec.teacher is not None:  # its weights come from load(..., "teacher") on rank 0, then sync

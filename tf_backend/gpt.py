@@ -18,11 +18,13 @@ import keras
 from keras import ops
 
 from hvdtrain.config import ModelConfig
+from hvdtrain.text.gpt_init import initial_gpt_weights
 
 Cache = list[tuple[Any, Any]]
 
 
 def _normal(std: float) -> keras.initializers.Initializer:
+    # The layers' own initialisers; build_gpt then assigns the weights of hvdtrain/text/gpt_init.py.
     return keras.initializers.RandomNormal(mean=0.0, stddev=std)
 
 
@@ -144,11 +146,18 @@ class GPTNetwork(keras.layers.Layer):
         return self._logits(x[:, -1]), presents
 
 
-def build_gpt(cfg: ModelConfig, block_size: int, vocab_size: int) -> keras.Model:
+def build_gpt(cfg: ModelConfig, block_size: int, vocab_size: int, seed: int = 0) -> keras.Model:
+    """The model, its weights torch's initial ones for `seed` (hvdtrain/text/gpt_init.py)."""
     tokens = keras.Input((None,), dtype="int32", name="tokens")  # up to block_size positions
     network = GPTNetwork(vocab_size, block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout, cfg.bias,
                          name="gpt")
-    return keras.Model(tokens, network(tokens), name="gpt")
+    model = keras.Model(tokens, network(tokens), name="gpt")
+    weights = initial_gpt_weights(cfg, vocab_size, block_size, seed)
+    named = torch_named_variables(model)
+    assert named.keys() == weights.keys(), sorted(set(named) ^ set(weights))
+    for name, (variable, transposed) in named.items():
+        variable.assign(weights[name].T if transposed else weights[name])
+    return model
 
 
 def network(model: keras.Model) -> GPTNetwork:

@@ -189,7 +189,8 @@ def _stamping_creation_order() -> Iterator[None]:
         keras.layers.Layer.__init__ = original
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int, tokens: bool = False) -> keras.Model:
+def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int, tokens: bool = False,
+                seed: int = 0) -> keras.Model:
     """The model named by `cfg.name` for NHWC input of `image_shape` (H, W, C); a built-in one's layers carry
     their creation order (CREATION_INDEX)."""
     if ":" in cfg.name:
@@ -197,7 +198,7 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int
     if cfg.name == "gpt":  # image_shape: (block_size,) token windows; num_classes: the vocabulary
         from tf_backend.gpt import build_gpt
 
-        return build_gpt(cfg, image_shape[0], num_classes)
+        return build_gpt(cfg, image_shape[0], num_classes, seed)
     builders = {"mobilenet": _mobilenet, "resnet": _resnet, "resnet50": _resnet50}
     with _stamping_creation_order():
         return builders.get(cfg.name, _plain)(cfg, image_shape, num_classes)

@@ -117,7 +117,8 @@ class TorchBackend(Backend, Prunable, Penalized):
         torch.manual_seed(spec.seed)
         self.spec = spec
         self._per_sample = per_sample_loss(spec.task.loss)
-        model = build_model(spec.model, spec.image_shape, spec.num_classes, tokens=spec.task.sequences).to(self.device)
+        model = build_model(spec.model, spec.image_shape, spec.num_classes, tokens=spec.task.sequences,
+                            seed=spec.seed).to(self.device)
         if spec.model.sync_batchnorm:
             model = with_sync_batchnorm(model)
         if self.device.type == "cuda":  # NHWC memory: what the batches are, and what tensor cores want

@@ -2,9 +2,9 @@
 
 Token and position embeddings, `n_layer` pre-LayerNorm blocks (causal self-attention through
 `scaled_dot_product_attention`, then a 4x GELU MLP, each added to the residual stream), a final LayerNorm and
-an output head that is the token embedding itself (tied). GPT-2's initialisation: every weight matrix and
-embedding normal(0, 0.02), the two residual projections of each block normal(0, 0.02 / sqrt(2 x n_layer)),
-biases zero. tf_backend/gpt.py builds the same network (same parameters, same names after `portable_name`).
+an output head that is the token embedding itself (tied). GPT-2's initialisation, drawn in numpy from the seed
+(hvdtrain/text/gpt_init.py), so that Keras starts from the same weights. tf_backend/gpt.py builds the same
+network (same parameters; `torch_named_variables` gives its variables torch's names).
 
 `forward(tokens)` gives (n, t, vocabulary) logits. `decode(tokens, cache)` is generation's step: it runs only
 the new tokens, attending to the keys and values of the earlier ones kept in `cache` (one (k, v) pair per
@@ -13,13 +13,12 @@ block), and returns the logits of the last position.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hvdtrain.config import ModelConfig
+from hvdtrain.text.gpt_init import initial_gpt_weights
 
 Cache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -89,15 +88,15 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self._init_weights(cfg.n_layer)
 
-    def _init_weights(self, n_layer: int) -> None:
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj") else 0.02
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+    @torch.no_grad()
+    def initialise(self, cfg: ModelConfig, seed: int) -> None:
+        """GPT-2's initialisation, drawn in numpy from `seed` (hvdtrain/text/gpt_init.py: Keras gets the same)."""
+        weights = initial_gpt_weights(cfg, self.wte.num_embeddings, self.block_size, seed)
+        named = dict(self.named_parameters())
+        assert named.keys() == weights.keys(), sorted(set(named) ^ set(weights))
+        for name, value in weights.items():
+            named[name].copy_(torch.from_numpy(value))
 
     def _trunk(self, tokens: torch.Tensor, cache: Cache | None) -> tuple[torch.Tensor, Cache]:
         start = cache[0][0].shape[2] if cache else 0
@@ -123,5 +122,7 @@ class GPT(nn.Module):
         return F.linear(x[:, -1], self.wte.weight), presents
 
 
-def build_gpt(cfg: ModelConfig, block_size: int, vocab_size: int) -> GPT:
-    return GPT(cfg, vocab_size, block_size)
+def build_gpt(cfg: ModelConfig, block_size: int, vocab_size: int, seed: int = 0) -> GPT:
+    model = GPT(cfg, vocab_size, block_size)
+    model.initialise(cfg, seed)
+    return model

@@ -180,7 +180,8 @@ def _user_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int
     return model
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int, tokens: bool = False) -> nn.Module:
+def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int, tokens: bool = False,
+                seed: int = 0) -> nn.Module:
     """The model named by `cfg.name` for NCHW input of `image_shape` given as (H, W, C); `tokens`
     (task=language_model): token windows of `image_shape` = (block_size,), `num_classes` the vocabulary."""
     if ":" in cfg.name:
@@ -188,7 +189,7 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int
     if cfg.name == "gpt":  # image_shape: (block_size,) token windows; num_classes: the vocabulary
         from torch_backend.gpt import build_gpt
 
-        return build_gpt(cfg, image_shape[0], num_classes)
+        return build_gpt(cfg, image_shape[0], num_classes, seed)
     if cfg.name == "mobilenet":
         return _mobilenet(cfg, image_shape, num_classes)
     if cfg.name == "resnet":

@@ -1,7 +1,8 @@
 """task=language_model with model.name=gpt on both backends, real runs (pooled: tests/run_pool.py): np=2 x B equals
 np=1 x 2B and accumulation equals the larger batch, the named sums give exact perplexity and token accuracy at
-any rank count, a short run on Python's own source beats the unigram baseline on both backends alike, and
-kill -9 mid-epoch then resume equals the uninterrupted run."""
+any rank count, a short run on Python's own source beats the unigram baseline on both backends alike (within
+0.03: they start from the same weights), kill -9 mid-epoch then resume equals the uninterrupted run, and
+generate, evaluate, convert and export take the runs."""
 
 from __future__ import annotations
 
@@ -140,15 +141,13 @@ def test_a_short_run_beats_the_unigram_baseline_alike_on_both_backends(runs: Pat
     for backend, final in finals.items():
         assert read_summary(runs / backend / "long")["steps"] == 160
         assert len(read_metrics(runs / backend / "long")) == 4  # train.eval_every_steps=40
-        assert final["val_loss"] < baseline - 0.25, (backend, final, baseline)
+        assert final["val_loss"] < baseline - 0.4, (backend, final, baseline)
         assert final["val_perplexity"] == pytest.approx(math.exp(final["val_loss"]), rel=1e-6)
         assert 0.3 < final["val_token_accuracy"] < 1.0
         assert final["lr"] == pytest.approx(3e-3 * 0.1, rel=1e-3)  # cosine to optim.cosine_min_ratio at the end
-    # Same network and recipe, each framework's own initial draw. After 160 steps the draw still shows: seeds 1-3
-    # gave 2.48-2.57 on both backends (measured), seed 42 gives 2.47 (torch) and 2.65 (Keras). Equal weights give
-    # equal logits (tests/unit/backends/test_architecture_parity.py); the recipe's 2,000 steps agree within 0.03
-    # (benchmarks/lm.py, docs/benchmarks.md).
-    assert abs(finals["torch"]["val_loss"] - finals["tensorflow"]["val_loss"]) < 0.25, finals
+    # Same network, recipe and initial weights (hvdtrain/text/gpt_init.py): the backends differ by float rounding
+    # only (measured: 2.499 and 2.499). The issue's figure for the recipe, 0.03, holds here already.
+    assert abs(finals["torch"]["val_loss"] - finals["tensorflow"]["val_loss"]) < 0.03, finals
 
 
 @pytest.mark.races

@@ -85,6 +85,9 @@ def tf_gpt(in_dir: Path) -> dict:
                  "vars": [[int(np.prod(v.shape)), float(np.std(np.asarray(v)))] for v, _ in named.values()]}
         with np.load(in_dir / f"{key}.npz") as saved:
             torch_y = saved["y"]
+            # Both frameworks draw gpt's initial weights from the same numpy stream: the same logits before copying.
+            initial = np.asarray(model(tokens(block, vocab), training=False))
+            entry["initial_max_rel_diff"] = float(np.abs(initial - torch_y).max() / np.abs(torch_y).max())
             for name, (variable, transposed) in named.items():
                 variable.assign(saved[name].T if transposed else saved[name])
         x = tokens(block, vocab)
