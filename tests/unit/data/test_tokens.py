@@ -124,3 +124,17 @@ def test_tokens_train_a_language_model_and_nothing_else(token_dir: Path) -> None
             load_config(None, list(overrides))
     with pytest.raises(ConfigError, match="trains on token windows: leave the augment section at its defaults"):
         build_spec(load_config(None, [*lm, "augment.horizontal_flip=true"]), (BLOCK,), 256)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_every_window_once_per_epoch_across_ranks(token_dir: Path, world_size: int) -> None:
+    """The ranks' shares of an epoch: no window twice, every window but the last partial global batch (dropped, as
+    for images), in the epoch's order; at an odd rank count too."""
+    train, _, _ = open_tokens(token_dir, BLOCK)
+    order = train.epoch_order(seed=7, epoch=1, shuffle=True)
+    plans = [plan_epoch(len(train), rank=r, world_size=world_size, batch_size=3, seed=7, epoch=1, order=order)
+             for r in range(world_size)]
+    taken = np.concatenate([p.indices for p in plans])
+    assert len(set(taken.tolist())) == len(taken) == plans[0].steps * world_size * 3
+    assert len(train) - len(taken) < world_size * 3
+    assert set(taken.tolist()) == set(order[:len(taken)].tolist())
