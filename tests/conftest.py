@@ -81,6 +81,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def numbers(record: dict) -> dict:
+    """A metrics.jsonl record without its timings: what two runs of the same training must share exactly."""
+    return {k: v for k, v in record.items() if not k.endswith(("time_s", "per_s", "fraction"))}
+
+
 def read_weights(run_dir: Path) -> dict[str, np.ndarray]:
     with np.load(run_dir / "weights.npz") as data:
         return {k: data[k] for k in data.files}

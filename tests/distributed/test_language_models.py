@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import run_pool
-from conftest import REPO, max_weight_diff, read_metrics, read_summary, read_weights, run_hvdtrain, together
+from conftest import (
+    REPO,
+    max_weight_diff,
+    numbers,
+    read_metrics,
+    read_summary,
+    read_weights,
+    run_hvdtrain,
+    together,
+)
 from run_pool import PoolRun
 
 from hvdtrain.commands.tokenize import tokenize_corpus
@@ -96,9 +105,6 @@ def pooled(root: Path) -> list[PoolRun]:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_pool.trained(__file__, tmp_path_factory)
 
-
-def numbers(record: dict) -> dict:
-    return {k: v for k, v in record.items() if not k.endswith(("time_s", "per_s", "fraction"))}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_metrics, read_summary, run_hvdtrain, together
+from conftest import REPO, numbers, read_metrics, read_summary, run_hvdtrain, together
 
 pytestmark = pytest.mark.distributed
 SCRIPT = str(REPO / "examples" / "train_from_python.py")
@@ -16,9 +16,6 @@ SHORT = ["train.epochs=3", "run.progress=off"]
 BY_PATH = ["--config", "configs/diabetes.yaml", "train.loss=examples.train_from_python:huber",
            "train.metrics=[mae,r2,examples.train_from_python:within_25]"]
 
-
-def numbers(record: dict) -> dict:
-    return {k: v for k, v in record.items() if not k.endswith(("time_s", "per_s", "fraction"))}
 
 
 def test_the_script_equals_the_cli_and_refuses_bad_input_in_one_line(tmp_path: Path) -> None:

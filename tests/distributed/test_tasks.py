@@ -29,6 +29,7 @@ import run_pool
 from conftest import (
     REPO,
     max_weight_diff,
+    numbers,
     read_metrics,
     read_summary,
     read_weights,
@@ -127,10 +128,6 @@ def pooled(root: Path) -> list[PoolRun]:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_pool.trained(__file__, tmp_path_factory)
 
-
-def numbers(record: dict) -> dict:
-    """A metrics.jsonl record without its timings."""
-    return {k: v for k, v in record.items() if not k.endswith(("time_s", "per_s", "fraction"))}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
