@@ -381,36 +381,20 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         return np.asarray(self._predict_fn(_pixels(x)))
 
     def next_token_logits(self, tokens: np.ndarray, cache: Any | None) -> tuple[np.ndarray, Any]:
-        if self._decode_fns is None:
-            self._decode_fns = self._compile_decode()
+        if self._decode_fns is None:  # tf_backend/gpt.py: a traced prefill and an XLA-compiled step
+            from tf_backend.gpt import generation_functions, network
+
+            self._decode_fns = generation_functions(network(self._parts()[1]))
         prefill, step = self._decode_fns
         ids = tf.convert_to_tensor(np.asarray(tokens, np.int32))
-        logits, flat = prefill(ids) if cache is None else step(ids, cache)
-        return np.asarray(logits), flat
-
-    def _compile_decode(self) -> tuple[Any, Any]:
-        """Generation's two graphs: the prompt without a cache, and one step with it. The cache is a flat tuple
-        of every block's keys and values with a dynamic length, so each is traced once, not once per token."""
-        from tf_backend.gpt import network
-
-        net = network(self._parts()[1])
-        heads, size = net.n_head, net.n_embd // net.n_head
-        kv = tf.TensorSpec([None, None, heads, size], tf.as_dtype(net.compute_dtype))
-        ids = tf.TensorSpec([None, None], tf.int32)
-
-        def flat(logits: Any, cache: list[tuple[Any, Any]]) -> tuple[Any, tuple[Any, ...]]:
-            return tf.cast(logits, tf.float32), tuple(t for pair in cache for t in pair)
-
-        @tf.function(input_signature=[ids], autograph=False)
-        def prefill(tokens: tf.Tensor) -> tuple[Any, tuple[Any, ...]]:
-            return flat(*net.decode(tokens, None))
-
-        @tf.function(input_signature=[ids, tuple([kv] * 2 * net.n_layer)], autograph=False)
-        def step(tokens: tf.Tensor, cache: tuple[tf.Tensor, ...]) -> tuple[Any, tuple[Any, ...]]:
-            pairs = [(cache[2 * i], cache[2 * i + 1]) for i in range(net.n_layer)]
-            return flat(*net.decode(tokens, pairs))
-
-        return prefill, step
+        if cache is None:
+            logits, keys, values = prefill(ids)
+            position = int(tokens.shape[1])
+        else:
+            keys, values, position = cache
+            logits, keys, values = step(ids, keys, values, tf.constant(position, tf.int32))
+            position += 1
+        return np.asarray(logits), (keys, values, position)
 
     def step_info(self) -> StepInfo:
         _, _, optimizer, precision = self._parts()

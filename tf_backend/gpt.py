@@ -2,7 +2,8 @@
 names), for tf_backend's training and the commands after it (docs/language-models.md).
 
 One layer, `GPTNetwork`, holds the whole network inside a functional model whose input is (t,) int token ids
-and whose output is (t, vocabulary) logits; `decode` is generation's step with a key/value cache. Attention
+and whose output is (t, vocabulary) logits; `prefill` and `decode_step` are generation's, with a fixed-size
+key/value cache (`generation_functions` compiles the step with XLA). Attention
 goes through `keras.ops.dot_product_attention` (causal); with model.dropout > 0 in training, through the same
 formula written out, so that the attention weights can be dropped as torch's kernel does.
 `torch_named_variables` lists the variables under torch's state-dict names (tf_backend/portable.py and the
@@ -67,32 +68,44 @@ class Block(keras.layers.Layer):
         return {**super().get_config(), "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
                 "dropout": self.dropout_rate, "bias": self.bias}
 
-    def _attention(self, x: Any, past: tuple[Any, Any] | None, training: bool) -> tuple[Any, tuple[Any, Any]]:
+    def _attention(self, x: Any, training: bool) -> tuple[Any, tuple[Any, Any]]:
         n, t = ops.shape(x)[0], ops.shape(x)[1]
         heads, size = self.n_head, self.n_embd // self.n_head
         q, k, v = (ops.reshape(part, (n, t, heads, size)) for part in ops.split(self.attn_c_attn(x), 3, axis=-1))
-        if past is not None:
-            k, v = ops.concatenate([past[0], k], axis=1), ops.concatenate([past[1], v], axis=1)
-        causal = past is None  # generation's step: one new token, which sees every earlier one
         if training and self.dropout_rate > 0:
             scores = ops.einsum("nqhd,nkhd->nhqk", q, k) / ops.cast(math.sqrt(size), q.dtype)
-            if causal:
-                allowed = ops.tril(ops.ones((t, t), dtype="bool"))
-                scores = ops.where(allowed, scores, ops.cast(-1e9 if scores.dtype == "float32" else -3e4,
-                                                             scores.dtype))
+            allowed = ops.tril(ops.ones((t, t), dtype="bool"))
+            scores = ops.where(allowed, scores, ops.cast(-1e9 if scores.dtype == "float32" else -3e4, scores.dtype))
             weights = self.drop(ops.softmax(scores, axis=-1), training=True)
             y = ops.einsum("nhqk,nkhd->nqhd", weights, v)
         else:
-            y = ops.dot_product_attention(q, k, v, is_causal=causal)
+            y = ops.dot_product_attention(q, k, v, is_causal=True)
         y = self.attn_c_proj(ops.reshape(y, (n, t, self.n_embd)))
         return self.drop(y, training=training), (k, v)
 
-    def call(self, x: Any, past: tuple[Any, Any] | None = None, training: bool | None = None
-             ) -> tuple[Any, tuple[Any, Any]]:
-        attended, present = self._attention(self.ln_1(x), past, bool(training))
+    def call(self, x: Any, training: bool | None = None) -> tuple[Any, tuple[Any, Any]]:
+        """x (n, t, width) -> the block's output, and the keys and values of the t positions (generation's
+        prefill keeps them)."""
+        attended, present = self._attention(self.ln_1(x), bool(training))
         x = x + attended
-        x = x + self.drop(self.mlp_c_proj(gelu(self.mlp_c_fc(self.ln_2(x)))), training=training)
-        return x, present
+        return self._mlp(x, training), present
+
+    def _mlp(self, x: Any, training: bool | None) -> Any:
+        return x + self.drop(self.mlp_c_proj(gelu(self.mlp_c_fc(self.ln_2(x)))), training=training)
+
+    def step(self, x: Any, keys: Any, values: Any, position: Any) -> tuple[Any, Any, Any]:
+        """Generation's step with a fixed-size cache: x (n, 1, width) at `position`; keys and values (n, block,
+        heads, size) hold the earlier positions. Writes this position's key and value and attends to positions
+        up to it. Every shape is fixed, so XLA compiles the step once (tf_backend/backend.py)."""
+        n, heads, size = ops.shape(x)[0], self.n_head, self.n_embd // self.n_head
+        q, k, v = (ops.reshape(part, (n, 1, heads, size))
+                   for part in ops.split(self.attn_c_attn(self.ln_1(x)), 3, axis=-1))
+        keys = ops.slice_update(keys, (0, position, 0, 0), k)
+        values = ops.slice_update(values, (0, position, 0, 0), v)
+        visible = ops.reshape(ops.arange(ops.shape(keys)[1]) <= position, (1, 1, 1, -1))
+        y = ops.dot_product_attention(q, keys, values, mask=visible)
+        x = x + self.attn_c_proj(ops.reshape(y, (n, 1, self.n_embd)))
+        return self._mlp(x, False), keys, values
 
 
 @keras.saving.register_keras_serializable(package="hvdtrain")
@@ -121,14 +134,13 @@ class GPTNetwork(keras.layers.Layer):
                 "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd, "dropout": self.dropout_rate,
                 "bias": self.bias}
 
-    def _trunk(self, tokens: Any, cache: Cache | None, training: bool) -> tuple[Any, Cache]:
-        start = ops.shape(cache[0][0])[1] if cache else 0
-        positions = ops.arange(start, start + ops.shape(tokens)[1])
+    def _trunk(self, tokens: Any, training: bool) -> tuple[Any, Cache]:
+        positions = ops.arange(ops.shape(tokens)[1])
         embedded = ops.take(self.wte, tokens, axis=0) + ops.take(self.wpe, positions, axis=0)
         x = self.drop(ops.cast(embedded, self.compute_dtype), training=training)
         presents: Cache = []
-        for i, block in enumerate(self.blocks):
-            x, present = block(x, cache[i] if cache else None, training=training)
+        for block in self.blocks:
+            x, present = block(x, training=training)
             presents.append(present)
         return self.ln_f(x), presents
 
@@ -136,14 +148,60 @@ class GPTNetwork(keras.layers.Layer):
         return ops.matmul(x, ops.transpose(ops.cast(self.wte, x.dtype)))  # the head is the token embedding
 
     def call(self, tokens: Any, training: bool | None = None) -> Any:
-        x, _ = self._trunk(tokens, None, bool(training))
+        x, _ = self._trunk(tokens, bool(training))
         return self._logits(x)
 
-    def decode(self, tokens: Any, cache: Cache | None) -> tuple[Any, Cache]:
-        """The next-token logits (n, vocabulary) after `tokens` (n, t): the whole prompt without a cache, then one
-        token at a time with it; and the cache with them."""
-        x, presents = self._trunk(tokens, cache, False)
+    def prefill(self, tokens: Any) -> tuple[Any, Cache]:
+        """Generation's start: the next-token logits (n, vocabulary) after `tokens` (n, t), and each block's keys
+        and values (n, t, heads, size) of those positions."""
+        x, presents = self._trunk(tokens, False)
         return self._logits(x[:, -1]), presents
+
+    def decode_step(self, tokens: Any, keys: list[Any], values: list[Any], position: Any
+                    ) -> tuple[Any, list[Any], list[Any]]:
+        """One token (n, 1) at `position` with fixed-size caches (one (n, block, heads, size) pair per block, see
+        Block.step): the next-token logits (n, vocabulary) and the caches with this position written."""
+        x = ops.take(self.wte, tokens, axis=0) + ops.take(self.wpe, ops.reshape(position, (1,)), axis=0)
+        x = ops.cast(x, self.compute_dtype)
+        new_keys, new_values = [], []
+        for block, k, v in zip(self.blocks, keys, values, strict=True):
+            x, k, v = block.step(x, k, v, position)
+            new_keys.append(k)
+            new_values.append(v)
+        return self._logits(self.ln_f(x)[:, -1]), new_keys, new_values
+
+
+def generation_functions(net: GPTNetwork) -> tuple[Any, Any]:
+    """Generation's two TensorFlow functions (tf_backend's next_token_logits, the parity test).
+
+    `prefill(tokens)` runs a context of any length (traced once) and returns the logits after it and every
+    block's keys and values padded to block_size positions; `step(token, keys, values, position)` runs one token
+    against those fixed-size caches and is compiled by XLA, once (its shapes never change). Without XLA,
+    TensorFlow's executor spends more time dispatching the step's hundred small operations than computing them,
+    and the cached step would be no faster than recomputing the whole context.
+    """
+    import tensorflow as tf
+
+    heads, size = net.n_head, net.n_embd // net.n_head
+    caches = tuple([tf.TensorSpec([None, net.block_size, heads, size], tf.as_dtype(net.compute_dtype))]
+                   * net.n_layer)
+    ids = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[ids], autograph=False)
+    def prefill(tokens: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+        logits, presents = net.prefill(tokens)
+        pad = [[0, 0], [0, net.block_size - tf.shape(tokens)[1]], [0, 0], [0, 0]]
+        return (tf.cast(logits, tf.float32), tuple(tf.pad(k, pad) for k, _ in presents),
+                tuple(tf.pad(v, pad) for _, v in presents))
+
+    @tf.function(input_signature=[ids, caches, caches, tf.TensorSpec([], tf.int32)], autograph=False,
+                 jit_compile=True)
+    def step(tokens: Any, keys: tuple[Any, ...], values: tuple[Any, ...], position: Any
+             ) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+        logits, new_keys, new_values = net.decode_step(tokens, list(keys), list(values), position)
+        return tf.cast(logits, tf.float32), tuple(new_keys), tuple(new_values)
+
+    return prefill, step
 
 
 def build_gpt(cfg: ModelConfig, block_size: int, vocab_size: int, seed: int = 0) -> keras.Model:

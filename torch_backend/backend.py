@@ -341,7 +341,8 @@ class TorchBackend(Backend, Prunable, Penalized):
     @torch.inference_mode()  # no autograd bookkeeping at all: generation never trains
     def next_token_logits(self, tokens: np.ndarray, cache: Any | None) -> tuple[np.ndarray, Any]:
         _, model, _, precision = self._parts()
-        model.eval()
+        if cache is None:  # a new context; not per token: eval() walks every module (a sixth of a cached step)
+            model.eval()
         with precision.forward_context():
             decode: Any = model.decode  # torch_backend/gpt.py's GPT (generate checks model.name)
             logits, cache = decode(torch.from_numpy(np.asarray(tokens, np.int64)).to(self.device), cache)

@@ -73,7 +73,9 @@ def torch_gpt(out_dir: Path) -> dict:
 
 
 def tf_gpt(in_dir: Path) -> dict:
-    from tf_backend.gpt import network, torch_named_variables
+    import tensorflow as tf
+
+    from tf_backend.gpt import generation_functions, network, torch_named_variables
     from tf_backend.models import build_model
 
     report = {}
@@ -93,11 +95,11 @@ def tf_gpt(in_dir: Path) -> dict:
         x = tokens(block, vocab)
         y = np.asarray(model(x, training=False))
         entry["max_rel_diff"] = float(np.abs(y - torch_y).max() / np.abs(torch_y).max())
-        net, steps = network(model), []
-        logits, cache = net.decode(x[:, :5], None)
-        steps.append(np.asarray(logits))
+        prefill, step = generation_functions(network(model))  # what `generate` runs: the step compiled by XLA
+        logits, keys, values = prefill(x[:, :5].astype(np.int32))
+        steps = [np.asarray(logits)]
         for i in range(5, block):
-            logits, cache = net.decode(x[:, i:i + 1], cache)
+            logits, keys, values = step(x[:, i:i + 1].astype(np.int32), keys, values, tf.constant(i, tf.int32))
             steps.append(np.asarray(logits))
         entry["cache_max_diff"] = float(np.abs(np.stack(steps, axis=1) - y[:, 4:]).max())
         report[key] = entry
