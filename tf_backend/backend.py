@@ -290,6 +290,8 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             return loss, logits, grads
 
         def reduce_gradients(grads: list[tf.Tensor]) -> list[tf.Tensor]:
+            if not policy.allreduce:  # one rank: nothing to average (StepPolicy.allreduce)
+                return grads
             if reduce_op == hvd.Average:
                 # Horovod: one grouped collective per optimizer step for every gradient of the window.
                 reduced: list[tf.Tensor] = hvd.grouped_allreduce(grads, op=reduce_op, compression=compression,

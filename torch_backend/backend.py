@@ -88,7 +88,7 @@ class TorchBackend(Backend, Prunable, Penalized):
         self.spec: BuildSpec | None = None
         self.model: torch.nn.Module | None = None
         self.teacher: torch.nn.Module | None = None
-        self.optimizer: Any = None  # Horovod's DistributedOptimizer
+        self.optimizer: Any = None  # Horovod's DistributedOptimizer (the plain one without StepPolicy.allreduce)
         self.precision: Precision | None = None
         self._masks: dict[str, torch.Tensor] = {}
         self._comm_seconds = 0.0
@@ -130,8 +130,8 @@ class TorchBackend(Backend, Prunable, Penalized):
         trainable = [(n, p) for n, p in model.named_parameters() if n not in fixed]
         for name, param in model.named_parameters():
             param.requires_grad_(name not in fixed)
-        self.optimizer = distributed_optimizer(make_optimizer(spec.optim, param_groups(trainable, spec.optim)),
-                                               trainable, spec.step)
+        optimizer = make_optimizer(spec.optim, param_groups(trainable, spec.optim))
+        self.optimizer = distributed_optimizer(optimizer, trainable, spec.step) if spec.step.allreduce else optimizer
         self.precision = make_precision(self.device.type, spec.step)
         self.model = model
         return sum(p.numel() for p in model.parameters())

@@ -41,13 +41,16 @@ class Precision:
     def optimizer_step(self, optimizer: Any, parameters: Iterable[torch.Tensor], clip_norm: float | None) -> float:
         """Horovod's order: synchronize, unscale, clip, step without a second synchronisation. Returns the
         seconds spent waiting in `synchronize` (the gradient allreduce the backward passes started)."""
+        # Horovod's optimizer; a plain one has nothing to wait for (StepPolicy.allreduce=False: one rank)
+        reduced = hasattr(optimizer, "synchronize")
         start = time.perf_counter()
-        optimizer.synchronize()
+        if reduced:
+            optimizer.synchronize()
         waited = time.perf_counter() - start
         self.unscale(optimizer)
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(list(parameters), clip_norm)
-        with optimizer.skip_synchronize():
+        with optimizer.skip_synchronize() if reduced else contextlib.nullcontext():
             self.step(optimizer)
         return waited
 

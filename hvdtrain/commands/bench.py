@@ -40,7 +40,7 @@ def run_bench(cfg: Config, backend: Backend, warmup_batches: int, batches_per_it
     policy = resolve_policy(cfg, world, nccl_built=backend.comm.nccl_built())
     shape = cfg.data.synthetic_shape
     classes = cfg.data.num_classes
-    num_params = backend.build(build_spec(cfg, shape, classes))
+    num_params = backend.build(build_spec(cfg, shape, classes, allreduce=world.size > 1))  # as train does
     backend.sync()
     rng = np.random.default_rng(cfg.seed + world.rank)
     batch = cfg.train.batch_size

@@ -44,7 +44,8 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     dataset = everywhere(lambda: load_dataset(cfg.data, cfg.seed, cfg.task))
     callbacks = everywhere(lambda: CallbackList.from_config(cfg))
     spec = everywhere(lambda: build_spec(cfg, dataset.image_shape, dataset.num_classes,
-                                         augment_on_device(cfg.augment, placement)))
+                                         augment_on_device(cfg.augment, placement),
+                                         allreduce=elastic or backend.comm.world().size > 1))
     num_params = backend.build(spec)
     workers = resolve_workers(cfg.data.workers, dataset.train.on_disk, placement.threads,
                               backend.comm.world().local_size)

@@ -28,16 +28,17 @@ def augment_on_device(cfg: AugmentConfig, placement: Placement) -> bool:
 
 
 def build_spec(cfg: Config, image_shape: tuple[int, ...], num_classes: int,
-               augment_in_step: bool = False) -> BuildSpec:
+               augment_in_step: bool = False, allreduce: bool = True) -> BuildSpec:
     """The part of the config a backend needs to build model, optimizer and step (`augment_in_step`: the step
-    applies the random transforms, augment.device=gpu). `image_shape`: (H, W, C), or (F,) for feature vectors."""
+    applies the random transforms, augment.device=gpu; `allreduce`: StepPolicy.allreduce). `image_shape`:
+    (H, W, C), or (F,) for feature vectors."""
     if cfg.task == "language_model":
         check_token_windows(cfg)
     elif len(image_shape) == 1:
         check_feature_vectors(cfg, image_shape[0])
     return BuildSpec(model=cfg.model, image_shape=image_shape, num_classes=num_classes, seed=cfg.seed,
-                     optim=cfg.optim, step=StepPolicy.from_config(cfg.policy), regularization=cfg.regularization,
-                     freeze=cfg.train.freeze, distill=cfg.distill,
+                     optim=cfg.optim, step=StepPolicy.from_config(cfg.policy, allreduce),
+                     regularization=cfg.regularization, freeze=cfg.train.freeze, distill=cfg.distill,
                      teacher=teacher_model_config(cfg) if cfg.distill.teacher else None,
                      augment=cfg.augment if augment_in_step else None, task=cfg.task_spec())
 
