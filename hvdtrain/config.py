@@ -517,6 +517,8 @@ class RunConfig:
     profile: bool = option(False, "Record where each step's time goes (data wait, compute, communication) to "
                                   "run.dir/profile/steps.csv and the summary, and Horovod's timeline to "
                                   "run.dir/profile/timeline.json unless horovod.timeline is set (also: --profile).")
+    print_config: bool = option(False, "Rank 0 prints the whole resolved config before training (about 60 lines); "
+                                       "otherwise one line points at run.dir/config.yaml, which always holds it.")
 
 
 @dataclass(frozen=True)

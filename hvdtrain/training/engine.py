@@ -206,8 +206,12 @@ class Engine:
             f"{placement.threads} thread(s)/rank; {cfg.model.name} with {self.num_params:,} parameters; "
             f"{cfg.data.name}: {len(dataset.train)} train / {len(dataset.val)} val samples"
             + (f", {self.inputs.workers} data worker(s)/rank" if self.inputs.workers else ""))
-        say("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
-        say(plan.policy.describe())
+        alone = world.size == 1 and not self.elastic  # StepPolicy.allreduce is off (docs/policy.md)
+        say(plan.policy.describe() + ("; one rank: gradients not allreduced" if alone else ""))
+        if cfg.run.print_config:
+            say("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
+        else:
+            say(f"config: {outputs.dir / 'config.yaml'} (run.print_config=true prints it here)")
         if resume is not None:
             say(f"resuming from {resume.path} (epoch {run_state.epoch}, sample {run_state.position}, "
                 f"step {run_state.step})")

@@ -76,6 +76,9 @@ def test_digits_reaches_95_percent(backend: str, tmp_path_factory: pytest.TempPa
     assert (run_dir / "config.yaml").is_file() and (run_dir / model_file).is_file()
     # Rank 0 alone prints progress: one "done" line per epoch, not one per rank.
     assert proc.stdout.count("done: loss") == 12
+    # One line points at the config instead of printing it (run.print_config=true prints it: test_progress.py).
+    assert proc.stdout.count(f"config: {run_dir / 'config.yaml'} (run.print_config=true") == 1
+    assert "resolved config:" not in proc.stdout
 
 
 @pytest.mark.races

@@ -212,9 +212,10 @@ def test_a_line_printed_while_a_bar_is_drawn_starts_on_its_own_line() -> None:
 def test_rank_zero_lines_arrive_whole_under_horovodrun(tmp_path: Path) -> None:
     """Open MPI tags every separate write of a rank's output: a line written in two pieces shows up as
     `...samples/s[1,0]<stdout>:` and a line holding just the tag. PYTHONUNBUFFERED=1 (set by run_hvdtrain)
-    hands each write to the launcher as it is made."""
+    hands each write to the launcher as it is made. The whole config (run.print_config) is the longest burst."""
     proc = run_hvdtrain(["--config", str(REPO / "configs" / "digits.yaml"), "train.epochs=2",
-                         f"run.dir={tmp_path / 'run'}", "run.overwrite=true"], launcher="horovodrun", np_=2)
+                         f"run.dir={tmp_path / 'run'}", "run.overwrite=true", "run.print_config=true"],
+                        launcher="horovodrun", np_=2)
     lines = proc.stdout.splitlines()
     broken = [ln for ln in lines if ln.endswith("<stdout>:") or ln.count("<stdout>:") > 1 or "\r" in ln]
     assert not broken, "\n".join(broken)
@@ -224,3 +225,5 @@ def test_rank_zero_lines_arrive_whole_under_horovodrun(tmp_path: Path) -> None:
     assert sum(ln.startswith("epoch 2/2 done: ") for ln in rank0) == 1
     assert rank0[-1].startswith("finished in ")
     assert any(ln.startswith("policy: ") and ln.endswith("reduce average") for ln in rank0)
+    dump = rank0.index("resolved config:")
+    assert rank0[dump + 1:dump + 3] == ["  backend: torch", "  task: classification"]  # whole lines, in order
