@@ -12,7 +12,7 @@ from hvdtrain.errors import UserError
 from hvdtrain.registry import BACKEND_NAMES
 
 COMMANDS = ("train", "bench", "doctor", "config-docs", "augment-preview", "plot", "sweep", "pack", "tokenize",
-            "evaluate", "predict", "export", "convert", "generate")
+            "evaluate", "predict", "export", "convert", "generate", "sync")
 # The commands that run under launchers, one process per rank: their errors are reported on every rank.
 LAUNCHED_COMMANDS = ("train", "bench", "evaluate", "predict")
 
@@ -117,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="the sampling's seed: same seed, same text (default 0)")
     generate.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token "
                                                                   "instead of keeping keys and values (to compare)")
+    sync = sub.add_parser("sync", help="send a run's tracker data that did not go while it trained (docs/tracking.md)")
+    sync.add_argument("run_dir", metavar="RUN_DIR", help="a run directory trained with tracking.mlflow_uri")
     return parser
 
 
@@ -232,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(pack_folder(Path(args.folder), Path(args.out_dir), args.shard_size, args.seed,
                               args.overwrite).line())
+            return 0
+        if args.command == "sync":
+            from pathlib import Path
+
+            from hvdtrain.commands.sync import sync_run
+
+            print(sync_run(Path(args.run_dir)))
             return 0
         if args.command == "tokenize":
             from pathlib import Path

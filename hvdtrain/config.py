@@ -522,6 +522,32 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking (docs/tracking.md): rank 0 sends the run to MLflow; one tracker run per run.dir."""
+
+    mlflow_uri: str | None = option(None, "MLflow tracking server (http://host:port) or store (sqlite:///FILE); "
+                                          "null: off.")
+    experiment: str | None = option(None, "MLflow experiment (created if missing); null: '{data}-{model}' "
+                                          "(data.name and model.name).")
+    run_name: str | None = option(None, "The tracker run's name; null: run.dir's folder name.")
+    log_model: bool = option(False, "Also send the final model file (model.pt or model.keras) as an artifact.")
+    tags: tuple[str, ...] = option((), "'KEY=VALUE' tags of the tracker run, e.g. [team=vision,site=hpc].",
+                                   min_items=0)
+    timeout_s: float = option(5.0, "Seconds one request to the tracker may take; after a failure the run goes "
+                                   "on untracked (one warning) and `hvdtrain sync RUN_DIR` sends the rest later.",
+                              above=0.0)
+
+    def __post_init__(self) -> None:
+        for entry in self.tags:
+            if "=" not in entry or not entry.split("=", 1)[0].strip():
+                raise ConfigError(f"config key tracking.tags: {entry!r} is not KEY=VALUE: write it as "
+                                  "tracking.tags=[team=vision]")
+
+    def tag_map(self) -> dict[str, str]:
+        return dict(entry.split("=", 1) for entry in self.tags)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of one run."""
 
@@ -545,6 +571,7 @@ class Config:
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         check_task_keys(self.task, self.train.loss, self.train.metrics)

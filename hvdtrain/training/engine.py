@@ -34,6 +34,7 @@ from hvdtrain.tasks import sums as named
 from hvdtrain.tasks.metrics import Sums
 from hvdtrain.tasks.task import COUNT
 from hvdtrain.text.tokenizer import TOKENIZER_FILE
+from hvdtrain.tracking.report import TrackingReport
 from hvdtrain.training import collectives
 from hvdtrain.training.checkpoint import Checkpointer
 from hvdtrain.training.setup import RunPlan, augment_on_device, plan_run
@@ -57,6 +58,7 @@ class Engine:
         self.progress = ProgressReport(Progress(cfg.run.progress, enabled=False))
         self.profiler: StepProfiler | None = None  # one per run, kept over elastic resets
         self.events: EventWriter | None = None
+        self.tracking: TrackingReport | None = None  # rank 0 with tracking.mlflow_uri (hvdtrain/tracking/)
         self._stats: FeatureStats | None = None  # featurewise statistics over all ranks
         self.task = cfg.task_spec()
         self.width = len(dataset.class_names)  # the model's output width: classes, targets or labels
@@ -105,7 +107,8 @@ class Engine:
                 totals, skipped = collectives.evaluate(comm, backend, batches, lambda: len(batches.skipped),
                                                        self.task, self.width)
             record.update({f"val_{name}": value for name, value in self.task.values(totals).items()})
-            record.update({"eval_time_s": time.perf_counter() - start, "world_size": world.size})
+            record.update({"eval_time_s": time.perf_counter() - start, "world_size": world.size,
+                           "step": run_state.step})  # optimizer steps at the epoch's end (trackers' x axis)
             if self.inputs.checks_reads:
                 record["skipped_samples"] += skipped
             run_state.end_epoch(record)
@@ -154,8 +157,10 @@ class Engine:
         return summary
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Writes summary.json and the closing line (rank 0)."""
+        """Writes summary.json and the closing line (rank 0); the tracker gets the finished run."""
         self.outputs.finish(summary)
+        if self.tracking is not None:
+            self.tracking.finish()
         best = summary["best"]
         self.progress.print(f"finished in {summary['wall_time_s']:.1f}s; best {best['metric']} "
                             f"{best[best['metric']]:.4f} at epoch {best['epoch']}; outputs in {self.outputs.dir}")
@@ -173,6 +178,11 @@ class Engine:
             reporters.append(ProfileReport(self.profiler, outputs, self.progress))
         if plan.pruner.enabled:
             reporters.append(SparsityReport(require_prunable(self.backend), cfg.prune, outputs))
+        self.tracking = None
+        if cfg.tracking.mlflow_uri and world.rank == 0:  # rank 0 alone imports and talks to the tracker
+            resuming = bool(run_state.history) or cfg.train.resume is not None or self.elastic
+            self.tracking = TrackingReport(cfg, outputs.dir, resuming, self.progress.print)
+            reporters.append(self.tracking)  # after MetricsLog: metrics.jsonl holds the epoch when it sends
         return reporters
 
     def _start(self, run_state: TrainingState, plan: RunPlan, outputs: RunOutputs, checkpointer: Checkpointer) -> None:
