@@ -31,9 +31,12 @@ BARRIER_TIMEOUT_S = 30.0
 
 
 def announce(exc: UserError) -> None:
-    """Writes the error's one line to stderr, flushed, once however often it is called."""
+    """Writes the error's one line to stderr, flushed, once however often it is called. One write of the line and
+    its newline together: print() writes them apart, and with PYTHONUNBUFFERED=1 (usual under launchers) another
+    rank's line could land between them on the launcher's shared stderr (seen: two ranks' lines on one line)."""
     if not exc.announced:
-        print(f"hvdtrain: error: {exc}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"hvdtrain: error: {exc}\n")
+        sys.stderr.flush()
         exc.announced = True
 
 

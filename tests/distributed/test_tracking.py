@@ -58,7 +58,8 @@ class Server:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)  # reaped (stopped here or by a test's run)
 
 
 def free_port() -> int:
@@ -125,6 +126,7 @@ def test_a_two_rank_run_is_one_tracker_run_equal_to_its_run_directory(tmp_path: 
         assert not any(rank[other] for rank in ranks), ranks  # nor the other framework
 
 
+@pytest.mark.races
 def test_kill_9_then_resume_leaves_one_tracker_run_with_each_epoch_once(tmp_path: Path, server: Server) -> None:
     """Checkpoints at steps 6 and 12 only; killed at step 10, the run resumes from step 6 and does epoch 2 again,
     whose metrics the tracker already has: they are not sent twice (the exact resume gives the same values)."""
@@ -142,23 +144,22 @@ def test_kill_9_then_resume_leaves_one_tracker_run_with_each_epoch_once(tmp_path
     assert_equals_run_dir(server.uri, tmp_path / "run", first_start={"train.resume": "None"})
 
 
-def test_a_server_stopped_mid_run_costs_one_warning_and_sync_completes_the_run(tmp_path: Path) -> None:
-    own = Server(tmp_path / "server", free_port()).start()
-    assert own.proc is not None
+@pytest.mark.races
+def test_a_server_stopped_mid_run_costs_one_warning_and_sync_completes_the_run(tmp_path: Path, server: Server) -> None:
+    """The module's server is stopped by the run's rank 0 after epoch 1, then started again over the same store."""
+    assert server.proc is not None
     run_dir = tmp_path / "run"
-    try:
-        proc = run_hvdtrain([*SHORT, "backend=torch", f"run.dir={run_dir}", "run.log_every_steps=2",
-                             f"tracking.mlflow_uri={own.uri}", "tracking.timeout_s=2", PROBE],
-                            env={"PYTHONPATH": str(SCRIPTS), "HVDTRAIN_TEST_SERVER_PID": str(own.proc.pid),
-                                 "HVDTRAIN_TEST_SERVER_PORT": str(own.port), "HVDTRAIN_TEST_SERVER_EPOCH": "1"})
-        warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning: tracking:")]
-        assert len(warnings) == 1 and f"python -m hvdtrain sync {run_dir}" in warnings[0], proc.stdout
-        assert len(read_metrics(run_dir)) == 3 and read_summary(run_dir)["wall_time_s"] < 60  # trained on
-        state = json.loads((run_dir / "tracking.json").read_text())
-        assert state["params_sent"] and state["sent_epochs"] == 0 and not state["finished"]
-        own.start()  # the same store again
-        synced = run_hvdtrain(["sync", str(run_dir)])
-        assert "3 epoch(s), finished" in synced.stdout
-        assert_equals_run_dir(own.uri, run_dir)
-    finally:
-        own.stop()
+    proc = run_hvdtrain([*SHORT, "backend=torch", f"run.dir={run_dir}", "run.log_every_steps=2",
+                         f"tracking.mlflow_uri={server.uri}", "tracking.experiment=stopped", "tracking.timeout_s=2",
+                         PROBE], env={"PYTHONPATH": str(SCRIPTS), "HVDTRAIN_TEST_SERVER_PID": str(server.proc.pid),
+                                      "HVDTRAIN_TEST_SERVER_PORT": str(server.port),
+                                      "HVDTRAIN_TEST_SERVER_EPOCH": "1"})
+    server.start()  # the same store again (for this test's sync and any test after it)
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning: tracking:")]
+    assert len(warnings) == 1 and f"python -m hvdtrain sync {run_dir}" in warnings[0], proc.stdout
+    assert len(read_metrics(run_dir)) == 3 and read_summary(run_dir)["wall_time_s"] < 60  # trained on
+    state = json.loads((run_dir / "tracking.json").read_text())
+    assert state["params_sent"] and state["sent_epochs"] == 0 and not state["finished"]
+    synced = run_hvdtrain(["sync", str(run_dir)])
+    assert "3 epoch(s), finished" in synced.stdout
+    assert_equals_run_dir(server.uri, run_dir)

@@ -1,4 +1,4 @@
-"""`hvdtrain sync` refuses, in one line, what it cannot send (the sending itself: tests/distributed/test_tracking.py)."""
+"""`hvdtrain sync` refuses, in one line, what it cannot send (sending: tests/distributed/test_tracking.py)."""
 
 from __future__ import annotations
 
