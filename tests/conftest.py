@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,17 @@ SMALL_CONFIG = ("data: {name: digits, val_fraction: 0.2}\n"
                 "train: {epochs: 1, max_steps_per_epoch: 5}\n"
                 "optim: {name: sgd, lr: 0.1, momentum: 0.9}\n"
                 "run: {progress: 'off'}\n")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One MLflow tracking server for the session's tracking tests (tests/mlflow_server.py), stopped at the end."""
+    pytest.importorskip("mlflow", reason="mlflow (requirements.txt) is not installed")
+    from mlflow_server import Server, free_port
+
+    server = Server(tmp_path_factory.mktemp("mlflow"), free_port()).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

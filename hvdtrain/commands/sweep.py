@@ -30,6 +30,7 @@ from hvdtrain.config import load_config
 from hvdtrain.errors import UserError
 from hvdtrain.files import write_atomic
 from hvdtrain.tasks.task import field_lower_is_better as lower_is_better
+from hvdtrain.tracking.parent import SweepParent
 
 RESERVED_KEYS = ("run.dir",)  # set per trial from --out
 KILL_GRACE_S = 10.0
@@ -345,10 +346,20 @@ def run_sweep(config: str | None, overrides: list[str], grid: list[str], *, metr
         print(f"{len(trials)} trials (dry run: nothing run)")
         return 0
     # The direction as the run's config declares it (a user metric's own `lower_is_better`, imported here).
-    lower = load_config(config, overrides).lower_is_better(metric)
+    base = load_config(config, overrides)
+    lower = base.lower_is_better(metric)
     prepare_out(out)
-    with _STOPS.installed():
-        return _run_all(trials, axes, metric, out, timeout, lower)
+    parent = SweepParent(base, out)  # tracking.mlflow_uri: one parent run, the trials nested under it
+    parent.open(len(trials))
+    failed = True
+    try:
+        with _STOPS.installed():
+            code = _run_all(trials, axes, metric, out, timeout, lower)
+        failed = False
+        return code
+    finally:
+        best = [t for t in trials if t.result and t.result.get("rank") == 1]
+        parent.close({metric: float(best[0].result[metric])} if best else {}, failed)
 
 
 def _run_all(trials: list[Trial], axes: list[Axis], metric: str, out: Path, timeout: float | None,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BIN, REPO, read_summary, run_hvdtrain, together
@@ -47,9 +48,11 @@ def running_with(marker: str) -> list[int]:
     return pids
 
 
-def test_two_by_two_grid(tmp_path: Path, small_config: Path) -> None:
+def test_two_by_two_grid(tmp_path: Path, small_config: Path, mlflow_server: Any) -> None:
+    # Tracked: one MLflow parent run for the sweep, the 4 trials nested under it (docs/tracking.md).
     out = tmp_path / "sweep"
-    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "optim.lr=0.05,0.1",
+    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"tracking.mlflow_uri={mlflow_server.uri}",
+                         "tracking.experiment=sweep-grid", "--grid", "optim.lr=0.05,0.1",
                          "model.hidden_units=[16],[32]", "--out", str(out)])
     rows = read_csv(out)
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
@@ -79,6 +82,20 @@ def test_two_by_two_grid(tmp_path: Path, small_config: Path) -> None:
     assert list(best.model.hidden_units) == [int(best_row["model.hidden_units"].strip("[]"))]
     assert best.model.channels == (8,) and best.train.max_steps_per_epoch == 5  # overrides reach every trial
     assert f"best: {best_row['trial']}" in proc.stdout
+
+    # MLflow: a finished parent run with the best value, and each trial a child with its final metrics.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweep-grid").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(runs) == 5 and len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["best_val_accuracy"] == float(best_row["val_accuracy"])
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert sorted(children) == sorted(r["trial"] for r in rows)
+    for r in rows:
+        assert children[r["trial"]].data.metrics["val_accuracy"] == float(r["val_accuracy"])
+        assert children[r["trial"]].data.params["optim.lr"] == r["optim.lr"]
 
 
 def test_trials_under_horovodrun(tmp_path: Path, small_config: Path) -> None:
