@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(None, ["task=language_model", "data.name=tokens", "model.name=gpt", *args.overrides]).model
     torch.manual_seed(args.seed)
     model = GPT(cfg, int(meta["vocab_size"]), args.block)
+    model.initialise(cfg, args.seed)  # GPT-2's initialisation, as nanoGPT's model does (PyTorch's defaults train worse)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],

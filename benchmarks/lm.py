@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.launch import horovodrun, run, section_parser
@@ -26,6 +27,7 @@ from benchmarks.report import machine, update_section
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lm-python.yaml"
 QUICK = ("model.n_layer=2", "model.n_embd=32", "model.n_head=2")
 WARMUP = 8  # generation's first call, timed apart
+SAMPLES = 10  # nanoGPT's sample.py default count, generated here as one batch
 TARGETS = "hvdtrain torch >= 0.97x the hand-written loop's tokens/s at np=1; validation losses within 0.03"
 
 
@@ -92,17 +94,30 @@ def nanogpt_run(checkout: Path, tokens: Path, steps: int, quick: bool, out: Path
     return {"tokens_per_s": 12 * 64 / (statistics.median(times) / 1000), "val_loss": val[-1]}
 
 
-def generation_timing(run_dir: str, new_tokens: int) -> dict:
-    """Seconds to generate `new_tokens` greedily with and without the cache (inside this process), each after a
-    first call of WARMUP tokens that pays for tracing (and the Keras step's XLA compilation), timed apart."""
-    from hvdtrain.lifecycle.generate import Sampling, run_generate
+def generation_timing(run_dir: str, new_tokens: int, samples: int = 1) -> dict:
+    """Seconds to generate `new_tokens` greedily for `samples` prompts at once, with and without the cache, on one
+    loaded model (inside this process), each after a first call of WARMUP tokens that pays for tracing (and the
+    Keras step's XLA compilation), timed apart."""
+    import numpy as np
 
-    seconds = {}
+    from hvdtrain.lifecycle.finished_run import open_run
+    from hvdtrain.lifecycle.generate import Sampling, generate_tokens
+    from hvdtrain.lifecycle.trained_model import load_trained_model
+    from hvdtrain.text.tokenizer import load_tokenizer
+
+    run = open_run(run_dir, "generate")
+    model, tokenizer = load_trained_model(run), load_tokenizer(run.dir)
+    prompt = np.asarray([tokenizer.encode("def ")] * samples, dtype=np.int64)
+    block, greedy = run.image_shape[0], Sampling(temperature=0)
+    seconds: dict = {}
     for mode, cache in (("cached", True), ("recomputed", False)):
-        seconds[f"{mode}_first"] = run_generate(run_dir, "def ", WARMUP, Sampling(temperature=0), 1, cache).seconds
-        result = run_generate(run_dir, "def ", new_tokens, Sampling(temperature=0), 1, cache)
-        seconds[mode] = result.seconds
-        seconds[f"{mode}_text"] = result.texts[0]
+        start = time.perf_counter()
+        generate_tokens(model.backend, prompt, WARMUP, block, greedy, cache)
+        seconds[f"{mode}_first"] = time.perf_counter() - start
+        start = time.perf_counter()
+        tokens = generate_tokens(model.backend, prompt, new_tokens, block, greedy, cache)
+        seconds[mode] = time.perf_counter() - start
+        seconds[f"{mode}_text"] = tokenizer.decode(tokens[0].tolist())
     return seconds
 
 
@@ -110,10 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = section_parser(__doc__, repeats=1)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT: also run its train.py")
-    parser.add_argument("--generate-timing", nargs=2, metavar=("RUN_DIR", "TOKENS"), help=argparse_hidden())
+    parser.add_argument("--generate-timing", nargs=3, metavar=("RUN_DIR", "TOKENS", "SAMPLES"),
+                        help=argparse_hidden())
     args = parser.parse_args(argv)
     if args.generate_timing:  # the per-backend timing process
-        print(json.dumps(generation_timing(args.generate_timing[0], int(args.generate_timing[1]))))
+        print(json.dumps(generation_timing(args.generate_timing[0], int(args.generate_timing[1]),
+                                           int(args.generate_timing[2]))))
         return
     steps = 60 if args.quick else args.steps
     warmup = min(100, steps // 10)  # the recipe's 100 steps, or a tenth of a shorter run (the loops' too)
@@ -129,10 +146,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"lm: {backend} np={np_}: {results[f'hvdtrain {backend} np={np_}']}", file=sys.stderr)
         if args.nanogpt is not None:
             results["nanoGPT train.py"] = nanogpt_run(args.nanogpt.resolve(), tokens, steps, args.quick, out)
-        generation = {backend: json.loads(run([sys.executable, "-m", "benchmarks.lm", "--generate-timing",
-                                               results[f"hvdtrain {backend} np=1"]["run_dir"], str(new_tokens)],
-                                              timeout=3600).strip().splitlines()[-1])
-                      for backend in ("torch", "tensorflow")}
+        generation = {f"{backend}, {samples} sample{'s' if samples > 1 else ''}": json.loads(run(
+            [sys.executable, "-m", "benchmarks.lm", "--generate-timing", results[f"hvdtrain {backend} np=1"]["run_dir"],
+             str(new_tokens), str(samples)], timeout=3600).strip().splitlines()[-1])
+            for backend in ("torch", "tensorflow") for samples in (1, SAMPLES)}
     update_section("lm", report(results, generation, steps, new_tokens, args))
 
 
@@ -173,11 +190,11 @@ loss after the last step over every window of the held-out part. Ratio: to the h
 |---|---|---|---|
 {chr(10).join(rows)}
 
-Generation, {new_tokens} new tokens after "def ", greedy, one sample (the context restarts from its last half
-when the model's 64 positions are used up), seconds, each after a first call of {WARMUP} tokens (its own columns:
-tracing, and the Keras step's XLA compilation):
+Generation, {new_tokens} new tokens after "def ", greedy, for one sample and for {SAMPLES} at once (the context
+restarts from its last half when the model's 64 positions are used up), seconds, each after a first call of
+{WARMUP} tokens (its own columns: tracing, and the Keras step's XLA compilation):
 
-| backend | with the cache | recomputing | speed-up | same text | first call, cache | first call, recomputing |
+| backend, samples | with the cache | recomputing | speed-up | same text | first call, cache | first call, recomputing |
 |---|---|---|---|---|---|---|
 {chr(10).join(gen_rows)}
 
