@@ -42,13 +42,14 @@ def _tokens(out: Path) -> Path:
     return out
 
 
-def hvdtrain_run(backend: str, np_: int, tokens: Path, steps: int, extra: tuple[str, ...], out: Path) -> dict:
+def hvdtrain_run(backend: str, np_: int, tokens: Path, steps: int, extra: tuple[str, ...], out: Path,
+                 eval_every: int | None = None) -> dict:
     run_dir = out / f"hvdtrain-{backend}-np{np_}"
     batch = 12 // np_  # nanoGPT's 12 windows per step at any rank count
     launcher = [*horovodrun(np_, controller="mpi"), sys.executable] if np_ > 1 else [sys.executable]
     run([*launcher, "-m", "hvdtrain", "--config", str(CONFIG), f"backend={backend}", "data.name=tokens",
          f"data.path={tokens}", f"train.batch_size={batch}", f"train.max_steps={steps}",
-         f"train.eval_every_steps={max(1, steps // 8)}", "run.progress=off", f"run.dir={run_dir}",
+         f"train.eval_every_steps={eval_every or max(1, steps // 8)}", "run.progress=off", f"run.dir={run_dir}",
          "run.overwrite=true", *extra], timeout=7200)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     block = 64
@@ -159,13 +160,15 @@ def main(argv: list[str] | None = None) -> None:
 def speed_runs(tokens: Path, steps: int, repeats: int, extra: tuple[str, ...], out: Path,
                nanogpt: Path | None, quick: bool) -> dict[str, list[float]]:
     """Tokens/s at np=1 of short runs, the trainers interleaved in each of `repeats` rounds (this machine's speed
-    drifts by 10-20% between minutes: one long run per trainer cannot resolve a few percent)."""
+    drifts by 10-20% between minutes: one long run per trainer cannot resolve a few percent). hvdtrain's run is
+    one epoch (evaluated once, at its end): shorter epochs than the recipe's 250 steps would charge it an epoch's
+    start and end many times over."""
     speed: dict[str, list[float]] = {}
     for r in range(repeats):
         where = out / f"speed-{r}"
         where.mkdir()
         found = {"hand-written torch loop": handwritten_run(tokens, steps, extra, where),
-                 **{f"hvdtrain {b} np=1": hvdtrain_run(b, 1, tokens, steps, extra, where)
+                 **{f"hvdtrain {b} np=1": hvdtrain_run(b, 1, tokens, steps, extra, where, eval_every=steps)
                     for b in ("torch", "tensorflow")}}
         if nanogpt is not None:
             found["nanoGPT train.py"] = nanogpt_run(nanogpt.resolve(), tokens, steps, quick, where)
@@ -219,8 +222,9 @@ loss after the last step over every window of the held-out part. Ratio: to the h
 {chr(10).join(rows)}
 
 Speed at np=1, interleaved: {len(hand)} rounds, each running every trainer once for {speed_steps}
-steps one after another (tokens/s of each round, their median, and the median of the rounds' ratios to the
-hand-written loop). The single long runs above drift with the machine; these are what the target is read from.
+steps one after another, hvdtrain's as one epoch (tokens/s of each round, their median, and the median of the
+rounds' ratios to the hand-written loop). The single long runs above drift with the machine; the target is read
+from these.
 
 | trainer | tokens/s per round | median | ratio |
 |---|---|---|---|
