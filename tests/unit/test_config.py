@@ -81,6 +81,8 @@ def test_run_dir_placeholders() -> None:
     (["optim.lr.x=1"], "config key optim.lr is a value, not a section"),
     (["no_equals_sign"], "override 'no_equals_sign' is not key=value"),
     (["=3"], "is not key=value"),
+    (["tracking.tags=[team]"], "tracking.tags: 'team' is not KEY=VALUE: write it as tracking.tags=[team=vision]"),
+    (["tracking.timeout_s=0"], "tracking.timeout_s: 0.0 must be above 0.0"),
 ])
 def test_bad_overrides(overrides: list[str], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
