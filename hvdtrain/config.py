@@ -521,6 +521,9 @@ class RunConfig:
                                        "otherwise one line points at run.dir/config.yaml, which always holds it.")
 
 
+MLFLOW_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """Experiment tracking (docs/tracking.md): rank 0 sends the run to MLflow; one tracker run per run.dir."""
@@ -538,6 +541,10 @@ class TrackingConfig:
                               above=0.0)
 
     def __post_init__(self) -> None:
+        uri = self.mlflow_uri
+        if uri is not None and uri.split(":", 1)[0] not in MLFLOW_SCHEMES:
+            raise ConfigError(f"config key tracking.mlflow_uri: {uri!r} is not an MLflow tracking URI: give a server "
+                              "(http://host:5000) or a store (sqlite:///mlflow.db), or null for no tracking")
         for entry in self.tags:
             if "=" not in entry or not entry.split("=", 1)[0].strip():
                 raise ConfigError(f"config key tracking.tags: {entry!r} is not KEY=VALUE: write it as "
