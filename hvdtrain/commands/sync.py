@@ -24,8 +24,7 @@ def sync_run(run_dir: Path) -> str:
         state = TrackingState(cfg.tracking.mlflow_uri)
     finished = (run_dir / "summary.json").is_file()
     try:
-        send_pending(run_dir, state, client(cfg, state.mlflow_uri), final=finished,
-                     log_model=cfg.tracking.log_model)
+        send_pending(run_dir, cfg, state, client(cfg, state.mlflow_uri), final=finished)
     except Exception as error:  # noqa: BLE001  # the server's failure, in one line
         raise UserError(f"sync: MLflow at {state.mlflow_uri} failed ({one_line(error)}): check the server and run "
                         "sync again (what went is kept in tracking.json)") from None

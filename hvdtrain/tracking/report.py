@@ -35,7 +35,7 @@ class TrackingReport(Callback):
         try:
             if self._client is None:
                 self._client = client(self.cfg, self.state.mlflow_uri)
-            send_pending(self.run_dir, self.state, self._client, final=final, log_model=self.cfg.tracking.log_model)
+            send_pending(self.run_dir, self.cfg, self.state, self._client, final=final)
         except Exception as error:  # noqa: BLE001  # any tracker failure: warn once, train on
             self.failed = True
             self.say(f"warning: tracking: MLflow at {self.state.mlflow_uri} failed ({one_line(error)}); training "

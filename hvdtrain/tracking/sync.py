@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hvdtrain.config import Config, flatten, load_config, to_dict
+from hvdtrain.config import Config, flatten, to_dict
 from hvdtrain.files import write_atomic
 
 STATE_FILE = "tracking.json"
@@ -91,13 +91,11 @@ def params_of(cfg: Config) -> dict[str, str]:
     return {key: str(value)[:PARAM_VALUE_LIMIT] for key, value in flatten(to_dict(cfg)).items()}
 
 
-def send_pending(run_dir: Path, state: TrackingState, mlflow: Any, *, final: bool = False,
-                 log_model: bool = False) -> None:
-    """Sends run_dir's parameters, metrics and (with `final`) artifacts that `state` does not list as sent, and
-    records each part in tracking.json as soon as it went."""
+def send_pending(run_dir: Path, cfg: Config, state: TrackingState, mlflow: Any, *, final: bool = False) -> None:
+    """Sends run_dir's parameters (`cfg`: its config.yaml), metrics and (with `final`) artifacts that `state` does
+    not list as sent, and records each part in tracking.json as soon as it went."""
     from mlflow.entities import Metric, Param
 
-    cfg = load_config(run_dir / "config.yaml")
     if state.run_id is None:
         experiment = mlflow.get_experiment_by_name(experiment_name(cfg))
         state.experiment_id = (experiment.experiment_id if experiment is not None
@@ -135,7 +133,7 @@ def send_pending(run_dir: Path, state: TrackingState, mlflow: Any, *, final: boo
             mlflow.set_tag(run_id, f"system.{key}", str(value))
         files = [run_dir / name for name in ARTIFACTS if (run_dir / name).is_file()]
         files += sorted(run_dir.glob("*.png"))
-        if log_model:
+        if cfg.tracking.log_model:
             files += [run_dir / name for name in MODEL_FILES if (run_dir / name).is_file()]
         for path in dict.fromkeys(files):
             mlflow.log_artifact(run_id, str(path))
