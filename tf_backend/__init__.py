@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import sys
 
-# Keras imports scikit-learn (for its scikit-learn wrappers) and matplotlib (for an image-gallery helper), and
-# TensorFlow's legacy Keras imports scipy.sparse, each only if installed and each inside `try: ... except
-# ImportError`. They cost about 1.5 CPU-s of the 4.3 s that `import tensorflow, horovod.tensorflow` takes in
-# every rank (measured on a 2-core AMD EPYC). Marking them missing while TensorFlow imports makes those helpers
-# fall back; the packages are importable again afterwards (hvdtrain's plots and users' code import them as usual).
-_OPTIONAL_AT_TF_IMPORT = ("sklearn", "matplotlib", "scipy")
+# Keras imports scikit-learn (for its scikit-learn wrappers), matplotlib (for an image-gallery helper) and pandas
+# (to accept DataFrames in its own fit(), which hvdtrain never calls; pandas is installed as MLflow's dependency),
+# and TensorFlow's legacy Keras imports scipy.sparse, each only if installed and each inside `try: ... except
+# ImportError`. They cost about 1.5 CPU-s (pandas: 0.9 s more) of the 4.3 s that `import tensorflow,
+# horovod.tensorflow` takes in every rank (measured on a 2-core AMD EPYC). Marking them missing while TensorFlow
+# imports makes those helpers fall back; the packages are importable again afterwards (hvdtrain's plots, MLflow
+# and users' code import them as usual).
+_OPTIONAL_AT_TF_IMPORT = ("sklearn", "matplotlib", "scipy", "pandas")
 
 
 def _import_tensorflow_lean() -> None:
