@@ -526,13 +526,21 @@ MLFLOW_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mss
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Experiment tracking (docs/tracking.md): rank 0 sends the run to MLflow; one tracker run per run.dir."""
+    """Experiment tracking (docs/tracking.md): rank 0 sends the run to MLflow, Weights & Biases and/or a tracker of
+    the user's; one tracker run per run.dir."""
 
     mlflow_uri: str | None = option(None, "MLflow tracking server (http://host:port) or store (sqlite:///FILE); "
                                           "null: off.")
     experiment: str | None = option(None, "MLflow experiment (created if missing); null: '{data}-{model}' "
                                           "(data.name and model.name).")
     run_name: str | None = option(None, "The tracker run's name; null: run.dir's folder name.")
+    wandb_project: str | None = option(None, "Weights & Biases project; null: off. The W&B run is written under "
+                                             "run.dir/wandb/.")
+    wandb_mode: str = option("offline", "offline: W&B writes the run to run.dir/wandb/ only (compute nodes "
+                                        "without internet; `wandb sync` uploads it later); online: sent live too.",
+                             choices=("offline", "online"))
+    user: str | None = option(None, "A tracker of your own, 'package.module:factory': factory(cfg, run_dir, "
+                                    "resuming) returns a hvdtrain.tracking.Tracker (docs/tracking.md).")
     log_model: bool = option(False, "Also send the final model file (model.pt or model.keras) as an artifact.")
     tags: tuple[str, ...] = option((), "'KEY=VALUE' tags of the tracker run, e.g. [team=vision,site=hpc].",
                                    min_items=0)
@@ -552,6 +560,9 @@ class TrackingConfig:
 
     def tag_map(self) -> dict[str, str]:
         return dict(entry.split("=", 1) for entry in self.tags)
+
+    def enabled(self) -> bool:
+        return bool(self.mlflow_uri or self.wandb_project or self.user)
 
 
 @dataclass(frozen=True)

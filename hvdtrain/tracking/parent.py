@@ -1,6 +1,7 @@
 """A sweep's parent run: the sweep command opens one MLflow run for the whole sweep and hands its id to the
-trials (HVDTRAIN_TRACKING_PARENT), whose own runs become its children (MLflow's nested runs). Like every tracker
-call, a failure costs one warning and the sweep goes on."""
+trials (HVDTRAIN_TRACKING_PARENT), whose own runs become its children (MLflow's nested runs). With W&B, the
+trials' runs form one group named after the sweep's folder (HVDTRAIN_TRACKING_GROUP): W&B's way of grouping.
+Like every tracker call, a failure costs one warning and the sweep goes on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hvdtrain.config import Config
-from hvdtrain.tracking.sync import PARENT_RUN_ENV, client, experiment_name, one_line
+from hvdtrain.tracking.sync import GROUP_ENV, PARENT_RUN_ENV, client, experiment_name, one_line
 
 
 class SweepParent:
@@ -22,6 +23,8 @@ class SweepParent:
         self._client: Any = None
 
     def open(self, trials: int) -> None:
+        if self.cfg.tracking.wandb_project:
+            os.environ[GROUP_ENV] = f"sweep-{self.out.name}"  # the trials' processes inherit it
         if not self.uri:
             return
         try:
@@ -39,6 +42,7 @@ class SweepParent:
 
     def close(self, best: dict[str, float], failed: bool) -> None:
         """The best trial's metric on the parent, and the parent finished (or failed: no trial succeeded)."""
+        os.environ.pop(GROUP_ENV, None)
         if self.run_id is None:
             return
         os.environ.pop(PARENT_RUN_ENV, None)

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hvdtrain.callbacks import Callback, CallbackContext
+from hvdtrain.callbacks import CallbackContext
 from hvdtrain.config import Config
 from hvdtrain.tracking.sync import TrackingState, client, one_line, send_pending
+from hvdtrain.tracking.tracker import Tracker
 
 
-class TrackingReport(Callback):
+class TrackingReport(Tracker):
     """Rank 0's MLflow reporter. `resuming`: the run continues an earlier one in run.dir (train.resume, an elastic
     restart), so it reattaches to the tracker run tracking.json names; otherwise it starts a new one.
 

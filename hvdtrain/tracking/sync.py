@@ -75,13 +75,13 @@ def client(cfg: Config, uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
+def rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _numbers(row: dict[str, Any], skip: tuple[str, ...]) -> dict[str, float]:
+def numbers(row: dict[str, Any], skip: tuple[str, ...]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items()
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
@@ -114,12 +114,12 @@ def send_pending(run_dir: Path, cfg: Config, state: TrackingState, mlflow: Any, 
             mlflow.log_batch(run_id, params=params[i:i + 100])
         state.params_sent = True
         state.write(run_dir)
-    epochs = [row for row in _rows(run_dir / "metrics.jsonl") if row["epoch"] > state.sent_epochs]
-    steps = [row for row in _rows(run_dir / "steps.jsonl") if row["step"] > state.sent_step]
+    epochs = [row for row in rows(run_dir / "metrics.jsonl") if row["epoch"] > state.sent_epochs]
+    steps = [row for row in rows(run_dir / "steps.jsonl") if row["step"] > state.sent_step]
     metrics = [Metric(key, value, 0, int(row.get("step", row["epoch"])))
-               for row in epochs for key, value in _numbers(row, ("epoch", "step")).items()]
+               for row in epochs for key, value in numbers(row, ("epoch", "step")).items()]
     metrics += [Metric(f"step/{key}", value, 0, int(row["step"]))
-                for row in steps for key, value in _numbers(row, ("epoch", "step")).items()]
+                for row in steps for key, value in numbers(row, ("epoch", "step")).items()]
     for i in range(0, len(metrics), BATCH):
         mlflow.log_batch(run_id, metrics=metrics[i:i + BATCH])
     if epochs or steps:
@@ -143,6 +143,7 @@ def send_pending(run_dir: Path, cfg: Config, state: TrackingState, mlflow: Any, 
 
 
 PARENT_RUN_ENV = "HVDTRAIN_TRACKING_PARENT"  # a sweep's parent run: its trials become nested runs
+GROUP_ENV = "HVDTRAIN_TRACKING_GROUP"  # a sweep's name: its trials' W&B runs form one group
 
 
 def system_facts(summary: dict[str, Any]) -> dict[str, Any]:

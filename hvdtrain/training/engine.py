@@ -34,7 +34,7 @@ from hvdtrain.tasks import sums as named
 from hvdtrain.tasks.metrics import Sums
 from hvdtrain.tasks.task import COUNT
 from hvdtrain.text.tokenizer import TOKENIZER_FILE
-from hvdtrain.tracking.report import TrackingReport
+from hvdtrain.tracking.tracker import Tracker, TrackerFactory, rank0_trackers
 from hvdtrain.training import collectives
 from hvdtrain.training.checkpoint import Checkpointer
 from hvdtrain.training.setup import RunPlan, augment_on_device, plan_run
@@ -48,7 +48,8 @@ class Engine:
     world: rank, policy (scaled LR), LR schedule, shards, reporters."""
 
     def __init__(self, cfg: Config, backend: Backend, dataset: Dataset, callbacks: CallbackList, num_params: int,
-                 placement: Placement, elastic: bool, inputs: InputPipeline) -> None:
+                 placement: Placement, elastic: bool, inputs: InputPipeline,
+                 user_tracker: TrackerFactory | None = None) -> None:
         self.cfg, self.backend, self.dataset, self.callbacks = cfg, backend, dataset, callbacks
         self.inputs = inputs
         self.rss_start_mb = 0.0  # set by the loop before the dataset is opened
@@ -58,7 +59,8 @@ class Engine:
         self.progress = ProgressReport(Progress(cfg.run.progress, enabled=False))
         self.profiler: StepProfiler | None = None  # one per run, kept over elastic resets
         self.events: EventWriter | None = None
-        self.tracking: TrackingReport | None = None  # rank 0 with tracking.mlflow_uri (hvdtrain/tracking/)
+        self.user_tracker = user_tracker  # tracking.user's factory, imported on every rank, called on rank 0
+        self.tracking: list[Tracker] | None = None  # rank 0's trackers (hvdtrain/tracking/), kept over elastic resets
         self._stats: FeatureStats | None = None  # featurewise statistics over all ranks
         self.task = cfg.task_spec()
         self.width = len(dataset.class_names)  # the model's output width: classes, targets or labels
@@ -159,8 +161,8 @@ class Engine:
     def finish(self, summary: dict[str, Any]) -> None:
         """Writes summary.json and the closing line (rank 0); the tracker gets the finished run."""
         self.outputs.finish(summary)
-        if self.tracking is not None:
-            self.tracking.finish()
+        for tracker in self.tracking or ():
+            tracker.finish()
         best = summary["best"]
         self.progress.print(f"finished in {summary['wall_time_s']:.1f}s; best {best['metric']} "
                             f"{best[best['metric']]:.4f} at epoch {best['epoch']}; outputs in {self.outputs.dir}")
@@ -178,11 +180,11 @@ class Engine:
             reporters.append(ProfileReport(self.profiler, outputs, self.progress))
         if plan.pruner.enabled:
             reporters.append(SparsityReport(require_prunable(self.backend), cfg.prune, outputs))
-        self.tracking = None
-        if cfg.tracking.mlflow_uri and world.rank == 0:  # rank 0 alone imports and talks to the tracker
-            resuming = bool(run_state.history) or cfg.train.resume is not None or self.elastic
-            self.tracking = TrackingReport(cfg, outputs.dir, resuming, self.progress.print)
-            reporters.append(self.tracking)  # after MetricsLog: metrics.jsonl holds the epoch when it sends
+        if cfg.tracking.enabled() and world.rank == 0:  # rank 0 alone imports and talks to trackers
+            if self.tracking is None:
+                resuming = bool(run_state.history) or cfg.train.resume is not None or self.elastic
+                self.tracking = rank0_trackers(cfg, outputs.dir, resuming, self.progress.print, self.user_tracker)
+            reporters += self.tracking  # after MetricsLog: metrics.jsonl holds the epoch when they send
         return reporters
 
     def _start(self, run_state: TrainingState, plan: RunPlan, outputs: RunOutputs, checkpointer: Checkpointer) -> None:

@@ -15,6 +15,7 @@ from hvdtrain.data import load_dataset
 from hvdtrain.data.pipeline import InputPipeline, resolve_workers
 from hvdtrain.distributed.environment import apply_horovod_settings
 from hvdtrain.reporting.outputs import rss_mb
+from hvdtrain.tracking.tracker import load_user_tracker
 from hvdtrain.training import collectives
 from hvdtrain.training.elastic import LocalState, elastic_launch, run_elastic
 from hvdtrain.training.engine import Engine
@@ -43,6 +44,7 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     rss_start = rss_mb()
     dataset = everywhere(lambda: load_dataset(cfg.data, cfg.seed, cfg.task))
     callbacks = everywhere(lambda: CallbackList.from_config(cfg))
+    user_tracker = everywhere(lambda: load_user_tracker(cfg))
     spec = everywhere(lambda: build_spec(cfg, dataset.image_shape, dataset.num_classes,
                                          augment_on_device(cfg.augment, placement),
                                          allreduce=elastic or backend.comm.world().size > 1))
@@ -50,7 +52,7 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     workers = resolve_workers(cfg.data.workers, dataset.train.on_disk, placement.threads,
                               backend.comm.world().local_size)
     with InputPipeline(cfg, dataset, workers) as inputs:
-        engine = Engine(cfg, backend, dataset, callbacks, num_params, placement, elastic, inputs)
+        engine = Engine(cfg, backend, dataset, callbacks, num_params, placement, elastic, inputs, user_tracker)
         engine.rss_start_mb = rss_start
         training = TrainingState()
         summary = run_elastic(engine.run, training, backend) if elastic else engine.run(LocalState(training))

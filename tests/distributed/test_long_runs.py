@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import run_pool
@@ -101,11 +102,12 @@ def test_kill_9_during_checkpoint_writes_then_resume_equals_uninterrupted(tmp_pa
 
 
 @pytest.mark.races
-def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path) -> None:
+def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path, mlflow_server: Any) -> None:
     """Two "hosts" on this machine (localhost and 127.0.0.1, one slot each). Rank 1 is killed with SIGKILL at
     step 30 (epoch 2); rank 0 rolls back to the commit of step 25 and goes on alone; after the blacklist
     cooldown the host is back and the job grows to 2 ranks again. Both backends' jobs at once: much of their
-    time is spent waiting (the cooldown, host discovery, the steps' sleeps)."""
+    time is spent waiting (the cooldown, host discovery, the steps' sleeps). Tracked with MLflow: the restarts
+    keep one tracker run, its history equal to metrics.jsonl."""
 
     def elastic(backend: str) -> subprocess.CompletedProcess:
         root = tmp_path / backend
@@ -118,7 +120,8 @@ def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path) -> 
         prefix = [str(BIN / "horovodrun"), "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
                   str(discovery), "--blacklist-cooldown-range", "2", "4"]
         return run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=6",
-                             f"run.dir={root / 'run'}", "run.progress=lines", "elastic.commit_every_steps=5", FAULTS],
+                             f"run.dir={root / 'run'}", "run.progress=lines", "elastic.commit_every_steps=5", FAULTS,
+                             f"tracking.mlflow_uri={mlflow_server.uri}", f"tracking.experiment=elastic-{backend}"],
                             prefix=prefix, env=fault_env(kill_rank=1, kill_step=30, kill_marker=root / "killed",
                                                          step_sleep=0.05))
 
@@ -142,6 +145,13 @@ def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path) -> 
         # The LR followed the world size: x2 at np=2, x1 at np=1 (linear scaling of optim.lr 0.025).
         assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 1} == {0.025}
         assert {round(m["lr"], 6) for m in metrics if m["world_size"] == 2} == {0.05}
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(mlflow_server.uri)
+        (tracked,) = client.search_runs([client.get_experiment_by_name(f"elastic-{backend}").experiment_id])
+        assert tracked.info.status == "FINISHED"
+        history = sorted((m.step, m.value) for m in client.get_metric_history(tracked.info.run_id, "world_size"))
+        assert history == [(m["step"], m["world_size"]) for m in metrics]
 
 
 @run_pool.builder(__file__)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import BIN, REPO, read_summary, run_hvdtrain, together
+from wandb_reader import offline_runs
 
 from hvdtrain.config import load_config
 
@@ -49,11 +50,12 @@ def running_with(marker: str) -> list[int]:
 
 
 def test_two_by_two_grid(tmp_path: Path, small_config: Path, mlflow_server: Any) -> None:
-    # Tracked: one MLflow parent run for the sweep, the 4 trials nested under it (docs/tracking.md).
+    # Tracked: one MLflow parent run for the sweep, the 4 trials nested under it; W&B (offline): the trials' runs
+    # in one group (docs/tracking.md).
     out = tmp_path / "sweep"
     proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"tracking.mlflow_uri={mlflow_server.uri}",
-                         "tracking.experiment=sweep-grid", "--grid", "optim.lr=0.05,0.1",
-                         "model.hidden_units=[16],[32]", "--out", str(out)])
+                         "tracking.experiment=sweep-grid", "tracking.wandb_project=hvdtrain-tests", "--grid",
+                         "optim.lr=0.05,0.1", "model.hidden_units=[16],[32]", "--out", str(out)])
     rows = read_csv(out)
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
     assert {(r["optim.lr"], r["model.hidden_units"]) for r in rows} == {
@@ -96,6 +98,9 @@ def test_two_by_two_grid(tmp_path: Path, small_config: Path, mlflow_server: Any)
     for r in rows:
         assert children[r["trial"]].data.metrics["val_accuracy"] == float(r["val_accuracy"])
         assert children[r["trial"]].data.params["optim.lr"] == r["optim.lr"]
+        (wandb_run,) = offline_runs(Path(r["run_dir"]))
+        assert wandb_run.group == "sweep-sweep" and wandb_run.config["optim.lr"] == r["optim.lr"]
+        assert [row["val_accuracy"] for row in wandb_run.history] == [float(r["val_accuracy"])]
 
 
 def test_trials_under_horovodrun(tmp_path: Path, small_config: Path) -> None:

@@ -84,6 +84,7 @@ def test_run_dir_placeholders() -> None:
     (["tracking.tags=[team]"], "tracking.tags: 'team' is not KEY=VALUE: write it as tracking.tags=[team=vision]"),
     (["tracking.timeout_s=0"], "tracking.timeout_s: 0.0 must be above 0.0"),
     (["tracking.mlflow_uri=localhost:5000"], "tracking.mlflow_uri: 'localhost:5000' is not an MLflow tracking URI"),
+    (["tracking.wandb_mode=shared"], "tracking.wandb_mode"),
 ])
 def test_bad_overrides(overrides: list[str], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
