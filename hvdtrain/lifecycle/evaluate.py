@@ -25,6 +25,7 @@ from hvdtrain.lifecycle.finished_run import FinishedRun, checkpoint_source, open
 from hvdtrain.lifecycle.trained_model import TrainedModel, load_trained_model
 from hvdtrain.tasks.metrics import CONFUSION, EVAL_TABLES, Sums, per_class_table
 from hvdtrain.tasks.task import COUNT, TaskSpec
+from hvdtrain.tracking.sync import send_evaluation
 from hvdtrain.training import collectives
 
 EVAL_FILE, CONFUSION_PNG = "eval.json", "eval-confusion.png"
@@ -168,4 +169,7 @@ def run_evaluate(run_dir: str, overrides: list[str], checkpoint: str | None) -> 
             shown = " ".join(f"{k} {v:.6f}" for k, v in report.items() if k.startswith("val_") and v is not None)
             print(f"evaluated {run.dir} ({run.backend}, {source.name}) on {result.count} samples of {data}: "
                   f"{shown}; wrote {' and '.join(map(str, wrote))}", flush=True)
+            warning = send_evaluation(run.dir, run.cfg, wrote, report)  # the run's MLflow run, if it has one
+            if warning:
+                print(warning, flush=True)
         return report

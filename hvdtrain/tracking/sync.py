@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,28 @@ def send_pending(run_dir: Path, cfg: Config, state: TrackingState, mlflow: Any, 
         mlflow.set_terminated(run_id, "FINISHED")
         state.finished = True
         state.write(run_dir)
+
+
+def send_evaluation(run_dir: Path, cfg: Config, files: list[Path], metrics: dict[str, Any]) -> str | None:
+    """`evaluate`'s files (eval.json, its plot) as artifacts of the run's MLflow run and its metrics as eval/*,
+    at the run's last step; a warning line if that failed (None: sent, or the run is not tracked by MLflow)."""
+    state = TrackingState.read(run_dir)
+    if not cfg.tracking.mlflow_uri or state is None or state.run_id is None:
+        return None
+    try:
+        from mlflow.entities import Metric
+
+        mlflow = client(cfg, state.mlflow_uri)
+        for path in files:
+            mlflow.log_artifact(state.run_id, str(path))
+        step = max([0, *(row.get("step", 0) for row in rows(run_dir / "metrics.jsonl"))])
+        now = int(time.time() * 1000)
+        mlflow.log_batch(state.run_id, metrics=[Metric(f"eval/{key}", value, now, step)
+                                                for key, value in numbers(metrics, ()).items()])
+    except Exception as error:  # noqa: BLE001  # a tracker never fails a command that did its work
+        return (f"warning: tracking: sending the evaluation to MLflow at {state.mlflow_uri} failed "
+                f"({one_line(error)}); {', '.join(p.name for p in files)} stay in {run_dir}")
+    return None
 
 
 PARENT_RUN_ENV = "HVDTRAIN_TRACKING_PARENT"  # a sweep's parent run: its trials become nested runs

@@ -134,6 +134,15 @@ def test_kill_9_then_resume_leaves_one_tracker_run_with_each_epoch_once(tmp_path
     assert_wandb_equals_run_dir(tmp_path / "run")  # the closed start's config: the resumed one's
     assert len(offline_runs(tmp_path / "run")) == 1
     assert len(list((tmp_path / "run" / "wandb").glob("unclosed-offline-run-*"))) == 1
+    # `evaluate` afterwards adds eval.json and its metrics (eval/*, at the run's last step) to the same MLflow run.
+    run_hvdtrain(["evaluate", str(tmp_path / "run")])
+    client = mlflow.tracking.MlflowClient(mlflow_server.uri)
+    run_id = json.loads((tmp_path / "run" / "tracking.json").read_text())["run_id"]
+    evaluation = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert "eval.json" in {f.path for f in client.list_artifacts(run_id)}
+    (logged,) = client.get_metric_history(run_id, "eval/val_loss")
+    assert (logged.value, logged.step) == (pytest.approx(evaluation["val_loss"], rel=1e-12),
+                                           read_metrics(tmp_path / "run")[-1]["step"])
 
 
 @pytest.mark.races
