@@ -542,7 +542,8 @@ class TrackingConfig:
     user: str | None = option(None, "A tracker of your own, 'package.module:factory': factory(cfg, run_dir, "
                                     "resuming) returns a hvdtrain.tracking.Tracker (docs/tracking.md).")
     log_model: bool = option(False, "Also send the final model file (model.pt or model.keras) as an artifact.")
-    tags: tuple[str, ...] = option((), "'KEY=VALUE' tags of the tracker run, e.g. [team=vision,site=hpc].",
+    tags: tuple[str, ...] = option((), "Tags of the tracker runs: a map (team: vision) or 'KEY=VALUE' entries, "
+                                       "e.g. [team=vision,site=hpc].",
                                    min_items=0)
     timeout_s: float = option(5.0, "Seconds one request to the tracker may take; after a failure the run goes "
                                    "on untracked (one warning) and `hvdtrain sync RUN_DIR` sends the rest later.",
@@ -653,6 +654,10 @@ def config_from_tree(tree: dict[str, Any], overrides: list[str] | tuple[str, ...
     items = overrides.items() if isinstance(overrides, dict) else (_parse_override(o) for o in overrides)
     for key, value in items:
         _set_dotted(tree, key, value)
+    tracking = tree.get("tracking")
+    if isinstance(tracking, dict) and isinstance(tracking.get("tags"), dict):
+        # tracking.tags as a map (YAML `tags: {team: vision}`, or tracking.tags.team=vision): its KEY=VALUE entries
+        tracking["tags"] = [f"{k}={'' if v is None else v}" for k, v in tracking["tags"].items()]
     return _build(Config, tree, prefix="")
 
 

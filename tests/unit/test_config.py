@@ -124,3 +124,12 @@ def test_every_key_documented() -> None:
     text = reference_markdown()
     for key in all_keys():
         assert f"| `{key}` |" in text
+
+
+def test_tracking_tags_as_a_map_or_as_entries(tmp_path: Path) -> None:
+    config = tmp_path / "tags.yaml"
+    config.write_text("tracking:\n  tags:\n    team: vision\n    site: hpc\n")
+    assert load_config(config).tracking.tags == ("team=vision", "site=hpc")
+    assert load_config(None, ["tracking.tags.team=vision"]).tracking.tag_map() == {"team": "vision"}
+    assert load_config(None, ["tracking.tags=[team=vision,site=hpc]"]).tracking.tag_map() == {"team": "vision",
+                                                                                             "site": "hpc"}

@@ -5,7 +5,6 @@ tests/distributed/test_tracking.py."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
