@@ -4,6 +4,7 @@ checkout of karpathy/nanoGPT), by nanoGPT's own train.py, on the same token file
 without the key/value cache.
 
     python -m benchmarks.lm [--steps 2000] [--quick] [--nanogpt DIR]
+    python -m benchmarks.lm --generation-only [--quick]   (generation alone: the lm-generation section)
 
 Tokens/s: hvdtrain's from metrics.jsonl (windows/s x block_size, median of the evaluation periods after the
 first), the loops' from their step times (after the first 10 steps). Validation loss: every non-overlapping
@@ -28,6 +29,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lm-python.yaml"
 QUICK = ("model.n_layer=2", "model.n_embd=32", "model.n_head=2")
 WARMUP = 8  # generation's first call, timed apart
 SAMPLES = 10  # nanoGPT's sample.py default count, generated here as one batch
+GENERATION_ROUNDS = 5  # cached and recomputed one after the other, this many times: medians
 TARGETS = "hvdtrain torch >= 0.97x the hand-written loop's tokens/s at np=1; validation losses within 0.03"
 
 
@@ -95,10 +97,11 @@ def nanogpt_run(checkout: Path, tokens: Path, steps: int, quick: bool, out: Path
     return {"tokens_per_s": 12 * 64 / (statistics.median(times) / 1000), "val_loss": val[-1]}
 
 
-def generation_timing(run_dir: str, new_tokens: int, samples: int = 1) -> dict:
+def generation_timing(run_dir: str, new_tokens: int, samples: int = 1, rounds: int = GENERATION_ROUNDS) -> dict:
     """Seconds to generate `new_tokens` greedily for `samples` prompts at once, with and without the cache, on one
     loaded model (inside this process), each after a first call of WARMUP tokens that pays for tracing (and the
-    Keras step's XLA compilation), timed apart."""
+    Keras step's XLA compilation), timed apart; then `rounds` rounds of both modes one after the other: the
+    medians, and the median of the rounds' ratios."""
     import numpy as np
 
     from hvdtrain.lifecycle.finished_run import open_run
@@ -111,14 +114,22 @@ def generation_timing(run_dir: str, new_tokens: int, samples: int = 1) -> dict:
     prompt = np.asarray([tokenizer.encode("def ")] * samples, dtype=np.int64)
     block, greedy = run.image_shape[0], Sampling(temperature=0)
     seconds: dict = {}
-    for mode, cache in (("cached", True), ("recomputed", False)):
+    modes = (("cached", True), ("recomputed", False))
+    for mode, cache in modes:
         start = time.perf_counter()
         generate_tokens(model.backend, prompt, WARMUP, block, greedy, cache)
         seconds[f"{mode}_first"] = time.perf_counter() - start
-        start = time.perf_counter()
-        tokens = generate_tokens(model.backend, prompt, new_tokens, block, greedy, cache)
-        seconds[mode] = time.perf_counter() - start
-        seconds[f"{mode}_text"] = tokenizer.decode(tokens[0].tolist())
+    times: dict[str, list[float]] = {mode: [] for mode, _ in modes}
+    for _ in range(rounds):
+        for mode, cache in modes:
+            start = time.perf_counter()
+            tokens = generate_tokens(model.backend, prompt, new_tokens, block, greedy, cache)
+            times[mode].append(time.perf_counter() - start)
+            seconds[f"{mode}_text"] = tokenizer.decode(tokens[0].tolist())
+    for mode, _ in modes:
+        seconds[mode] = statistics.median(times[mode])
+    seconds["speedup"] = statistics.median(r / c for r, c in zip(times["recomputed"], times["cached"], strict=True))
+    seconds["rounds"] = rounds
     return seconds
 
 
@@ -127,12 +138,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--speed-steps", type=int, default=300, help="steps of each interleaved speed run")
     parser.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT: also run its train.py")
+    parser.add_argument("--generation-only", action="store_true",
+                        help="only time generation, on models trained briefly (the lm-generation section)")
     parser.add_argument("--generate-timing", nargs=3, metavar=("RUN_DIR", "TOKENS", "SAMPLES"),
                         help=argparse_hidden())
     args = parser.parse_args(argv)
     if args.generate_timing:  # the per-backend timing process
         print(json.dumps(generation_timing(args.generate_timing[0], int(args.generate_timing[1]),
                                            int(args.generate_timing[2]))))
+        return
+    if args.generation_only:
+        gen_steps = 20 if args.quick else 200
+        new_tokens = 100 if args.quick else 500
+        with tempfile.TemporaryDirectory() as tmp_name:
+            out = Path(tmp_name)
+            tokens = _tokens(out / "tokens")
+            extra = (*(QUICK if args.quick else ()), f"policy.warmup_steps={gen_steps // 10}")
+            run_dirs = {b: hvdtrain_run(b, 1, tokens, gen_steps, extra, out)["run_dir"]
+                        for b in ("torch", "tensorflow")}
+            generation = time_generation(run_dirs, new_tokens)
+        update_section("lm-generation", generation_section(generation, gen_steps, new_tokens, args.quick))
         return
     steps = 60 if args.quick else args.steps
     warmup = min(100, steps // 10)  # the recipe's 100 steps, or a tenth of a shorter run (the loops' too)
@@ -150,11 +175,46 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"lm: {backend} np={np_}: {results[f'hvdtrain {backend} np={np_}']}", file=sys.stderr)
         if args.nanogpt is not None:
             results["nanoGPT train.py"] = nanogpt_run(args.nanogpt.resolve(), tokens, steps, args.quick, out)
-        generation = {f"{backend}, {samples} sample{'s' if samples > 1 else ''}": json.loads(run(
-            [sys.executable, "-m", "benchmarks.lm", "--generate-timing", results[f"hvdtrain {backend} np=1"]["run_dir"],
-             str(new_tokens), str(samples)], timeout=3600).strip().splitlines()[-1])
-            for backend in ("torch", "tensorflow") for samples in (1, SAMPLES)}
+        generation = time_generation({b: results[f"hvdtrain {b} np=1"]["run_dir"] for b in ("torch", "tensorflow")},
+                                     new_tokens)
     update_section("lm", report(results, generation, steps, new_tokens, args, speed, speed_steps))
+
+
+def generation_rows(generation: dict[str, dict]) -> list[str]:
+    return [f"| {b} | {g['cached']:.2f} | {g['recomputed']:.2f} | {g['speedup']:.1f}x | "
+            f"{'yes' if g['cached_text'] == g['recomputed_text'] else 'no'} | {g['cached_first']:.2f} | "
+            f"{g['recomputed_first']:.2f} |" for b, g in generation.items()]
+
+
+def time_generation(run_dirs: dict[str, str], new_tokens: int) -> dict[str, dict]:
+    """generation_timing of each backend's run, for 1 and SAMPLES prompts, each in a process of its own."""
+    return {f"{backend}, {samples} sample{'s' if samples > 1 else ''}": json.loads(run(
+        [sys.executable, "-m", "benchmarks.lm", "--generate-timing", run_dir, str(new_tokens), str(samples)],
+        timeout=3600).strip().splitlines()[-1]) for backend, run_dir in run_dirs.items() for samples in (1, SAMPLES)}
+
+
+GENERATION_TABLE = ("| backend, samples | with the cache | recomputing | speed-up | same text | first call, cache "
+                    "| first call, recomputing |\n|---|---|---|---|---|---|---|")
+
+
+def generation_section(generation: dict[str, dict], steps: int, new_tokens: int, quick: bool) -> str:
+    """The lm-generation section: generation alone, from runs of the recipe's model trained for `steps`."""
+    speedups = ", ".join(f"{b} {g['speedup']:.1f}x" for b, g in generation.items())
+    command = "python -m benchmarks.lm --generation-only" + (" --quick" if quick else "")
+    model = "configs/lm-python.yaml" + (", --quick: 2 layers, 2 heads, width 32" if quick else "")
+    return f"""## Language-model generation
+
+`{command}`: the recipe's model ({model}) trained {steps} steps at
+np=1 on each backend (the speed of generation does not depend on how far the model trained), then {new_tokens}
+new tokens after "def ", greedy, for one sample and for {SAMPLES} at once (the context restarts from its last half
+when the model's 64 positions are used up), seconds: the median of {GENERATION_ROUNDS} rounds, each running the
+cached and the recomputing generation one after the other in the same process, after a first call of {WARMUP}
+tokens (its own columns); speed-up: the median of the rounds' ratios. {machine()}.
+
+{GENERATION_TABLE}
+{chr(10).join(generation_rows(generation))}
+
+Generation with the cache: {speedups} faster (target >= 3x at 500 tokens)."""
 
 
 def speed_runs(tokens: Path, steps: int, repeats: int, extra: tuple[str, ...], out: Path,
@@ -196,9 +256,7 @@ def report(results: dict[str, dict], generation: dict[str, dict], steps: int, ne
             f"{r['val_loss']:.4f} |" for name, r in results.items()]
     torch_ratio = ratios["hvdtrain torch np=1"]
     losses = [results[f"hvdtrain {b} np=1"]["val_loss"] for b in ("torch", "tensorflow")]
-    gen_rows = [f"| {b} | {g['cached']:.2f} | {g['recomputed']:.2f} | {g['recomputed'] / g['cached']:.1f}x | "
-                f"{'yes' if g['cached_text'] == g['recomputed_text'] else 'no'} | {g['cached_first']:.2f} | "
-                f"{g['recomputed_first']:.2f} |" for b, g in generation.items()]
+    gen_rows = generation_rows(generation)
     quick = getattr(args, "quick", False)
     command = "python -m benchmarks.lm" + (" --quick" if quick else f" --steps {steps} --repeats {len(hand)}") + \
         (" --nanogpt DIR" if getattr(args, "nanogpt", None) else "")
@@ -207,7 +265,7 @@ def report(results: dict[str, dict], generation: dict[str, dict], steps: int, ne
                "validation loss "
                f"torch - tensorflow: {losses[0] - losses[1]:+.4f}, torch - hand-written: "
                f"{losses[0] - base['val_loss']:+.4f} (target: within 0.03); generation with the cache: "
-               + ", ".join(f"{b} {g['recomputed'] / g['cached']:.1f}x" for b, g in generation.items())
+               + ", ".join(f"{b} {g['speedup']:.1f}x" for b, g in generation.items())
                + " faster (target >= 3x)")
     return f"""## Language models
 
@@ -234,8 +292,7 @@ Generation, {new_tokens} new tokens after "def ", greedy, for one sample and for
 restarts from its last half when the model's 64 positions are used up), seconds, each after a first call of
 {WARMUP} tokens (its own columns: tracing, and the Keras step's XLA compilation):
 
-| backend, samples | with the cache | recomputing | speed-up | same text | first call, cache | first call, recomputing |
-|---|---|---|---|---|---|---|
+{GENERATION_TABLE}
 {chr(10).join(gen_rows)}
 
 {verdict}. Targets: {TARGETS}; generation >= 3x at 500 tokens."""
