@@ -29,17 +29,29 @@ Cache = list[tuple[torch.Tensor, torch.Tensor]]  # one (keys, values) pair per b
 
 
 class KVCache:
-    """Generation's keys and values: per block, buffers of the model's block_size positions, `length` filled."""
+    """Generation's keys and values: per block, buffers of the model's block_size positions, `length` filled.
 
-    def __init__(self, presents: Cache, block_size: int, parameters: list[tuple[Any, ...]]) -> None:
-        self.parameters = parameters  # GPT._step's, per block
-        n, heads, self.length, width = presents[0][0].shape
-        self.keys = [k.new_zeros(n, heads, block_size, width) for k, _ in presents]
-        self.values = [v.new_zeros(n, heads, block_size, width) for _, v in presents]
-        for buffer, (k, v) in zip(zip(self.keys, self.values, strict=True), presents, strict=True):
-            buffer[0][:, :, :self.length], buffer[1][:, :, :self.length] = k, v
+    Made from the context's keys and values; the buffers (and the parameters GPT._step reads) are set up by the
+    first step, so that recomputing the whole context for every token (`--no-cache`) pays for none of it."""
+
+    def __init__(self, presents: Cache, block_size: int) -> None:
+        self.presents, self.block_size = presents, block_size
+        self.length = presents[0][0].shape[2]
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.parameters: list[tuple[Any, ...]] = []  # GPT._step's, per block
+
+    def ready(self) -> None:
+        if not self.keys:
+            n, heads, _, width = self.presents[0][0].shape
+            self.keys = [k.new_zeros(n, heads, self.block_size, width) for k, _ in self.presents]
+            self.values = [v.new_zeros(n, heads, self.block_size, width) for _, v in self.presents]
+            for key, value, (k, v) in zip(self.keys, self.values, self.presents, strict=True):
+                key[:, :, :self.length], value[:, :, :self.length] = k, v
 
     def filled(self) -> Cache:
+        if not self.keys:
+            return self.presents
         return [(k[:, :, :self.length], v[:, :, :self.length]) for k, v in zip(self.keys, self.values, strict=True)]
 
 
@@ -143,10 +155,13 @@ class GPT(nn.Module):
                 raise ValueError(f"{cache.length + 1} positions, but the model's context is {self.block_size}")
             return self._step(tokens, cache), cache
         x, presents = self._trunk(tokens, cache.filled() if cache else None)
-        return F.linear(x[:, -1], self.wte.weight), KVCache(presents, self.block_size, self._step_parameters())
+        return F.linear(x[:, -1], self.wte.weight), KVCache(presents, self.block_size)
 
     def _step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """`decode` for one new token in eval mode: Block.forward's operations as functions (no dropout: eval)."""
+        if not cache.parameters:
+            cache.ready()
+            cache.parameters = self._step_parameters()
         at, width = cache.length, self.wte.embedding_dim
         x = self.wte(tokens) + self.wpe.weight[at]
         n = x.shape[0]
