@@ -56,7 +56,13 @@ class Guarded(Tracker):
 
     def __init__(self, name: str, make: Callable[[], Tracker], say: Callable[[str], None]) -> None:
         self.name, self.say = name, say
-        self.inner: Tracker | None = self._call(make)
+        self.inner: Tracker | None = None
+        self.inner = self._call(make)
+        hooks = ("on_train_begin", "on_epoch_end", "on_step_report", "on_train_end", "finish")
+        if self.inner is not None and not any(callable(getattr(self.inner, h, None)) for h in hooks):
+            say(f"warning: tracking: {name} returned {type(self.inner).__name__}, which has none of the hooks "
+                f"{', '.join(hooks)}: return a hvdtrain.tracking.Tracker; training goes on without it")
+            self.inner = None
 
     def _call(self, action: Callable[[], Any]) -> Any:
         try:

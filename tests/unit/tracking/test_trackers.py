@@ -64,6 +64,14 @@ def test_a_factory_that_fails_costs_one_warning(tmp_path: Path) -> None:
     assert len(said) == 1 and "ValueError: no token" in said[0]
 
 
+def test_a_factory_returning_no_tracker_costs_one_warning() -> None:
+    said: list[str] = []
+    Guarded("tracking.user x:y", lambda: 42, said.append)  # type: ignore[arg-type,return-value]
+    assert said == ["warning: tracking: tracking.user x:y returned int, which has none of the hooks on_train_begin, "
+                    "on_epoch_end, on_step_report, on_train_end, finish: return a hvdtrain.tracking.Tracker; "
+                    "training goes on without it"]
+
+
 @pytest.mark.parametrize("path, fragment", [
     ("csv_tracker", "is not 'package.module:factory'"),
     ("no_such_module_here:make", "cannot be imported"),
