@@ -95,3 +95,22 @@ def test_the_example_tracker_is_built_on_rank_0_without_tracker_packages(tmp_pat
     for epoch in (1, 2):
         trackers[0].on_epoch_end(ctx, {"epoch": epoch, "val_loss": 1.0 / epoch})
     assert (tmp_path / "tracked.csv").read_text().splitlines() == ["epoch,val_loss", "1,1.0", "2,0.5"]
+
+
+def test_wandb_online_without_a_login_costs_one_warning_and_training_goes_on(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb", reason="wandb (requirements.txt) is not installed")
+    from hvdtrain.tracking.wandb_report import WandbReport
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no W&B settings: no login
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = load_config(None, ["tracking.wandb_project=p", "tracking.wandb_mode=online"])
+    said: list[str] = []
+    report = WandbReport(cfg, tmp_path, False, said.append)
+    ctx = CallbackContext(cfg, 0, 1, tmp_path)
+    report.on_train_begin(ctx)
+    report.on_epoch_end(ctx, {"epoch": 1, "step": 4, "val_loss": 1.0})
+    report.finish()
+    assert len(said) == 1 and said[0].startswith("warning: tracking: W&B (online) failed (") and \
+        said[0].endswith("training goes on without it"), said
