@@ -63,6 +63,7 @@ class ConvertResult:
     image_split: str          # "validation" (or "training" for a run without a validation split)
     dropped: tuple[str, ...]  # config keys reset because their values name the source framework's parameters
     logit_diff_limit: float = 1e-4  # what max_abs_logit_diff was held to (logit_limit)
+    noun: str = "images"            # what the inputs are (FinishedRun.samples_noun)
 
     def line(self) -> str:
         limit = f" (limit {self.logit_diff_limit:.1e}: large logits)" if self.logit_diff_limit > TOLERANCE else ""
@@ -70,7 +71,7 @@ class ConvertResult:
             if self.dropped else ""
         return (f"converted {self.run_dir} ({self.source_backend}) -> {self.out} ({self.target_backend}): "
                 f"{self.tensors} tensors, max |logit diff| {self.max_abs_logit_diff:.1e}{limit} on {self.images} "
-                f"{self.image_split} images{dropped}")
+                f"{self.image_split} {self.noun}{dropped}")
 
 
 def _refuse_early(run: FinishedRun, to: str, out: Path) -> None:
@@ -108,8 +109,8 @@ def _check_images(run: FinishedRun) -> tuple[np.ndarray, str]:
     indices = np.unique(np.linspace(0, len(source) - 1, count).round().astype(np.int64))
     images, _, _ = read_skipping(source, indices)
     if not len(images):
-        raise UserError(f"convert: none of the run's {split} images can be read, so the converted model cannot be "
-                        "checked: make the run's data readable (data.path)")
+        raise UserError(f"convert: none of the run's {split} {run.samples_noun} can be read, so the converted model "
+                        "cannot be checked: make the run's data readable (data.path)")
     return images, split
 
 
@@ -180,13 +181,14 @@ def convert_run(run_dir: str, to: str, out: str) -> ConvertResult:
         source_logits, target_logits = np.load(scratch / worker.SOURCE_LOGITS), np.load(scratch / worker.TARGET_LOGITS)
         if not np.isfinite(source_logits).all():
             raise UserError(f"convert: the {run.backend} run's model gives non-finite logits (NaN or inf) on its "
-                            f"{split} images, so a conversion cannot be checked: convert a run that trained stably")
+                            f"{split} {run.samples_noun}, so a conversion cannot be checked: convert a run that "
+                            "trained stably")
         diff = float(np.max(np.abs(source_logits - target_logits)))
         limit = logit_limit(source_logits)
         if not math.isfinite(diff) or diff > limit:
             raise UserError(f"convert: the converted {to} model's logits differ from the {run.backend} run's by up "
-                            f"to {diff:.1e} on {len(images)} {split} images (limit {limit:.1e}): nothing was "
-                            "written; please report this as a bug with the run's config.yaml")
+                            f"to {diff:.1e} on {len(images)} {split} {run.samples_noun} (limit {limit:.1e}): "
+                            "nothing was written; please report this as a bug with the run's config.yaml")
         summary = _summary(run, cfg, imported["framework_version"], diff, limit, len(images), exported["tensors"])
         write_atomic(work / "summary.json", json.dumps(summary, indent=2) + "\n")
         for kept in ("metrics.jsonl", TOKENIZER_FILE):  # the history; a language model's tokenizer (generate)
@@ -202,4 +204,4 @@ def convert_run(run_dir: str, to: str, out: str) -> ConvertResult:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return ConvertResult(Path(run_dir), run.backend, target, to, exported["tensors"], diff, len(images), split,
-                         dropped, limit)
+                         dropped, limit, run.samples_noun)

@@ -83,12 +83,13 @@ class ExportResult:
     images: int
     split: str              # where the check images came from: "validation" (or "training" without one)
     checkpoint: Path | None = None
+    noun: str = "images"    # what the inputs are (FinishedRun.samples_noun)
 
     def line(self) -> str:
         source = f", checkpoint {self.checkpoint}" if self.checkpoint is not None else ""
         return (f"exported {self.run_dir} ({self.backend}{source}) to {self.path} ({self.fmt}, "
                 f"{human_size(self.size_bytes)}): max |logit diff| {self.max_diff:.2g} vs the trained model on "
-                f"{self.images} {self.split} images")
+                f"{self.images} {self.split} {self.noun}")
 
 
 def human_size(size: int) -> str:
@@ -213,11 +214,11 @@ def export_run(run_dir: str, fmt: str, out: str | None, checkpoint: str | None) 
         diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if len(images) else 0.0
         if not diff <= TOLERANCE:  # NaN fails too
             raise UserError(f"{COMMAND}: the exported {fmt} model's logits differ from the trained model's by up to "
-                            f"{diff:.2g} (> {TOLERANCE:g}) on {len(images)} {split} images: nothing was written; "
-                            "please report this as a bug")
+                            f"{diff:.2g} (> {TOLERANCE:g}) on {len(images)} {split} {run.samples_noun}: nothing was "
+                            "written; please report this as a bug")
         size = artifact_size(written)
         put_in_place(written, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(Path(run_dir), run.backend, fmt, path, size, diff, len(images), split,
-                        Path(checkpoint) if checkpoint is not None else None)
+                        Path(checkpoint) if checkpoint is not None else None, run.samples_noun)

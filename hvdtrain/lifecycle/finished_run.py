@@ -38,6 +38,13 @@ class FinishedRun:
         return self.cfg.backend
 
     @property
+    def samples_noun(self) -> str:
+        """What one input is, for messages: token windows, feature vectors (samples) or images."""
+        if self.cfg.task == "language_model":
+            return "token windows"
+        return "samples" if len(self.image_shape) == 1 else "images"
+
+    @property
     def model_file(self) -> Path:
         return self.dir / MODEL_FILES[self.cfg.backend]
 

@@ -214,3 +214,4 @@ def test_evaluate_convert_and_export_take_language_model_runs(runs: Path, tmp_pa
         "set data.block_size=32 or less" in too_long.stderr
     assert "converted" in converted.stdout and (tmp_path / "converted" / "tokenizer.json").is_file()
     assert "max |logit diff|" in exported.stdout and (tmp_path / "gpt.onnx").stat().st_size > 100_000
+    assert "validation token windows" in converted.stdout and "validation token windows" in exported.stdout

@@ -279,3 +279,4 @@ def test_export_and_convert_take_regression_and_multilabel_runs(runs: Path, tmp_
                               str(tmp_path / "multilabel.onnx")]))
     assert "converted" in converted.stdout and read_summary(tmp_path / "converted")["task"] == "regression"
     assert "max |logit diff|" in exported.stdout and (tmp_path / "multilabel.onnx").stat().st_size > 0
+    assert " validation samples" in converted.stdout and " validation samples" in exported.stdout  # not images
