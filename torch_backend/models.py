@@ -21,8 +21,23 @@ def _head(features: int, cfg: ModelConfig, num_classes: int) -> list[nn.Module]:
     return [*layers, nn.Linear(features, num_classes)]
 
 
+class StridedPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with stride s, computed as every s-th pixel through a stride-1 1x1 convolution: the same
+    numbers, parameters and state-dict keys as nn.Conv2d(cin, cout, 1, stride=s).
+
+    Why: on AVX2-only CPUs, oneDNN's strided 1x1 kernel computes the weight gradient of channels-last input with
+    fewer than 8 input channels past the end of its workspace (uxlfoundation/oneDNN#6035, open): a segfault, a
+    hang or wrong gradients, seen with torch 2.13 here (resnet at width_multiplier 0.25: 4 channels). Channels-last
+    is the layout hvdtrain's batches arrive in; a stride-1 1x1 convolution takes another, correct path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return nn.functional.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias, 1, 0, 1, self.groups)
+
+
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+    conv = StridedPointwiseConv if kernel == 1 and stride > 1 else nn.Conv2d
+    return [conv(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
             nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)]
 
 

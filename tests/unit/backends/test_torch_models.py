@@ -200,3 +200,27 @@ def test_a_users_sequence_model_is_probed_with_token_ids(tmp_path, monkeypatch) 
     refused = r"outputs \[2, 30\] for token ids of shape \[2, 12\], expected \[2, 12, 30\]"
     with pytest.raises(ConfigError, match=refused):
         build_model(ModelConfig(name="seq_models:pooled"), (12,), 30, tokens=True)
+
+
+def test_narrow_resnet_gradients_in_channels_last_equal_the_contiguous_layouts() -> None:
+    """resnet at width 0.25 (4 channels into its strided 1x1 shortcuts) trained as hvdtrain feeds it: NHWC batches
+    viewed as NCHW (channels-last memory), one thread. oneDNN's strided 1x1 kernel crashed, hung or gave wrong
+    weight gradients there on AVX2 CPUs (torch_backend/models.py StridedPointwiseConv); the gradients must equal
+    those of the same batch in contiguous NCHW memory, a different kernel path (float32 sums: 1e-5)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name="resnet", depth=8, width_multiplier=0.25), (16, 16, 3), 10)
+        images, labels = torch.randn(8, 16, 16, 3), torch.randint(0, 10, (8,))
+        grads = []
+        for batch in (images.permute(0, 3, 1, 2), images.permute(0, 3, 1, 2).contiguous()):
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(batch), labels).backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    finally:
+        torch.set_num_threads(threads)
+    shortcut = [n for n in grads[0] if "shortcut.0" in n]
+    assert shortcut, "the model has no strided 1x1 shortcut"
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-5, atol=1e-5, msg=name)
