@@ -200,6 +200,10 @@ verify() {
   local fw check="h.gloo_built()" lacks="Gloo"
   if [ "$WITH_MPI" = 1 ]; then check="h.mpi_built() and $check"; lacks="MPI or Gloo"; fi
   if [ "$DEVICE" = cuda ]; then check="$check and h.nccl_built() and h.cuda_built()"; lacks="$lacks, NCCL or CUDA"; fi
+  # horovodrun's answers (build facts, no framework imported) must be what the extensions say.
+  local mpi_fact=False
+  if [ "$WITH_MPI" = 1 ]; then mpi_fact=True; fi
+  "$PY" -c "from horovod.common import util as u; assert u._build_fact('gloo') is True and u._build_fact('mpi') is $mpi_fact, 'build facts missing or wrong'" || return 1
   for fw in $FRAMEWORKS; do
     # TensorFlow logs lines about oneDNN and absent CUDA drivers before its logging is set up
     # (TF_CPP_MIN_LOG_LEVEL does not reach them): dropped; everything else passes through.
@@ -235,6 +239,11 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
   for p in "${patches[@]}"; do
     patch -d "$src" -p1 < "$p" >>"$LOG" 2>&1 || build_failed "could not apply $p to the horovod source"
   done
+  # What this build has, for horovodrun to read instead of importing a framework per launch (the patch's
+  # _build_fact): Horovod's build fails rather than leave out what HOROVOD_WITH_* asks for, and verify checks it.
+  if [ "$WITH_MPI" = 1 ]; then mpi_fact=True; else mpi_fact=False; fi
+  printf '# Written by hvdtrain scripts/build_horovod.sh from the build flags.\nFACTS = {"mpi": %s, "gloo": True}\n' \
+    "$mpi_fact" > "$src/horovod/common/build_facts.py"
   if [ "$DEVICE" = cuda ]; then
     make_cuda_links "$work"
     cuda_env "$work"

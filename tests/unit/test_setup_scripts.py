@@ -326,3 +326,20 @@ def test_gpu_check_refuses_an_unknown_option() -> None:
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--ofline"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "usage: bash scripts/gpu_check.sh [--offline]"
+
+
+def test_horovodrun_answers_its_build_checks_from_the_build_facts() -> None:
+    """horovodrun asks whether Horovod has Gloo and MPI before every launch; upstream answers by importing a
+    framework's extension in a forked process (2-3 s a launch). The patched build answers from the facts
+    scripts/build_horovod.sh wrote, and they must be what the torch extension itself says."""
+    probe = ("import horovod.common.util as u\n"
+             "def forked(*args):\n"
+             "    raise AssertionError('imported an extension to answer: %s' % (args,))\n"
+             "u._check_extension_lambda = forked\n"
+             "print(u.gloo_built(), u.mpi_built())\n")
+    facts = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert facts.returncode == 0, facts.stderr
+    truth = subprocess.run([sys.executable, "-c", "import horovod.torch as h; print(h.gloo_built(), h.mpi_built())"],
+                           capture_output=True, text=True, timeout=120)
+    assert truth.returncode == 0, truth.stderr
+    assert facts.stdout.split() == truth.stdout.split() == ["True", "True"]  # this build: Gloo and MPI
