@@ -93,7 +93,8 @@ build_path="$VENV/bin:$PATH"
 build_env=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
            "MAKEFLAGS=-j$(nproc)")
 if [ "$FRAMEWORKS" = torch ]; then build_env+=(HOROVOD_WITHOUT_TENSORFLOW=1); else build_env+=(HOROVOD_WITH_TENSORFLOW=1); fi
-if [ "$WITH_MPI" = 1 ]; then build_env+=(HOROVOD_WITH_MPI=1); else build_env+=(HOROVOD_WITHOUT_MPI=1); fi
+if [ "$WITH_MPI" = 1 ]; then build_env+=(HOROVOD_WITH_MPI=1); mpi_fact=True
+else build_env+=(HOROVOD_WITHOUT_MPI=1); mpi_fact=False; fi  # mpi_fact: the build facts' value (Python)
 patches=("$PATCH")
 # The build's scratch folder; the links below live in it, so that no path baked into the build outlives it.
 work_plan="BUILD_DIR"
@@ -201,8 +202,6 @@ verify() {
   if [ "$WITH_MPI" = 1 ]; then check="h.mpi_built() and $check"; lacks="MPI or Gloo"; fi
   if [ "$DEVICE" = cuda ]; then check="$check and h.nccl_built() and h.cuda_built()"; lacks="$lacks, NCCL or CUDA"; fi
   # horovodrun's answers (build facts, no framework imported) must be what the extensions say.
-  local mpi_fact=False
-  if [ "$WITH_MPI" = 1 ]; then mpi_fact=True; fi
   "$PY" -c "from horovod.common import util as u; assert u._build_fact('gloo') is True and u._build_fact('mpi') is $mpi_fact, 'build facts missing or wrong'" || return 1
   for fw in $FRAMEWORKS; do
     # TensorFlow logs lines about oneDNN and absent CUDA drivers before its logging is set up
@@ -241,7 +240,6 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
   done
   # What this build has, for horovodrun to read instead of importing a framework per launch (the patch's
   # _build_fact): Horovod's build fails rather than leave out what HOROVOD_WITH_* asks for, and verify checks it.
-  if [ "$WITH_MPI" = 1 ]; then mpi_fact=True; else mpi_fact=False; fi
   printf '# Written by hvdtrain scripts/build_horovod.sh from the build flags.\nFACTS = {"mpi": %s, "gloo": True}\n' \
     "$mpi_fact" > "$src/horovod/common/build_facts.py"
   if [ "$DEVICE" = cuda ]; then
