@@ -19,7 +19,9 @@
 # with instead of the wheels'), HOROVOD_BUILD_CUDA_CC_LIST (compute capabilities to build for; default: the
 # GPUs found, else 90), HVDTRAIN_HOROVOD_FRAMEWORKS ("torch tensorflow", or "torch"), HVDTRAIN_HOROVOD_MPI (1, or 0:
 # Gloo only, no MPI library needed), HVDTRAIN_HOROVOD_SDIST (horovod-0.28.1.tar.gz to build from instead of
-# downloading it).
+# downloading it), HVDTRAIN_HOROVOD_DEBUG_INFO (1: Horovod's own RelWithDebInfo build with -g, for debugging
+# Horovod's C++; default 0: the same -O3 code without debug information, a quarter less compile time and a 4 MB
+# instead of a 35 MB wheel).
 #
 # `scripts/build_horovod.sh --plan` prints the build's cache key and environment as key=value lines and
 # builds nothing.
@@ -55,6 +57,11 @@ case "$FRAMEWORKS" in
   "torch tensorflow"|torch) ;;
   *) die "HVDTRAIN_HOROVOD_FRAMEWORKS=$FRAMEWORKS: use \"torch tensorflow\" or torch" ;;
 esac
+DEBUG_INFO="${HVDTRAIN_HOROVOD_DEBUG_INFO:-0}"
+case "$DEBUG_INFO" in
+  0|1) ;;
+  *) die "HVDTRAIN_HOROVOD_DEBUG_INFO=$DEBUG_INFO: use 0 (no debug information) or 1 (-g, as Horovod's own build)" ;;
+esac
 WITH_MPI="${HVDTRAIN_HOROVOD_MPI:-1}"
 case "$WITH_MPI" in
   0|1) ;;
@@ -88,10 +95,11 @@ EOF
 )"
 if [ "$WITH_MPI" = 1 ]; then mpi_version="$(mpirun --version 2>/dev/null | head -1)"; else mpi_version="no MPI"; fi
 patch_hash="$(sha256sum "$PATCH" | cut -c1-16)"
+[ "$DEBUG_INFO" = 0 ] || patch_hash="$patch_hash+g"  # a build with debug information is another binary
 # The build's environment. PATH: the venv's bin first, so that its cmake (4.x, pinned) and python are used.
 build_path="$VENV/bin:$PATH"
 build_env=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
-           "MAKEFLAGS=-j$(nproc)")
+           "MAKEFLAGS=-j$(nproc)" "HVDTRAIN_HOROVOD_DEBUG_INFO=$DEBUG_INFO")
 if [ "$FRAMEWORKS" = torch ]; then build_env+=(HOROVOD_WITHOUT_TENSORFLOW=1); else build_env+=(HOROVOD_WITH_TENSORFLOW=1); fi
 if [ "$WITH_MPI" = 1 ]; then build_env+=(HOROVOD_WITH_MPI=1); mpi_fact=True
 else build_env+=(HOROVOD_WITHOUT_MPI=1); mpi_fact=False; fi  # mpi_fact: the build facts' value (Python)

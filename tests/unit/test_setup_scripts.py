@@ -256,6 +256,22 @@ def test_cpu_build_key_is_the_one_from_before_the_cuda_build(tmp_path: Path) -> 
     assert plan["versions"].split()[3].startswith("tf")
 
 
+def test_debug_information_is_opt_in_and_another_cache_key(tmp_path: Path) -> None:
+    """Horovod is built without -g unless HVDTRAIN_HOROVOD_DEBUG_INFO=1 (the patch drops it from RelWithDebInfo's
+    flags, read by the build's CMake from this variable); a build with it is another wheel in the cache."""
+    env = _env(tmp_path, H200, HVDTRAIN_DEVICE="cpu")
+    plain, plain_lines = _plan("build_horovod.sh", env)
+    debug, debug_lines = _plan("build_horovod.sh", {**env, "HVDTRAIN_HOROVOD_DEBUG_INFO": "1"})
+    assert "HVDTRAIN_HOROVOD_DEBUG_INFO=0" in plain_lines and "HVDTRAIN_HOROVOD_DEBUG_INFO=1" in debug_lines
+    assert plain["key"] != debug["key"]
+    patch = (REPO / "scripts" / "horovod-0.28.1.patch").read_text()
+    assert '$ENV{HVDTRAIN_HOROVOD_DEBUG_INFO}' in patch and 'string(REPLACE "-g" ""' in patch
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "build_horovod.sh"), "--plan"],
+                          env={**env, "HVDTRAIN_HOROVOD_DEBUG_INFO": "yes"}, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0 and "HVDTRAIN_HOROVOD_DEBUG_INFO=yes: use 0" in proc.stderr
+
+
 @pytest.mark.parametrize(("gpus", "cc_env", "expected"), [
     ([("NVIDIA H100 80GB HBM3", "9.0"), ("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA H100 80GB HBM3", "9.0")], None,
      "80,90"),
