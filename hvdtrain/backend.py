@@ -76,6 +76,8 @@ class BuildSpec:
     distill: DistillConfig = DistillConfig()
     augment: AugmentConfig | None = None    # augment.device=gpu: the transforms batches' DeviceAugment asks for
     task: TaskSpec = TaskSpec()             # the targets' kind and the loss (num_classes: the output width)
+    compile: bool = False                   # train.compile: compiled steps, the allreduce outside them
+    compile_mode: str = "default"           # train.compile_mode (torch.compile's mode)
 
 
 Batch = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, DeviceAugment]
@@ -99,6 +101,16 @@ class StepInfo:
     lr: float                  # read back from the optimizer
     loss_scale: float | None   # fp16's dynamic loss scale, else None
     comm_seconds: float        # the last step's exposed gradient-allreduce time (hvdtrain/reporting/profile.py)
+    compiled: CompileStats | None = None  # train.compile: what compiling has cost so far; None when eager
+
+
+@dataclass(frozen=True)
+class CompileStats:
+    """What train.compile has cost so far in this process (docs/performance.md)."""
+
+    graphs: int                # graphs compiled (torch: Dynamo's; TensorFlow: XLA functions traced, one per shape)
+    seconds: float             # wall time of the calls that compiled, their first run included
+    notes: tuple[str, ...] = ()  # what runs eagerly instead, and why (one line each, printed once by rank 0)
 
 
 SaveKind = Literal["checkpoint", "model"]

@@ -291,6 +291,14 @@ class TrainConfig:
                                                    "your own 'package.module:name' (docs/tasks.md); null: the task's.",
                                              min_items=0)
 
+    compile: bool = option(False, "Compiled steps (docs/performance.md): torch runs the model through torch.compile "
+                                  "(Inductor), TensorFlow the forward and backward pass with XLA (jit_compile); "
+                                  "Horovod's allreduce stays outside the compiled part. Results equal eager "
+                                  "training's; summary.json's compile_time_s says what compiling cost.")
+    compile_mode: str = option("default", "torch.compile's mode with train.compile (torch only: TensorFlow's XLA has "
+                                          "no modes); reduce-overhead adds CUDA graphs on GPUs.",
+                               choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+
     def __post_init__(self) -> None:
         # null resolves here, so config.yaml (and evaluate on the finished run) names the batch evaluated with.
         object.__setattr__(self, "eval_batch_size", self.eval_batch())
@@ -614,6 +622,10 @@ class Config:
         if self.task not in ("classification", "language_model") and self.regularization.label_smoothing:
             raise ConfigError(f"regularization.label_smoothing smooths class labels, but task={self.task}: set "
                               "regularization.label_smoothing=0")
+        if self.backend == "tensorflow" and self.train.compile_mode != "default":
+            raise ConfigError(f"train.compile_mode={self.train.compile_mode} is a torch.compile mode, but "
+                              "backend=tensorflow compiles with XLA, which has none: leave train.compile_mode at "
+                              "default")
         if self.checkpoint.best_metric == "auto":  # resolved here, so config.yaml names the field
             object.__setattr__(self, "checkpoint", dataclasses.replace(
                 self.checkpoint, best_metric="val_" + self.metric_names()[0] if self.metric_names() else "val_loss"))

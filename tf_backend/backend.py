@@ -8,6 +8,7 @@ grouped_allreduce of all gradients per step, per-variable broadcasts from rank 0
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from hvdtrain.backend import (  # noqa: E402
     StepInfo,
     StepResult,
 )
+from hvdtrain.compile_meter import CompileMeter  # noqa: E402
 from hvdtrain.config import OptimConfig  # noqa: E402
 from hvdtrain.distributed.communicator import Communicator  # noqa: E402
 from hvdtrain.distributed.environment import gpu_for_rank, no_gpu_support_error, threads_for_rank  # noqa: E402
@@ -95,6 +97,9 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         self.threads, self.device = 1, "cpu"
         self._comm_seconds = 0.0
         self._decode_fns: tuple[Any, Any] | None = None  # generation (next_token_logits), traced on first use
+        self._meter: CompileMeter | None = None  # train.compile: XLA's compiling, counted and timed
+        self._xla_fns: list[Any] = []  # the XLA-compiled functions whose traces the meter counts
+        self._xla_failed = False  # XLA refused the model: plain tf.functions from then on
 
     def setup(self, threads_per_rank: int) -> Placement:
         world = self.comm.init()
@@ -138,6 +143,11 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         # that they too start as rank 0's. Frozen variables get none and no gradient.
         optimizer.build(self._trainable)
         self.model, self.optimizer = model, optimizer
+        if spec.compile:
+            self._meter = CompileMeter(lambda: sum(int(f.experimental_get_tracing_count()) for f in self._xla_fns))
+            if spec.model.sync_batchnorm:
+                self._meter.note("train.compile: model.sync_batchnorm allreduces inside the forward pass, and "
+                                 "Horovod's ops cannot run inside XLA: the steps run as plain tf.functions")
         self._compile()
         return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
@@ -302,21 +312,19 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             return [hvd.allreduce(g, op=reduce_op, compression=compression, name=f"hvdtrain.grads.{i}")
                     for i, g in enumerate(grads)]
 
-        # No AutoGraph, as Keras 3's fit traces its steps: converting Horovod's Python, the model, the losses and
-        # the optimizer while tracing cost about 1.8 s of every process's start (measured) and changes nothing in
-        # code without tensor-dependent Python control flow (docs/tasks.md asks the same of a user's loss).
-        @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
-        def accumulate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def accumulate_local(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             loss, logits, grads = local_gradients(x, y)
             for total, g in zip(sums, grads, strict=True):
                 total.assign_add(g)
             return loss, logits
 
-        @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
-        def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        def window_gradients(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
             loss, logits, grads = local_gradients(x, y)
             if sums:
                 grads = [g + total for g, total in zip(grads, sums, strict=True)]
+            return loss, logits, grads
+
+        def reduce_and_apply(grads: list[tf.Tensor]) -> tf.Tensor:
             # The allreduce's wall time (StepInfo.comm_seconds), between timestamps ordered by control
             # dependencies: after every gradient exists, and after every reduced one does.
             with tf.control_dependencies(grads):
@@ -330,9 +338,8 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
             optimizer.apply(grads, variables)
             for total in sums:
                 total.assign(tf.zeros_like(total))
-            return loss, logits, communication
+            return communication
 
-        @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
         def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             logits = tf.cast(model(x, training=False), tf.float32)
             if sequences:
@@ -346,7 +353,32 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         def predict(x: tf.Tensor) -> tf.Tensor:
             return tf.cast(model(x, training=False), tf.float32)
 
-        self._accumulate_fn, self._step_fn, self._eval_fn, self._predict_fn = accumulate, step, evaluate, predict
+        # No AutoGraph, as Keras 3's fit traces its steps: converting Horovod's Python, the model, the losses and
+        # the optimizer while tracing cost about 1.8 s of every process's start (measured) and changes nothing in
+        # code without tensor-dependent Python control flow (docs/tasks.md asks the same of a user's loss).
+        plain = tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
+        if self._meter is not None and not spec.model.sync_batchnorm and not self._xla_failed:
+            # train.compile: the forward and backward passes (and the evaluation) in XLA, traced per input shape
+            # (no signature: each shape is one trace and one XLA compilation, which the meter counts); Horovod's
+            # allreduce and the optimizer outside, in a plain tf.function.
+            xla = tf.function(jit_compile=True, autograph=False)
+            self._xla_fns = [xla(accumulate_local), xla(window_gradients), xla(evaluate)]
+            accumulate, gradients, self._eval_fn = self._xla_fns
+            apply = tf.function(reduce_and_apply, autograph=False)
+
+            def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                loss, logits, grads = gradients(x, y)
+                return loss, logits, apply(grads)
+        else:
+            self._xla_fns = []
+            accumulate, self._eval_fn = plain(accumulate_local), plain(evaluate)
+
+            @plain
+            def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                loss, logits, grads = window_gradients(x, y)
+                return loss, logits, reduce_and_apply(grads)
+
+        self._accumulate_fn, self._step_fn, self._predict_fn = accumulate, step, predict
 
     def train_step(self, batches: Sequence[Batch], lr: float) -> StepResult:
         spec, _, optimizer, _ = self._parts()
@@ -362,9 +394,9 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
                 assert spec.augment is not None, "build() with augment.device=gpu"
                 x = augment_on_device(tf.convert_to_tensor(x), batch[2], spec.augment)
             if i < len(batches) - 1:
-                loss, logits = self._accumulate_fn(x, y)
+                loss, logits = self._metered(self._accumulate_fn, x, y)
             else:
-                loss, logits, communication = self._step_fn(x, y)
+                loss, logits, communication = self._metered(self._step_fn, x, y)
             loss_sum += tf.cast(loss, tf.float64) * len(y)
             outputs.append(logits)
             count += len(y)
@@ -373,7 +405,7 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
         return StepResult(float(loss_sum), count, np.concatenate([o.numpy() for o in outputs]))
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepResult:
-        loss_sum, logits = self._eval_fn(_pixels(x), y)
+        loss_sum, logits = self._metered(self._eval_fn, _pixels(x), y)
         return StepResult(float(loss_sum), len(y), logits.numpy())
 
     def sync_batchnorm_statistics(self, mode: str) -> int:
@@ -401,7 +433,29 @@ class TensorFlowBackend(Backend, Prunable, Penalized):
     def step_info(self) -> StepInfo:
         _, _, optimizer, precision = self._parts()
         lr = self._lr if self._lr is not None else float(np.asarray(optimizer.learning_rate))  # no read per step
-        return StepInfo(lr=lr, loss_scale=precision.loss_scale(optimizer), comm_seconds=self._comm_seconds)
+        return StepInfo(lr=lr, loss_scale=precision.loss_scale(optimizer), comm_seconds=self._comm_seconds,
+                        compiled=None if self._meter is None else self._meter.stats())
+
+    def _metered(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)`, its XLA compiling counted and timed when train.compile is on. A model that XLA cannot
+        compile (an op without an XLA kernel, such as tf.py_function) fails at its first compile, before
+        anything ran: the steps then run as plain tf.functions, said in one line."""
+        if self._meter is None:
+            return fn(*args)
+        try:
+            return self._meter.call(fn, *args)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
+            roles = {id(f): name for name, f in (("_accumulate_fn", self._accumulate_fn), ("_step_fn", self._step_fn),
+                                                  ("_eval_fn", self._eval_fn))}
+            if not self._xla_fns or id(fn) not in roles or ("XLA" not in str(exc) and "compil" not in str(exc)):
+                raise
+            ops = sorted(set(re.findall(r"No registered '(\w+)' OpKernel for XLA", str(exc))))
+            why = f"no XLA kernel for {', '.join(ops)}" if ops else str(exc).strip().splitlines()[0][:160]
+            self._meter.note(f"train.compile: XLA cannot compile this model ({why}): its steps run as plain "
+                             "tf.functions")
+            self._xla_failed = True
+            self._compile()  # the same functions without XLA; the failed call ran nothing
+            return self._meter.call(getattr(self, roles[id(fn)]), *args)
 
     # --- optional capabilities ---------------------------------------------------------------------------
     def _kernels(self) -> dict[str, tuple[Any, int]]:

@@ -28,6 +28,7 @@ from hvdtrain.backend import (
     StepPolicy,
     StepResult,
 )
+from hvdtrain.compile_meter import CompileMeter
 from hvdtrain.config import OptimConfig
 from hvdtrain.distributed.communicator import Communicator
 from hvdtrain.distributed.environment import gpu_for_rank, no_gpu_support_error, threads_for_rank
@@ -92,6 +93,8 @@ class TorchBackend(Backend, Prunable, Penalized):
         self.precision: Precision | None = None
         self._masks: dict[str, torch.Tensor] = {}
         self._comm_seconds = 0.0
+        self._compiled: Any = None  # train.compile: torch.compile's wrapper of self.model (same parameters)
+        self._meter: CompileMeter | None = None
 
     def setup(self, threads_per_rank: int) -> Placement:
         world = self.comm.init()
@@ -134,7 +137,44 @@ class TorchBackend(Backend, Prunable, Penalized):
         self.optimizer = distributed_optimizer(optimizer, trainable, spec.step) if spec.step.allreduce else optimizer
         self.precision = make_precision(self.device.type, spec.step)
         self.model = model
+        if spec.compile:
+            self._compile(model, spec)
         return sum(p.numel() for p in model.parameters())
+
+    def _compile(self, model: torch.nn.Module, spec: BuildSpec) -> None:
+        """train.compile: the model's forward (and so its backward) through torch.compile. self.model stays the
+        plain module, so state dicts, checkpoints and exports are the eager ones. Shapes are specialised
+        (dynamic=False): one graph per batch shape and mode (training and evaluation batches, the last smaller
+        ones), each compiled once, in the first epoch."""
+        import torch._dynamo.utils as dynamo_utils
+
+        self._meter = meter = CompileMeter(lambda: int(dynamo_utils.counters["stats"]["unique_graphs"]))
+        if spec.model.sync_batchnorm:
+            meter.note("train.compile: model.sync_batchnorm allreduces inside the forward pass, which torch.compile "
+                       "cannot hold: the model runs eagerly (the rest of the step is unchanged)")
+            return
+        self._compiled = torch.compile(model, mode=None if spec.compile_mode == "default" else spec.compile_mode,
+                                       dynamic=False)
+
+    def _metered(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)`, its compiling counted and timed when train.compile is on."""
+        if self._meter is None:
+            return fn(*args)
+        result = self._meter.call(fn, *args)
+        self._graph_breaks()
+        return result
+
+    def _graph_breaks(self) -> None:
+        """One note for the graph breaks Dynamo met (a user model's Python it cannot trace): those parts run
+        eagerly."""
+        import torch._dynamo.utils as dynamo_utils
+
+        assert self._meter is not None
+        breaks = dynamo_utils.counters["graph_break"]
+        if breaks and not any(n.startswith("train.compile: graph break") for n in self._meter.notes):
+            reason = next(iter(breaks)).splitlines()[0][:160]
+            self._meter.note(f"train.compile: graph breaks in the model ({sum(breaks.values())}; first: {reason}): "
+                             "those parts run eagerly, the rest compiled")
 
     def _parts(self) -> tuple[BuildSpec, torch.nn.Module, Any, Precision]:
         spec, model, optimizer, precision = self.spec, self.model, self.optimizer, self.precision
@@ -236,8 +276,9 @@ class TorchBackend(Backend, Prunable, Penalized):
 
     def _forward(self, images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
         _, _, _, precision = self._parts()
+        call = self._compiled if model is self.model and self._compiled is not None else model
         with precision.forward_context():
-            logits: torch.Tensor = model(images)
+            logits: torch.Tensor = call(images)
             return logits.float()  # the loss in fp32 whatever the compute precision
 
     def _penalty(self) -> torch.Tensor | None:
@@ -282,6 +323,10 @@ class TorchBackend(Backend, Prunable, Penalized):
                                  smoothing)
 
     def train_step(self, batches: Sequence[Batch], lr: float) -> StepResult:
+        result: StepResult = self._metered(self._train_step, batches, lr)
+        return result
+
+    def _train_step(self, batches: Sequence[Batch], lr: float) -> StepResult:
         spec, model, optimizer, precision = self._parts()
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
@@ -312,8 +357,12 @@ class TorchBackend(Backend, Prunable, Penalized):
         self._apply_masks()  # pruned weights stay exactly zero whatever the optimizer did
         return StepResult(float(loss_sum), count, torch.cat(outputs).cpu().numpy())
 
-    @torch.no_grad()
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> StepResult:
+        result: StepResult = self._metered(self._eval_step, x, y)
+        return result
+
+    @torch.no_grad()
+    def _eval_step(self, x: np.ndarray, y: np.ndarray) -> StepResult:
         spec, model, _, _ = self._parts()
         images, labels = self._tensors((x, y))
         model.eval()
@@ -352,7 +401,8 @@ class TorchBackend(Backend, Prunable, Penalized):
         _, _, optimizer, precision = self._parts()
         group = optimizer.param_groups[0]
         lr = float(group["lr"] / group["lr_mult"]) if group["lr_mult"] else float("nan")
-        return StepInfo(lr=lr, loss_scale=precision.loss_scale(), comm_seconds=self._comm_seconds)
+        return StepInfo(lr=lr, loss_scale=precision.loss_scale(), comm_seconds=self._comm_seconds,
+                        compiled=None if self._meter is None else self._meter.stats())
 
     # --- optional capabilities ---------------------------------------------------------------------------
     def prunable(self) -> dict[str, PrunableWeight]:

@@ -64,6 +64,8 @@ class Engine:
         self._stats: FeatureStats | None = None  # featurewise statistics over all ranks
         self.task = cfg.task_spec()
         self.width = len(dataset.class_names)  # the model's output width: classes, targets or labels
+        self._graphs_seen = 0  # train.compile: graphs compiled before the current epoch
+        self._notes_said: set[str] = set()
 
     def run(self, state: Any) -> dict[str, Any]:
         """Trains from `state.training` to the end; `state.commit()` marks elastic commit points."""
@@ -111,6 +113,7 @@ class Engine:
             record.update({f"val_{name}": value for name, value in self.task.values(totals).items()})
             record.update({"eval_time_s": time.perf_counter() - start, "world_size": world.size,
                            "step": run_state.step})  # optimizer steps at the epoch's end (trackers' x axis)
+            record.update(self._compile_report())
             if self.inputs.checks_reads:
                 record["skipped_samples"] += skipped
             run_state.end_epoch(record)
@@ -220,6 +223,7 @@ class Engine:
             + (f", {self.inputs.workers} data worker(s)/rank" if self.inputs.workers else ""))
         alone = world.size == 1 and not self.elastic  # StepPolicy.allreduce is off (docs/policy.md)
         say(plan.policy.describe() + ("; one rank: gradients not allreduced" if alone else ""))
+        self._compile_report()
         if cfg.run.print_config:
             say("resolved config:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "))
         else:
@@ -349,6 +353,20 @@ class Engine:
             record["skipped_samples"] = int(skipped)
         return record
 
+    def _compile_report(self) -> dict[str, Any]:
+        """train.compile: rank 0 says each new note once; the epoch's record gets the graphs compiled since the
+        last report (`compiled_graphs`: 0 after the first epoch is what steady state means) and the compile time
+        so far."""
+        compiled = self.backend.step_info().compiled
+        if compiled is None:
+            return {}
+        for note in compiled.notes:
+            if note not in self._notes_said:
+                self._notes_said.add(note)
+                self.progress.print(note)
+        new, self._graphs_seen = compiled.graphs - self._graphs_seen, compiled.graphs
+        return {"compiled_graphs": new, "compile_time_s": compiled.seconds}
+
     def _empty_sums(self) -> Sums:
         """Zero named sums of this task, and of the samples skipped by the loader."""
         return {**self.task.empty_sums(self.width), collectives.SKIPPED: np.float64(0.0)}
@@ -392,6 +410,7 @@ class Engine:
         metric = f"val_{first}" if history[-1].get(f"val_{first}") is not None else f"train_{first}"
         pick = min if self.task.lower_is_better(metric) else max
         best = pick(history, key=lambda r: r[metric])
+        compiled = backend.step_info().compiled
         return {
             "backend": backend.name,
             "framework_version": backend.framework_version(),
@@ -418,6 +437,10 @@ class Engine:
             "precision": policy.step.precision,
             "compression": policy.step.compression,
             "reduce_op": policy.step.reduce_op,
+            "compile": cfg.train.compile,
+            # This rank's (rank 0's) compiling: wall time of the calls that compiled, graphs compiled.
+            "compile_time_s": 0.0 if compiled is None else compiled.seconds,
+            "compiled_graphs": 0 if compiled is None else compiled.graphs,
             "final": history[-1],
             "best": {"metric": metric, **best},
             "mean_samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),

@@ -40,7 +40,8 @@ def build_spec(cfg: Config, image_shape: tuple[int, ...], num_classes: int,
                      optim=cfg.optim, step=StepPolicy.from_config(cfg.policy, allreduce),
                      regularization=cfg.regularization, freeze=cfg.train.freeze, distill=cfg.distill,
                      teacher=teacher_model_config(cfg) if cfg.distill.teacher else None,
-                     augment=cfg.augment if augment_in_step else None, task=cfg.task_spec())
+                     augment=cfg.augment if augment_in_step else None, task=cfg.task_spec(),
+                     compile=cfg.train.compile, compile_mode=cfg.train.compile_mode)
 
 
 def check_feature_vectors(cfg: Config, features: int) -> None:

@@ -133,3 +133,14 @@ def test_tracking_tags_as_a_map_or_as_entries(tmp_path: Path) -> None:
     assert load_config(None, ["tracking.tags.team=vision"]).tracking.tag_map() == {"team": "vision"}
     assert load_config(None, ["tracking.tags=[team=vision,site=hpc]"]).tracking.tag_map() == {"team": "vision",
                                                                                              "site": "hpc"}
+
+
+def test_compile_mode_is_torchs_and_refused_on_tensorflow() -> None:
+    assert load_config(None, ["train.compile=true", "train.compile_mode=max-autotune"]).train.compile_mode == \
+        "max-autotune"
+    assert load_config(None, ["backend=tensorflow", "train.compile=true"]).train.compile is True
+    with pytest.raises(ConfigError, match="train.compile_mode=reduce-overhead is a torch.compile mode, but "
+                                          "backend=tensorflow compiles with XLA"):
+        load_config(None, ["backend=tensorflow", "train.compile=true", "train.compile_mode=reduce-overhead"])
+    with pytest.raises(ConfigError, match="compile_mode"):
+        load_config(None, ["train.compile_mode=fast"])
