@@ -1,6 +1,7 @@
 """GPU targets side by side (issue 15), on a machine with an NVIDIA GPU: ResNet-50 synthetic img/s in fp32
 and bf16 on both backends (`hvdtrain bench`), hvdtrain's trainer against the hand-written Horovod loop on
-the same GPU, and the data wait with augmentation on the GPU.
+the same GPU, the trainer with train.compile (issue 26) against itself eager, and the data wait with augmentation
+on the GPU.
 
     python -m benchmarks.gpu [--repeats 1] [--np 1] [--backends torch,tensorflow] [--quick]
 
@@ -29,7 +30,7 @@ TRAIN = (*RESNET50, "data.synthetic_samples=2048", "data.val_fraction=0.0625", "
 AUGMENT = ("augment.rotation_range=15", "augment.width_shift_range=0.1", "augment.height_shift_range=0.1",
            "augment.zoom_range=0.1", "augment.horizontal_flip=true", "augment.device=gpu")
 HEAD = ("| backend | fp32 img/s | bf16 img/s | bf16 / fp32 (target >= 2) | trainer / hand-written (target <= 1.03) "
-        "| data wait (target < 2%) |\n|---|---|---|---|---|---|")
+        "| compiled / eager speed-up (train.compile) | data wait (target < 2%) |\n|---|---|---|---|---|---|---|")
 QUICK = ("model.name=resnet", "model.depth=8", "data.synthetic_shape=[32,32,3]", "data.num_classes=10",
          "data.synthetic_samples=512", "train.batch_size=32", "train.max_steps_per_epoch=4")
 
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                         "bf16": functools.partial(bench, backend, "bf16", args.np_, synthetic, tmp),
                         "trainer": functools.partial(trainer, backend, args.np_, train, tmp),
                         "handwritten": functools.partial(handwritten, f"{backend}-horovod", args.np_, train, tmp),
+                        "compiled": functools.partial(trainer, backend, args.np_, (*train, "train.compile=true"),
+                                                      tmp),
                         "data_wait": functools.partial(data_wait, backend, args.np_, train, tmp)}
                 for name, job in jobs.items():
                     results.setdefault((backend, name), []).append(job())
@@ -90,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         fp32, bf16 = med[(backend, "fp32")], med[(backend, "bf16")]
         ratio = med[(backend, "trainer")] / med[(backend, "handwritten")]
         wait = med[(backend, "data_wait")]
-        rows.append(f"| {backend} | {fp32:,.0f} | {bf16:,.0f} | {bf16 / fp32:.2f}x | {ratio:.3f} | {wait:.1%} |")
+        speedup = med[(backend, "trainer")] / med[(backend, "compiled")]
+        rows.append(f"| {backend} | {fp32:,.0f} | {bf16:,.0f} | {bf16 / fp32:.2f}x | {ratio:.3f} | {speedup:.2f}x | "
+                    f"{wait:.1%} |")
     command = (f"python -m benchmarks.gpu --repeats {args.repeats} --np {args.np_}"
                + (f" --backends {args.backends}" if backends != ["torch", "tensorflow"] else "")
                + (" --quick" if args.quick else ""))
@@ -98,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
 
 `{command}`: `horovodrun -np {args.np_}` on {gpus()} visible GPU(s). img/s: `hvdtrain bench` on ResNet-50
 ({' '.join(synthetic)}), total over ranks. Trainer / hand-written: seconds per epoch of `python -m hvdtrain` against
-benchmarks/handwritten.py's Horovod loop on the same GPU ({' '.join(train)}), epochs after the first. Data wait:
+benchmarks/handwritten.py's Horovod loop on the same GPU ({' '.join(train)}), epochs after the first; compiled /
+eager: the same trainer run with train.compile=true (epochs after the first: compiling is in the first). Data wait:
 `--profile` with augmentation on the GPU ({' '.join(AUGMENT)}). Medians over {args.repeats} repeat(s). {machine()}.
 
 {HEAD}

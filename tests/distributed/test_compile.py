@@ -135,6 +135,13 @@ def test_a_checkpoint_of_either_mode_resumes_in_the_other(backend: str,
     assert max_weight_diff(eager_from_compiled, compiled) <= RESUME_TOL
     assert max_weight_diff(compiled_from_eager, eager) <= RESUME_TOL
     assert [r["epoch"] for r in read_metrics(root / "eager_from_compiled")] == [1, 2, 3]
+    # What export, convert, evaluate and train.init_from read is the same in both modes: the same files, the same
+    # weight names, and torch's model.pt without torch.compile's wrapper prefix.
+    assert eager.keys() == compiled.keys()
+    finals = [sorted(p.name for p in (root / run).iterdir() if p.is_file()) for run in ("eager", "compiled")]
+    assert finals[0] == finals[1]
+    if backend == "torch":
+        assert b"_orig_mod" not in (root / "compiled" / "model.pt").read_bytes()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
