@@ -2,7 +2,7 @@
 both backends, with the time spent compiling in its own column.
 
     python -m benchmarks.compile [--repeats 2] [--np 1,2] [--models cnn,resnet,mobilenet,gpt] [--backends ...]
-                                 [--quick]
+                                 [--section compile] [--quick]
 
 Each variant is one `horovodrun -np N python -m hvdtrain` run of EPOCHS epochs of STEPS optimizer steps; its time
 per step is the median over the epochs after the first (the first holds the compiling), then the median over
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--np", default="1,2", help="rank counts, comma-separated")
     parser.add_argument("--models", default=",".join(WORKLOADS))
     parser.add_argument("--backends", default="torch,tensorflow")
+    parser.add_argument("--section", default="compile", help="docs/benchmarks.md section to write (compile-np2: the "
+                                                                "np=2 rows beside the np=1 ones)")
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.np.split(",")]
     models, backends = args.models.split(","), args.backends.split(",")
@@ -92,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(f"| {model} | {backend} | {np_} | {eager * 1000:.1f} | {compiled * 1000:.1f} | "
                             f"**{eager / compiled:.2f}x** | {compile_s} | {later} |")
     command = (f"python -m benchmarks.compile --repeats {args.repeats} --np {args.np} --models {args.models} "
-               f"--backends {args.backends}" + (" --quick" if args.quick else ""))
-    update_section("compile", f"""## Compiled steps (train.compile)
+               f"--backends {args.backends}" + (f" --section {args.section}" if args.section != "compile" else "")
+               + (" --quick" if args.quick else ""))
+    title = "Compiled steps (train.compile)" + (f", {args.section}" if args.section != "compile" else "")
+    update_section(args.section, f"""## {title}
 
 `{command}`: {epochs} epochs of {steps} optimizer steps per run, per-rank batch 64 of 32x32x3 synthetic images
 (gpt: configs/lm-python.yaml, 12 windows of 64 tokens), `horovodrun -np N`; ms per optimizer step = median over

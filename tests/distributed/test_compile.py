@@ -2,11 +2,13 @@
 the first epoch, and their checkpoints resume in the other mode.
 
 One job per backend (conftest.train_many, one start of each rank) trains, on digits with the small cnn, batch 16
-per rank and accumulation 2 (a global batch of 64), 3 epochs of 10 optimizer steps (30 steps):
+per rank and accumulation 2 (a global batch of 64), 3 epochs of 10 optimizer steps (30 steps), evaluation batches of
+180 (each rank's 179 or 180 validation samples in one: one evaluation shape per rank, one compile less):
 - `eager` and `compiled`, each checkpointing every epoch;
-- `eager_from_compiled` resumes eagerly from the compiled run's epoch-2 checkpoint, `compiled_from_eager` the
-  reverse: a checkpoint is the state a killed run leaves (kill -9 mid-epoch exactness itself is
-  tests/distributed/test_long_runs.py's), so these are the "killed compiled, resumed eager" runs and back;
+- `eager_from_compiled` resumes eagerly from the compiled run's checkpoint at step 15, half-way through epoch 2,
+  `compiled_from_eager` the reverse: that checkpoint is the state a run killed after step 15 leaves (kill -9
+  exactness itself is tests/distributed/test_long_runs.py's), so these are the "killed compiled, resumed eager"
+  runs and back;
 - `sync_bn`: model.sync_batchnorm with train.compile, which runs that part eagerly and says so in one line;
 - `uncompilable`: a user model with Python the compiler cannot take (torch: a data-dependent `.item()`, a graph
   break; TensorFlow: `tf.py_function`, which has no XLA kernel): it trains, saying so in one line.
@@ -32,8 +34,10 @@ pytestmark = pytest.mark.distributed
 BACKENDS = ["torch", "tensorflow"]
 LOSS_TOL, RESUME_TOL = 1e-4, 1e-5
 COMMON = ["data.name=digits", "model.name=cnn", "model.channels=[8,16]", "model.hidden_units=[32]", "train.epochs=3",
-          "train.batch_size=16", "policy.accumulation_steps=2", "train.max_steps_per_epoch=10", "optim.lr=0.025",
-          "run.log_every_steps=1", "run.progress=off", "checkpoint.every_epochs=1"]
+          "train.batch_size=16", "policy.accumulation_steps=2", "train.max_steps_per_epoch=10",
+          "train.eval_batch_size=180", "optim.lr=0.025", "run.log_every_steps=1", "run.progress=off",
+          "checkpoint.every_epochs=1", "checkpoint.every_steps=5", "checkpoint.keep_last=10"]
+MID_EPOCH = "epoch-0001-step-00000015"  # half-way through the second epoch
 _JOBS: dict[str, tuple[Path, str]] = {}
 UNCOMPILABLE = """
 def build(cfg, input_shape, num_classes):
@@ -77,9 +81,9 @@ def _train_job(backend: str, root: Path) -> str:
         return [f"backend={backend}", *COMMON, *options, f"run.dir={root / name}"]
 
     runs = [run("eager"), run("compiled", "train.compile=true"),
-            run("eager_from_compiled", f"train.resume={root / 'compiled' / 'checkpoints' / 'epoch-0002'}"),
+            run("eager_from_compiled", f"train.resume={root / 'compiled' / 'checkpoints' / MID_EPOCH}"),
             run("compiled_from_eager", "train.compile=true",
-                f"train.resume={root / 'eager' / 'checkpoints' / 'epoch-0002'}"),
+                f"train.resume={root / 'eager' / 'checkpoints' / MID_EPOCH}"),
             run("sync_bn", "train.compile=true", "model.name=resnet", "model.width_multiplier=0.25", "model.depth=8",
                 "model.sync_batchnorm=true", "train.epochs=1", "train.max_steps_per_epoch=2", "run.progress=lines"),
             run("uncompilable", "train.compile=true", "model.name=uncompilable:build", "train.epochs=1",
