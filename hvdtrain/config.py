@@ -300,6 +300,9 @@ class TrainConfig:
                                choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
 
     def __post_init__(self) -> None:
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"train.compile_mode={self.compile_mode} chooses how train.compile compiles, but "
+                              "train.compile=false: set train.compile=true, or leave train.compile_mode at default")
         # null resolves here, so config.yaml (and evaluate on the finished run) names the batch evaluated with.
         object.__setattr__(self, "eval_batch_size", self.eval_batch())
         if self.eval_every_steps is not None:

@@ -143,4 +143,7 @@ def test_compile_mode_is_torchs_and_refused_on_tensorflow() -> None:
                                           "backend=tensorflow compiles with XLA"):
         load_config(None, ["backend=tensorflow", "train.compile=true", "train.compile_mode=reduce-overhead"])
     with pytest.raises(ConfigError, match="compile_mode"):
-        load_config(None, ["train.compile_mode=fast"])
+        load_config(None, ["train.compile=true", "train.compile_mode=fast"])
+    with pytest.raises(ConfigError, match="train.compile_mode=max-autotune chooses how train.compile compiles, but "
+                                          "train.compile=false: set train.compile=true"):
+        load_config(None, ["train.compile_mode=max-autotune"])
