@@ -5,10 +5,12 @@ One job per backend (conftest.train_many, one start of each rank) trains, on dig
 per rank and accumulation 2 (a global batch of 64), 3 epochs of 10 optimizer steps (30 steps), evaluation batches of
 180 (each rank's 179 or 180 validation samples in one: one evaluation shape per rank, one compile less):
 - `eager` and `compiled`, each checkpointing every epoch;
-- `eager_from_compiled` resumes eagerly from the compiled run's checkpoint at step 15, half-way through epoch 2,
-  `compiled_from_eager` the reverse: that checkpoint is the state a run killed after step 15 leaves (kill -9
-  exactness itself is tests/distributed/test_long_runs.py's), so these are the "killed compiled, resumed eager"
-  runs and back;
+- `killed_compiled`: a compiled run whose rank 1 is killed with SIGKILL after step 17 (tests/scripts/
+  fault_callbacks.py; checkpoints every 5 steps), in a launch of its own before the job; the job resumes it eagerly
+  (train.resume=auto: from step 15, half-way through epoch 2);
+- `compiled_from_eager` resumes compiled from the eager run's checkpoint at step 15, the state a run killed there
+  leaves (the reverse direction without a second kill: a kill -9 leaving its newest complete checkpoint is
+  tests/distributed/test_long_runs.py's);
 - `sync_bn`: model.sync_batchnorm with train.compile, which runs that part eagerly and says so in one line;
 - `uncompilable`: a user model with Python the compiler cannot take (torch: a data-dependent `.item()`, a graph
   break; TensorFlow: `tf.py_function`, which has no XLA kernel): it trains, saying so in one line.
@@ -27,7 +29,17 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import max_weight_diff, numbers, read_metrics, read_summary, read_weights, together, train_many
+from conftest import (
+    REPO,
+    max_weight_diff,
+    numbers,
+    read_metrics,
+    read_summary,
+    read_weights,
+    run_hvdtrain,
+    together,
+    train_many,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -80,8 +92,14 @@ def _train_job(backend: str, root: Path) -> str:
     def run(name: str, *options: str) -> list[str]:
         return [f"backend={backend}", *COMMON, *options, f"run.dir={root / name}"]
 
+    marker = root / "killed"
+    killed = run_hvdtrain([*run("killed_compiled", "train.compile=true", "callbacks.user=[fault_callbacks:Faults]")],
+                          launcher="mpirun", np_=2, check=False,
+                          env={"PYTHONPATH": str(REPO / "tests" / "scripts"), "HVDTRAIN_TEST_KILL_RANK": "1",
+                               "HVDTRAIN_TEST_KILL_STEP": "17", "HVDTRAIN_TEST_KILL_MARKER": str(marker)})
+    assert killed.returncode != 0 and marker.is_file(), killed.stderr[-3000:]
     runs = [run("eager"), run("compiled", "train.compile=true"),
-            run("eager_from_compiled", f"train.resume={root / 'compiled' / 'checkpoints' / MID_EPOCH}"),
+            run("killed_compiled", "train.resume=auto"),  # eagerly, from its step-15 checkpoint
             run("compiled_from_eager", "train.compile=true",
                 f"train.resume={root / 'eager' / 'checkpoints' / MID_EPOCH}"),
             run("sync_bn", "train.compile=true", "model.name=resnet", "model.width_multiplier=0.25", "model.depth=8",
@@ -124,12 +142,13 @@ def test_compiled_steps_train_as_eager_ones_and_compile_only_in_the_first_epoch(
     assert "compiled_graphs" not in read_metrics(eager)[0]
 
 
+@pytest.mark.races  # reads the run killed with SIGKILL
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_checkpoint_of_either_mode_resumes_in_the_other(backend: str,
                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     root, _ = compile_job(backend, tmp_path_factory)
     eager, compiled = read_weights(root / "eager"), read_weights(root / "compiled")
-    eager_from_compiled = read_weights(root / "eager_from_compiled")
+    eager_from_compiled = read_weights(root / "killed_compiled")
     compiled_from_eager = read_weights(root / "compiled_from_eager")
     # The last epoch of each resumed run is the other mode's: within rounding of both uninterrupted runs.
     print(f"{backend}: eager vs compiled {max_weight_diff(eager, compiled):.2e}, eager-from-compiled vs compiled "
@@ -138,7 +157,8 @@ def test_a_checkpoint_of_either_mode_resumes_in_the_other(backend: str,
     assert max_weight_diff(eager, compiled) <= LOSS_TOL
     assert max_weight_diff(eager_from_compiled, compiled) <= RESUME_TOL
     assert max_weight_diff(compiled_from_eager, eager) <= RESUME_TOL
-    assert [r["epoch"] for r in read_metrics(root / "eager_from_compiled")] == [1, 2, 3]
+    assert [r["epoch"] for r in read_metrics(root / "killed_compiled")] == [1, 2, 3]
+    assert read_summary(root / "killed_compiled")["compile"] is False  # its last part ran eagerly
     # What export, convert, evaluate and train.init_from read is the same in both modes: the same files, the same
     # weight names, and torch's model.pt without torch.compile's wrapper prefix.
     assert eager.keys() == compiled.keys()
