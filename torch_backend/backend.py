@@ -95,6 +95,7 @@ class TorchBackend(Backend, Prunable, Penalized):
         self._comm_seconds = 0.0
         self._compiled: Any = None  # train.compile: torch.compile's wrapper of self.model (same parameters)
         self._meter: CompileMeter | None = None
+        self._breaks_before = 0
 
     def setup(self, threads_per_rank: int) -> Placement:
         world = self.comm.init()
@@ -149,6 +150,7 @@ class TorchBackend(Backend, Prunable, Penalized):
         import torch._dynamo.utils as dynamo_utils
 
         self._meter = meter = CompileMeter(lambda: int(dynamo_utils.counters["stats"]["unique_graphs"]))
+        self._breaks_before = sum(dynamo_utils.counters["graph_break"].values())  # an earlier run's, in-process
         if spec.model.sync_batchnorm:
             meter.note("train.compile: model.sync_batchnorm allreduces inside the forward pass, which torch.compile "
                        "cannot hold: the model runs eagerly (the rest of the step is unchanged)")
@@ -160,8 +162,10 @@ class TorchBackend(Backend, Prunable, Penalized):
         """`fn(*args)`, its compiling counted and timed when train.compile is on."""
         if self._meter is None:
             return fn(*args)
+        graphs = self._meter.graphs
         result = self._meter.call(fn, *args)
-        self._graph_breaks()
+        if self._meter.graphs != graphs:  # Dynamo meets graph breaks while it compiles
+            self._graph_breaks()
         return result
 
     def _graph_breaks(self) -> None:
@@ -171,10 +175,11 @@ class TorchBackend(Backend, Prunable, Penalized):
 
         assert self._meter is not None
         breaks = dynamo_utils.counters["graph_break"]
-        if breaks and not any(n.startswith("train.compile: graph break") for n in self._meter.notes):
-            reason = next(iter(breaks)).splitlines()[0][:160]
-            self._meter.note(f"train.compile: graph breaks in the model ({sum(breaks.values())}; first: {reason}): "
-                             "those parts run eagerly, the rest compiled")
+        count = sum(breaks.values()) - self._breaks_before
+        if count > 0 and not any(n.startswith("train.compile: graph break") for n in self._meter.notes):
+            reason = list(breaks)[-1].splitlines()[0][:160]  # the newest reason: this run's
+            self._meter.note(f"train.compile: graph breaks in the model ({count}, e.g. {reason}): those parts run "
+                             "eagerly, the rest compiled")
 
     def _parts(self) -> tuple[BuildSpec, torch.nn.Module, Any, Precision]:
         spec, model, optimizer, precision = self.spec, self.model, self.optimizer, self.precision
