@@ -451,7 +451,8 @@ class HorovodConfig:
     fusion_threshold_mb: float | None = option(None, "Tensor fusion buffer in MiB (Horovod default 128; "
                                                      "0 disables fusion).", min=0.0)
     cycle_time_ms: float | None = option(None, "How often the background thread batches pending "
-                                               "collectives, in ms (Horovod default 1).", above=0.0)
+                                               "collectives, in ms (Horovod default 1; a process started "
+                                               "alone, one rank, gets 20: nothing crosses ranks).", above=0.0)
     timeline: str | None = option(None, "Write Horovod's timeline (chrome://tracing JSON) to this file; a "
                                         "relative path is inside run.dir.")
     timeline_mark_cycles: bool = option(False, "Mark background-thread cycles in the timeline.")

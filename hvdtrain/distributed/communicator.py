@@ -9,6 +9,7 @@ hvdtrain calls Horovod's process-level API.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +49,17 @@ class Communicator:
         self._hvd = hvd
         self._as_tensor = as_tensor
         self._failure_types = failure_types
+        # One rank: the collectives below answer without Horovod (the same values: a sum, gather or broadcast
+        # over one rank is its own), so nothing waits for Horovod's cycle. Set at every (re-)initialisation.
+        self._alone = False
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def init(self) -> World:
         """Starts Horovod's controller (Gloo under horovodrun, MPI under mpirun) and returns the world."""
         self._hvd.init()
-        return self.world()
+        world = self.world()
+        self._alone = world.size == 1
+        return world
 
     def world(self) -> World:
         hvd = self._hvd
@@ -86,19 +92,26 @@ class Communicator:
     # --- collectives: every rank calls them, in the same order ---------------------------------------
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
         """Element-wise sum of a small float64 vector over all ranks."""
+        if self._alone:
+            return np.array(values, dtype=np.float64)
         tensor = self._as_tensor(np.asarray(values, dtype=np.float64))
         return np.asarray(self._hvd.allreduce(tensor, op=self._hvd.Sum, name="hvdtrain.metrics"))
 
     def barrier(self) -> None:
         """Returns once every rank has called it."""
-        self._hvd.allreduce(self._as_tensor(np.zeros(1)), op=self._hvd.Sum, name="hvdtrain.barrier")
+        if not self._alone:
+            self._hvd.allreduce(self._as_tensor(np.zeros(1)), op=self._hvd.Sum, name="hvdtrain.barrier")
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        """Every rank's picklable `obj`, in rank order, on every rank."""
+        """Every rank's picklable `obj`, in rank order, on every rank (copies, as received)."""
+        if self._alone:
+            return [copy.deepcopy(obj)]
         return list(self._hvd.allgather_object(obj, name=_OBJECT_COLLECTIVE))
 
     def broadcast_object(self, obj: T, name: str = "hvdtrain.broadcast") -> T:
-        """Rank 0's `obj` on every rank."""
+        """Rank 0's `obj` on every rank (a copy, as received)."""
+        if self._alone:
+            return copy.deepcopy(obj)
         shared: T = self._hvd.broadcast_object(obj, root_rank=0, name=name)
         return shared
 

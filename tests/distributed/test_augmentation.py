@@ -25,6 +25,7 @@ def test_augmented_digits_train_on_two_ranks(tmp_path: Path, backend: str) -> No
     summary = read_summary(run_dir)
     print(f"{backend}: augmented digits val_accuracy {summary['final']['val_accuracy']:.4f}")
     assert summary["final"]["val_accuracy"] >= ACCURACY_FLOOR
+    assert summary["horovod_settings"] == {}  # two ranks: Horovod's own cycle time (only one rank gets 20 ms)
     # Featurewise statistics cover the whole training set, not one rank's half of it.
     cfg = load_config("configs/digits_augment.yaml")
     x = arrays(load_dataset(cfg.data, cfg.seed)).x_train

@@ -84,6 +84,8 @@ def test_foreign_checkpoints_and_used_run_dirs_are_refused(backend: str,
     assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}  # nothing touched
 
     run_hvdtrain([*args, "run.overwrite=true", f"run.dir={run_dir}"])  # allowed when asked for
+    # A process alone: Horovod's background thread wakes every 20 ms, not every 1 ms (nothing crosses it)
+    assert json.loads((run_dir / "summary.json").read_text())["horovod_settings"] == {"HOROVOD_CYCLE_TIME": "20"}
     manifest = run_dir / "checkpoints" / "epoch-0001" / "manifest.json"
     manifest.write_text("{not json")
     proc = run_hvdtrain([*args, "train.resume=auto", f"run.dir={run_dir}"], check=False)

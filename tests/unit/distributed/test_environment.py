@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hvdtrain.config import load_config
-from hvdtrain.distributed.environment import gpu_for_rank, horovod_settings
+from hvdtrain.distributed.environment import (
+    ONE_RANK_CYCLE_TIME_MS,
+    apply_horovod_settings,
+    gpu_for_rank,
+    horovod_settings,
+    launch_world_size,
+)
 from hvdtrain.errors import UserError
 
 
@@ -25,3 +33,43 @@ def test_gpu_and_nccl_knobs_become_environment_variables() -> None:
                                      "NCCL_IB_DISABLE": "1", "NCCL_SOCKET_IFNAME": "^lo,docker0",
                                      "NCCL_DEBUG": "WARN"}
     assert horovod_settings(load_config(None, []).horovod) == {}  # unset: the environment's own values stand
+
+
+LAUNCH_VARIABLES = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS", "HOROVOD_RANK",
+                    "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "MV2_COMM_WORLD_RANK",
+                    "JSM_NAMESPACE_RANK", "ALPS_APP_PE", "PALS_RANKID", "HOROVOD_ELASTIC", "HOROVOD_CYCLE_TIME")
+
+
+@pytest.fixture
+def no_launcher(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A process started without a launcher; variables the test sets (or apply_horovod_settings exports) are
+    undone afterwards."""
+    for variable in LAUNCH_VARIABLES:
+        monkeypatch.setenv(variable, "x")  # recorded as unset before: undone at teardown whatever is written
+        monkeypatch.delenv(variable)
+    return monkeypatch
+
+
+def test_the_world_size_before_init(no_launcher: pytest.MonkeyPatch) -> None:
+    assert launch_world_size() == 1  # no launcher: a singleton
+    no_launcher.setenv("PMIX_RANK", "3")
+    assert launch_world_size() is None  # a launcher that does not say how many
+    no_launcher.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert launch_world_size() == 2
+    no_launcher.setenv("HOROVOD_ELASTIC", "1")
+    assert launch_world_size() is None  # elastic: it changes
+
+
+def test_one_rank_gets_a_slow_cycle_unless_one_is_set(no_launcher: pytest.MonkeyPatch) -> None:
+    unset = load_config(None, []).horovod
+    assert apply_horovod_settings(unset) == {"HOROVOD_CYCLE_TIME": f"{ONE_RANK_CYCLE_TIME_MS:g}"}
+    assert os.environ["HOROVOD_CYCLE_TIME"] == "20"
+    assert apply_horovod_settings(unset) == {}  # the environment's value now stands
+    no_launcher.delenv("HOROVOD_CYCLE_TIME")
+    assert apply_horovod_settings(load_config(None, ["horovod.cycle_time_ms=3"]).horovod) == {"HOROVOD_CYCLE_TIME": "3"}
+    no_launcher.delenv("HOROVOD_CYCLE_TIME")
+    no_launcher.setenv("HOROVOD_SIZE", "1")  # horovodrun -np 1
+    assert apply_horovod_settings(unset) == {"HOROVOD_CYCLE_TIME": "20"}
+    no_launcher.delenv("HOROVOD_CYCLE_TIME")
+    no_launcher.setenv("HOROVOD_SIZE", "2")
+    assert apply_horovod_settings(unset) == {}  # Horovod's default (1 ms) where collectives cross ranks
