@@ -273,7 +273,8 @@ class TrainConfig:
         None, "Per-rank batch size for evaluation; null: batch_size. Evaluation holds one batch's activations at "
               "once (at 224x224 the cnn's batches of 256 took 1.2 GB more than its training steps): raise it "
               "where memory allows.", min=1)
-    threads_per_rank: int = option(0, "CPU threads per rank; 0 = usable cores // ranks on this node.", min=0)
+    threads_per_rank: int = option(0, "CPU threads per rank; 0 = OMP_NUM_THREADS if set, else usable cores // ranks "
+                                      "on this node.", min=0)
     resume: str | None = option(None, "auto: continue from the newest complete checkpoint in run.dir (or start "
                                       "fresh if there is none); a path: from that checkpoint directory.")
     init_from: str | None = option(None, "Fine-tuning: start from the model weights (only) of a checkpoint "

@@ -50,11 +50,22 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def omp_num_threads() -> int | None:
+    """OMP_NUM_THREADS as a thread count (its first level where it lists several), or None when unset or not a
+    positive integer (the OpenMP runtime warns about such values itself)."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
 def threads_for_rank(requested: int, local_size: int) -> int:
-    """CPU threads for one rank: `requested` if set; all cores the launcher bound this rank to, if it
-    bound it; otherwise an equal share of the node's cores, so ranks do not fight over them."""
+    """CPU threads for one rank: `requested` if set; else OMP_NUM_THREADS if set (how torchrun and job scripts
+    say it); all cores the launcher bound this rank to, if it bound it; otherwise an equal share of the node's
+    cores, so ranks do not fight over them."""
     if requested > 0:
         return requested
+    from_environment = omp_num_threads()
+    if from_environment is not None:
+        return from_environment
     allowed, total = usable_cores(), os.cpu_count() or 1
     if allowed < total:
         return allowed

@@ -121,6 +121,9 @@ def test_elastic_job_survives_a_killed_worker_and_grows_back(tmp_path: Path, mlf
                   str(discovery), "--blacklist-cooldown-range", "2", "4"]
         return run_hvdtrain(["--config", "configs/digits.yaml", f"backend={backend}", "train.epochs=6",
                              f"run.dir={root / 'run'}", "run.progress=lines", "elastic.commit_every_steps=5", FAULTS,
+                             # one thread a rank: the two "hosts" share this machine's cores (each alone would
+                             # take them all), and both backends' jobs run at once
+                             "train.threads_per_rank=1",
                              f"tracking.mlflow_uri={mlflow_server.uri}", f"tracking.experiment=elastic-{backend}"],
                             prefix=prefix, env=fault_env(kill_rank=1, kill_step=30, kill_marker=root / "killed",
                                                          step_sleep=0.05))

@@ -13,6 +13,7 @@ from hvdtrain.distributed.environment import (
     gpu_for_rank,
     horovod_settings,
     launch_world_size,
+    threads_for_rank,
 )
 from hvdtrain.errors import UserError
 
@@ -73,3 +74,19 @@ def test_one_rank_gets_a_slow_cycle_unless_one_is_set(no_launcher: pytest.Monkey
     no_launcher.delenv("HOROVOD_CYCLE_TIME")
     no_launcher.setenv("HOROVOD_SIZE", "2")
     assert apply_horovod_settings(unset) == {}  # Horovod's default (1 ms) where collectives cross ranks
+
+
+def test_threads_per_rank_come_from_the_config_then_omp_num_threads_then_the_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_for_rank(0, 2) == 4  # an equal share of the node's cores
+    assert threads_for_rank(3, 2) == 3  # train.threads_per_rank wins
+    for value, expected in [("1", 1), ("6", 6), ("2,1", 2), ("0", 4), ("many", 4), ("", 4)]:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert threads_for_rank(0, 2) == expected, value  # a positive count (its first level) is taken
+        assert threads_for_rank(5, 2) == 5
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {3})
+    assert threads_for_rank(0, 2) == 1  # the launcher bound this rank to one core
