@@ -6,8 +6,9 @@ without the key/value cache.
     python -m benchmarks.lm [--steps 2000] [--quick] [--nanogpt DIR]
     python -m benchmarks.lm --generation-only [--quick]   (generation alone: the lm-generation section)
 
-Tokens/s: hvdtrain's from metrics.jsonl (windows/s x block_size, median of the evaluation periods after the
-first), the loops' from their step times (after the first 10 steps). Validation loss: every non-overlapping
+Tokens/s: of the long runs, hvdtrain's from metrics.jsonl (windows/s x block_size, median of the evaluation
+periods after the first); of the interleaved speed runs, every trainer's from its step times after the first 10
+steps (hvdtrain's by benchmarks/step_times.py), the loops' long runs too. Validation loss: every non-overlapping
 window of the held-out part, after the last step. Generation: 500 new tokens (--quick: 100) from one prompt,
 greedy, timed inside one process per backend (the model loaded first, a first call of a few tokens timed apart).
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from benchmarks.launch import horovodrun, run, section_parser
 from benchmarks.report import machine, update_section
+from benchmarks.step_times import SKIPPED_STEPS, tokens_per_s
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lm-python.yaml"
 QUICK = ("model.n_layer=2", "model.n_embd=32", "model.n_head=2")
@@ -45,18 +47,25 @@ def _tokens(out: Path) -> Path:
 
 
 def hvdtrain_run(backend: str, np_: int, tokens: Path, steps: int, extra: tuple[str, ...], out: Path,
-                 eval_every: int | None = None) -> dict:
+                 eval_every: int | None = None, step_times: bool = False) -> dict:
+    """One run of the recipe. Tokens/s: from metrics.jsonl (windows/s x block_size, the median of the evaluation
+    periods after the first), or with `step_times` from each step's time after the first SKIPPED_STEPS, the
+    statistic the hand-written loop reports (benchmarks/step_times.py)."""
     run_dir = out / f"hvdtrain-{backend}-np{np_}"
     batch = 12 // np_  # nanoGPT's 12 windows per step at any rank count
     launcher = [*horovodrun(np_, controller="mpi"), sys.executable] if np_ > 1 else [sys.executable]
+    timed = ("callbacks.user=[benchmarks.step_times:StepTimes]",) if step_times else ()
     run([*launcher, "-m", "hvdtrain", "--config", str(CONFIG), f"backend={backend}", "data.name=tokens",
          f"data.path={tokens}", f"train.batch_size={batch}", f"train.max_steps={steps}",
          f"train.eval_every_steps={eval_every or max(1, steps // 8)}", "run.progress=off", f"run.dir={run_dir}",
-         "run.overwrite=true", *extra], timeout=7200)
+         "run.overwrite=true", *timed, *extra], timeout=7200)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     block = 64
-    rates = [r["samples_per_s"] * block for r in records[1:] or records]
-    return {"tokens_per_s": statistics.median(rates), "val_loss": records[-1]["val_loss"], "run_dir": str(run_dir)}
+    if step_times:
+        rate = tokens_per_s(json.loads((run_dir / "step_times.json").read_text()), 12 * block)
+    else:
+        rate = statistics.median([r["samples_per_s"] * block for r in records[1:] or records])
+    return {"tokens_per_s": rate, "val_loss": records[-1]["val_loss"], "run_dir": str(run_dir)}
 
 
 def handwritten_run(tokens: Path, steps: int, extra: tuple[str, ...], out: Path) -> dict:
@@ -91,10 +100,10 @@ def nanogpt_run(checkout: Path, tokens: Path, steps: int, quick: bool, out: Path
                           cwd=work, capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
         raise RuntimeError(f"nanoGPT's train.py exited {proc.returncode}: {proc.stderr[-2000:]}")
-    times = [float(line.split("time ")[1].split("ms")[0]) for line in proc.stdout.splitlines()
-             if line.startswith("iter ") and "time " in line][10:]
+    seconds = [float(line.split("time ")[1].split("ms")[0]) / 1000 for line in proc.stdout.splitlines()
+               if line.startswith("iter ") and "time " in line]
     val = [float(line.split("val loss ")[1].split(",")[0]) for line in proc.stdout.splitlines() if "val loss" in line]
-    return {"tokens_per_s": 12 * 64 / (statistics.median(times) / 1000), "val_loss": val[-1]}
+    return {"tokens_per_s": tokens_per_s(seconds, 12 * 64), "val_loss": val[-1]}
 
 
 def generation_timing(run_dir: str, new_tokens: int, samples: int = 1, rounds: int = GENERATION_ROUNDS) -> dict:
@@ -228,7 +237,8 @@ def speed_runs(tokens: Path, steps: int, repeats: int, extra: tuple[str, ...], o
         where = out / f"speed-{r}"
         where.mkdir()
         found = {"hand-written torch loop": handwritten_run(tokens, steps, extra, where),
-                 **{f"hvdtrain {b} np=1": hvdtrain_run(b, 1, tokens, steps, extra, where, eval_every=steps)
+                 **{f"hvdtrain {b} np=1": hvdtrain_run(b, 1, tokens, steps, extra, where, eval_every=steps,
+                                                       step_times=True)
                     for b in ("torch", "tensorflow")}}
         if nanogpt is not None:
             found["nanoGPT train.py"] = nanogpt_run(nanogpt.resolve(), tokens, steps, quick, where)
@@ -280,9 +290,10 @@ loss after the last step over every window of the held-out part. Ratio: to the h
 {chr(10).join(rows)}
 
 Speed at np=1, interleaved: {len(hand)} rounds, each running every trainer once for {speed_steps}
-steps one after another, hvdtrain's as one epoch (tokens/s of each round, their median, and the median of the
-rounds' ratios to the hand-written loop). The single long runs above drift with the machine; the target is read
-from these.
+steps one after another, hvdtrain's as one epoch; tokens/s over the steps after the first {SKIPPED_STEPS}, from each
+step's time as the trainer measures it (hvdtrain: its loop's step report, data included, by a callback; the loops:
+around their steps), for each round, their median, and the median of the rounds' ratios to the hand-written loop.
+The single long runs above drift with the machine; the target is read from these.
 
 | trainer | tokens/s per round | median | ratio |
 |---|---|---|---|
