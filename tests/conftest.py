@@ -68,19 +68,9 @@ def train_many(runs: list[list[str]], job_file: Path, *, launcher: str = "single
 
 def together(*jobs: Callable[[], Any]) -> list[Any]:
     """Runs the jobs (each starts processes and waits) at the same time; their results in order. For independent
-    one-process runs: most of a run's start is one core importing its framework, and the machine has two.
-
-    The processes started meanwhile compute with one thread each (OMP_NUM_THREADS=1, which train.threads_per_rank=0
-    follows, unless the environment sets it): alone, a one-rank run takes every core, and several such runs at
-    once wait on each other's threads."""
-    before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = before or "1"
-    try:
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            return [f.result() for f in [pool.submit(job) for job in jobs]]
-    finally:
-        if before is None:
-            del os.environ["OMP_NUM_THREADS"]
+    one-process runs: most of a run's start is one core importing its framework, and the machine has two."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return [f.result() for f in [pool.submit(job) for job in jobs]]
 
 
 def read_summary(run_dir: Path) -> dict:

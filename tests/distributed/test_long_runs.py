@@ -56,7 +56,8 @@ def test_kill_9_during_checkpoint_writes_then_resume_equals_uninterrupted(tmp_pa
     complete checkpoint (it must load), and the final weights equal the uninterrupted run's."""
     args = ["--config", str(small_config), f"backend={backend}", "train.epochs=3", "train.max_steps_per_epoch=12",
             "optim.name=adam", "optim.lr=0.01", "augment.rotation_range=15", "checkpoint.every_steps=1",
-            "checkpoint.keep_last=2"]
+            "checkpoint.keep_last=2",
+            "train.threads_per_rank=1"]  # the uninterrupted and the killed run share the two cores (and so resumes)
     full, cut = tmp_path / "full", tmp_path / "cut"
     cmd = [sys.executable, "-m", "hvdtrain", *args, f"run.dir={cut}", "train.resume=auto"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -244,7 +244,8 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, runs:
     """torch: the named sums of the unfinished epoch (two targets' per-column sums) come back from the checkpoint."""
     args = [*SHORT, "task=regression", f"data.path={runs / 'regression.npz'}", "train.batch_size=16",
             "train.max_steps_per_epoch=8", "train.epochs=2", "checkpoint.every_steps=3", "backend=torch",
-            "callbacks.user=[fault_callbacks:Faults]"]
+            "callbacks.user=[fault_callbacks:Faults]",
+            "train.threads_per_rank=1"]  # the uninterrupted and the killed run share the two cores (and so resumes)
     full, cut = tmp_path / "full", tmp_path / "cut"
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "scripts"), "HVDTRAIN_TEST_KILL_RANK": "0",
            "HVDTRAIN_TEST_KILL_STEP": "11", "HVDTRAIN_TEST_KILL_MARKER": str(tmp_path / "killed")}
