@@ -52,7 +52,7 @@ def usable_cores() -> int:
 
 def omp_num_threads() -> int | None:
     """OMP_NUM_THREADS as a thread count (its first level where it lists several), or None when unset or not a
-    positive integer (the OpenMP runtime warns about such values itself)."""
+    positive integer (then the cores decide, as without it)."""
     first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     return int(first) if first.isdigit() and int(first) > 0 else None
 
