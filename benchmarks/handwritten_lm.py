@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.step_times import tokens_per_s
 from hvdtrain.config import load_config
 from torch_backend.gpt import GPT
 
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         losses.append(loss.item())
         times.append(time.perf_counter() - start)
-    timed = times[10:] or times
-    result = {"tokens_per_s": args.batch * args.block * len(timed) / sum(timed), "steps": args.steps,
+    result = {"tokens_per_s": tokens_per_s(times, args.batch * args.block), "steps": args.steps,
               "train_loss_last_100": float(np.mean(losses[-100:])),
               "val_loss": validation_loss(model, val, args.block, 64)}
     args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -7,8 +7,8 @@ without the key/value cache.
     python -m benchmarks.lm --generation-only [--quick]   (generation alone: the lm-generation section)
 
 Tokens/s: of the long runs, hvdtrain's from metrics.jsonl (windows/s x block_size, median of the evaluation
-periods after the first); of the interleaved speed runs, every trainer's from its step times after the first 10
-steps (hvdtrain's by benchmarks/step_times.py), the loops' long runs too. Validation loss: every non-overlapping
+periods after the first); of the loops and of the interleaved speed runs, every trainer's from its step times after
+the first 10 steps, by one statistic (benchmarks/step_times.py). Validation loss: every non-overlapping
 window of the held-out part, after the last step. Generation: 500 new tokens (--quick: 100) from one prompt,
 greedy, timed inside one process per backend (the model loaded first, a first call of a few tokens timed apart).
 """
