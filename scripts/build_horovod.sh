@@ -19,7 +19,7 @@
 # with instead of the wheels'), HOROVOD_BUILD_CUDA_CC_LIST (compute capabilities to build for; default: the
 # GPUs found, else 90), HVDTRAIN_HOROVOD_FRAMEWORKS ("torch tensorflow", or "torch"), HVDTRAIN_HOROVOD_MPI (1, or 0:
 # Gloo only, no MPI library needed), HVDTRAIN_HOROVOD_SDIST (horovod-0.28.1.tar.gz to build from instead of
-# downloading it), HVDTRAIN_HOROVOD_DEBUG_INFO (1: Horovod's own RelWithDebInfo build with -g, for debugging
+# downloading it; a download is kept in $HVDTRAIN_CACHE and used by later builds), HVDTRAIN_HOROVOD_DEBUG_INFO (1: Horovod's own RelWithDebInfo build with -g, for debugging
 # Horovod's C++; default 0: the same -O3 code without debug information, a quarter less compile time and a 4 MB
 # instead of a 35 MB wheel).
 #
@@ -69,6 +69,10 @@ case "$WITH_MPI" in
 esac
 SDIST="${HVDTRAIN_HOROVOD_SDIST:-}"
 [ -z "$SDIST" ] || [ -f "$SDIST" ] || die "HVDTRAIN_HOROVOD_SDIST=$SDIST: no such file (scripts/gpu_check_bundle.sh makes it)"
+# A downloaded source is kept beside the wheels: a rebuild (another torch, the debug build, a GPU build) does not
+# download it again, and pip's download is most of a failed build's time (it prepares the package's metadata).
+CACHED_SDIST="$CACHE/horovod-$HOROVOD_VERSION.tar.gz"
+[ -n "$SDIST" ] || [ ! -f "$CACHED_SDIST" ] || SDIST="$CACHED_SDIST"
 
 [ -x "$PY" ] || die "no venv at $VENV: run scripts/setup_env.sh"
 if [ "$WITH_MPI" = 1 ]; then
@@ -240,8 +244,10 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
   else
     "$PY" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work" 2>&1 | quiet_pip >>"$LOG" \
       || build_failed "could not download the horovod $HOROVOD_VERSION source"
+    cp "$work/horovod-$HOROVOD_VERSION.tar.gz" "$CACHED_SDIST.tmp" && mv "$CACHED_SDIST.tmp" "$CACHED_SDIST"
   fi
-  tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
+  tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work" >>"$LOG" 2>&1 \
+    || build_failed "could not unpack ${SDIST:-the downloaded source} (damaged? remove it and run again)"
   src="$work/horovod-$HOROVOD_VERSION"
   for p in "${patches[@]}"; do
     patch -d "$src" -p1 < "$p" >>"$LOG" 2>&1 || build_failed "could not apply $p to the horovod source"

@@ -39,11 +39,27 @@ def test_first_build_error_names_the_cause(tmp_path: Path, log: str, expected: s
     assert first_build_error(path) == expected
 
 
-def _run_build(tmp_path: Path, patch_text: str) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def horovod_sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Horovod's source distribution: the one `make setup` kept in its cache, else downloaded once here. pip's
+    download prepares the package's metadata (about 14 s on a slow machine), which the failure path is not about;
+    every fresh setup downloads it (scripts/build_horovod.sh)."""
+    cache = Path(os.environ.get("HVDTRAIN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "hvdtrain")
+    cached = cache / "horovod-0.28.1.tar.gz"
+    if cached.is_file():
+        return cached
+    folder = tmp_path_factory.mktemp("sdist")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                    "horovod==0.28.1", "-d", str(folder)], check=True, capture_output=True, timeout=600)
+    return folder / "horovod-0.28.1.tar.gz"
+
+
+def _run_build(tmp_path: Path, patch_text: str, sdist: Path) -> subprocess.CompletedProcess:
     patch = tmp_path / "bad.patch"
     patch.write_text(patch_text)
     env = {**os.environ, "HVDTRAIN_CACHE": str(tmp_path / "cache"), "HVDTRAIN_HOROVOD_PATCH": str(patch),
-           "VENV": str(VENV)}
+           "VENV": str(VENV), "HVDTRAIN_HOROVOD_SDIST": str(sdist)}
     return subprocess.run(["bash", str(REPO / "scripts" / "build_horovod.sh")], env=env, capture_output=True,
                           text=True, timeout=600, stdin=subprocess.DEVNULL)
 
@@ -56,8 +72,8 @@ CONFIGURE_ERROR = ("--- a/CMakeLists.txt\n+++ b/CMakeLists.txt\n@@ -1,3 +1,4 @@\
                    "     # 1. Introduced with 3.12.4.\n")
 
 
-def test_broken_build_keeps_its_log_and_names_the_first_error(tmp_path: Path) -> None:
-    proc = _run_build(tmp_path, CONFIGURE_ERROR)
+def test_broken_build_keeps_its_log_and_names_the_first_error(tmp_path: Path, horovod_sdist: Path) -> None:
+    proc = _run_build(tmp_path, CONFIGURE_ERROR, horovod_sdist)
     assert proc.returncode != 0
     log = tmp_path / "cache" / "last-horovod-build.log"
     assert log.is_file(), proc.stderr
@@ -70,10 +86,10 @@ def test_broken_build_keeps_its_log_and_names_the_first_error(tmp_path: Path) ->
     assert not list((tmp_path / "cache").glob("horovod-*")), "a failed build must leave no cached wheel"
 
 
-def test_patch_that_does_not_apply_is_named(tmp_path: Path) -> None:
+def test_patch_that_does_not_apply_is_named(tmp_path: Path, horovod_sdist: Path) -> None:
     hunk = ("--- a/CMakeLists.txt\n+++ b/CMakeLists.txt\n@@ -1,1 +1,1 @@\n-this line is not in the file\n"
             "+nor is this one\n")
-    proc = _run_build(tmp_path, hunk)
+    proc = _run_build(tmp_path, hunk, horovod_sdist)
     assert proc.returncode != 0
     log = tmp_path / "cache" / "last-horovod-build.log"
     assert "could not apply" in proc.stderr and "Hunk #1 FAILED" in proc.stderr, proc.stderr
@@ -329,6 +345,10 @@ def test_offline_build_plan_is_torch_and_gloo_from_the_bundled_source(tmp_path: 
     assert plan["frameworks"] == "torch" and plan["mpi"] == "no MPI" and plan["sdist"] == str(sdist)
     assert plan["versions"].split()[3] == "tfnone" and plan["key"] != full["key"]
     assert full["frameworks"] == "torch tensorflow" and full["sdist"] == "download"
+    kept = tmp_path / "cache" / "horovod-0.28.1.tar.gz"  # a download an earlier build kept: not downloaded again
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_bytes(b"")
+    assert _plan("build_horovod.sh", _env(tmp_path, None, HVDTRAIN_DEVICE="cpu"))[0]["sdist"] == str(kept)
     for knob, value, fix in (("HVDTRAIN_HOROVOD_MPI", "2", "use 1 (MPI and Gloo) or 0 (Gloo only)"),
                              ("HVDTRAIN_HOROVOD_FRAMEWORKS", "keras", 'use "torch tensorflow" or torch'),
                              ("HVDTRAIN_HOROVOD_SDIST", str(tmp_path / "none.tar.gz"), "gpu_check_bundle.sh makes it")):
