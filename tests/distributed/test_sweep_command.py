@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, REPO, read_summary, run_hvdtrain, together
+from conftest import BIN, REPO, SMALL_CONFIG, read_summary, run_hvdtrain, together
 from wandb_reader import offline_runs
 
 from hvdtrain.config import load_config
@@ -49,13 +50,39 @@ def running_with(marker: str) -> list[int]:
     return pids
 
 
-def test_two_by_two_grid(tmp_path: Path, small_config: Path, mlflow_server: Any) -> None:
-    # Tracked: one MLflow parent run for the sweep, the 4 trials nested under it; W&B (offline): the trials' runs
-    # in one group (docs/tracking.md).
-    out = tmp_path / "sweep"
-    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"tracking.mlflow_uri={mlflow_server.uri}",
-                         "tracking.experiment=sweep-grid", "tracking.wandb_project=hvdtrain-tests", "--grid",
-                         "optim.lr=0.05,0.1", "model.hidden_units=[16],[32]", "--out", str(out)])
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> dict[str, tuple[Any, Path]]:
+    """The finished sweeps of the three tests below, {name: (process, out folder)}, all started at once: a local
+    sweep runs one trial process at a time, mostly one core importing and starting, and the machine has two.
+    The grid's trials are tracked: one MLflow parent run for the sweep, the 4 trials nested under it; W&B
+    (offline): the trials' runs in one group (docs/tracking.md)."""
+    root = tmp_path_factory.mktemp("sweeps")
+    config = root / "small.yaml"
+    config.write_text(SMALL_CONFIG)
+    base = ["sweep", "--config", str(config), *TINY]
+    missing = root / "missing.npz"
+    # load_config accepts data.path of a file that does not exist; only the run finds out.
+    commands = {
+        "grid": ([*base, f"tracking.mlflow_uri={mlflow_server.uri}", "tracking.experiment=sweep-grid",
+                  "tracking.wandb_project=hvdtrain-tests", "--grid", "optim.lr=0.05,0.1",
+                  "model.hidden_units=[16],[32]"], True),
+        # One trial per backend, as a grid over `backend` (as cheap as the two torch trials it replaces).
+        "horovodrun": ([*base, "--grid", "backend=torch,tensorflow", "optim.lr=0.05", "--launcher",
+                        "horovodrun -np 2 -H localhost:2"], True),
+        "failed": ([*base, f"data.path={missing}", "--grid", "data.name=npz,digits", "--metric", "val_loss"], True),
+        "none_succeeded": ([*base, f"data.path={missing}", "data.name=npz", "--grid", "optim.lr=0.1"], False),
+    }
+
+    def start(name: str) -> Callable[[], Any]:
+        args, check = commands[name]
+        return lambda: run_hvdtrain([*args, "--out", str(root / name)], check=check)
+
+    procs = together(*(start(name) for name in commands))
+    return {name: (proc, root / name) for name, proc in zip(commands, procs, strict=True)}
+
+
+def test_two_by_two_grid(sweeps: dict[str, tuple[Any, Path]], mlflow_server: Any) -> None:
+    proc, out = sweeps["grid"]
     rows = read_csv(out)
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
     assert {(r["optim.lr"], r["model.hidden_units"]) for r in rows} == {
@@ -99,17 +126,14 @@ def test_two_by_two_grid(tmp_path: Path, small_config: Path, mlflow_server: Any)
         assert children[r["trial"]].data.metrics["val_accuracy"] == float(r["val_accuracy"])
         assert children[r["trial"]].data.params["optim.lr"] == r["optim.lr"]
         (wandb_run,) = offline_runs(Path(r["run_dir"]))
-        assert wandb_run.group == "sweep-sweep" and wandb_run.config["optim.lr"] == r["optim.lr"]
+        assert wandb_run.group == f"sweep-{out.name}" and wandb_run.config["optim.lr"] == r["optim.lr"]
         assert [row["val_accuracy"] for row in wandb_run.history] == [float(r["val_accuracy"])]
 
 
-def test_trials_under_horovodrun(tmp_path: Path, small_config: Path) -> None:
-    # One trial per backend, as a grid over `backend` (as cheap as the two torch trials it replaces): fails if a
-    # trial ran on the other backend or on one rank, if the sweep cannot read a TensorFlow run's results, or
-    # if the grid's values did not reach the trials.
-    out = tmp_path / "sweep"
-    proc = run_hvdtrain(["sweep", "--config", str(small_config), *TINY, "--grid", "backend=torch,tensorflow",
-                         "optim.lr=0.05", "--launcher", "horovodrun -np 2 -H localhost:2", "--out", str(out)])
+def test_trials_under_horovodrun(sweeps: dict[str, tuple[Any, Path]]) -> None:
+    # Fails if a trial ran on the other backend or on one rank, if the sweep cannot read a TensorFlow run's
+    # results, or if the grid's values did not reach the trials.
+    proc, out = sweeps["horovodrun"]
     rows = read_csv(out)
     assert [(r["backend"], r["status"], r["world_size"]) for r in rows] == [("torch", "ok", "2"),
                                                                             ("tensorflow", "ok", "2")], rows
@@ -124,16 +148,8 @@ def test_trials_under_horovodrun(tmp_path: Path, small_config: Path) -> None:
     assert f"best: {best['trial']}" in proc.stdout
 
 
-def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, small_config: Path) -> None:
-    out, out2 = tmp_path / "sweep", tmp_path / "sweep2"
-    missing = tmp_path / "missing.npz"
-    # load_config accepts data.path of a file that does not exist; only the run finds out. The second sweep, in
-    # which no trial succeeds, runs at the same time (each is one process at a time).
-    proc, proc2 = together(
-        lambda: run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"data.path={missing}", "--grid",
-                              "data.name=npz,digits", "--metric", "val_loss", "--out", str(out)]),
-        lambda: run_hvdtrain(["sweep", "--config", str(small_config), *TINY, f"data.path={missing}", "data.name=npz",
-                              "--grid", "optim.lr=0.1", "--out", str(out2)], check=False))
+def test_failed_trial_is_recorded_and_the_sweep_goes_on(sweeps: dict[str, tuple[Any, Path]]) -> None:
+    (proc, out), (proc2, out2) = sweeps["failed"], sweeps["none_succeeded"]
     rows = read_csv(out)
     assert [(r["trial"], r["status"]) for r in rows] == [("trial-001", "failed"), ("trial-002", "ok")]
     failed, ok = rows
