@@ -154,14 +154,19 @@ def test_multilabel_beats_the_per_label_prior(runs: Path, backend: str) -> None:
     assert final["val_f1_micro"] > prior_f1 + 0.2 and final["val_f1_macro"] > 0.7, (final, prior_f1)
 
 
-def _predictions(runs: Path, run: Path, data: str, top_k: int) -> tuple[list[str], list[list[str]]]:
+def _evaluate_and_predict(runs: Path, run: Path, data: str, top_k: int
+                          ) -> tuple[subprocess.CompletedProcess, list[str], list[list[str]]]:
+    """`evaluate` at np=3 and `predict` on the validation inputs, at the same time (different output files);
+    evaluate's process and predict's header and rows."""
     with np.load(runs / data) as arrays:
         np.savez(run / "val-inputs.npz", x=arrays["x_val"])
-    run_hvdtrain(["predict", str(run), str(run / "val-inputs.npz"), "--out", str(run / "val.csv"), "--top-k",
-                  str(top_k)])
+    proc, _ = together(
+        lambda: run_hvdtrain(["evaluate", str(run)], launcher="mpirun", np_=3),
+        lambda: run_hvdtrain(["predict", str(run), str(run / "val-inputs.npz"), "--out", str(run / "val.csv"),
+                              "--top-k", str(top_k)]))
     with (run / "val.csv").open() as f:
         rows = list(csv.reader(f))
-    return rows[0], rows[1:]
+    return proc, rows[0], rows[1:]
 
 
 @pytest.mark.parametrize("backend, task", [("torch", "regression"), ("tensorflow", "multilabel"),
@@ -173,10 +178,9 @@ def test_metrics_at_np_2_and_3_equal_scikit_learn_over_the_predictions(runs: Pat
                  "multilabel": (runs / backend / "multilabel", "multilabel.npz"),
                  "classification": (runs / backend / "classification", "classification.npz")}[task]
     trained = read_metrics(run)[-1]  # np=2
-    proc = run_hvdtrain(["evaluate", str(run)], launcher="mpirun", np_=3)
+    proc, header, rows = _evaluate_and_predict(runs, run, data, 5 if task == "classification" else 1)
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["world_size"] == 3 and evaluated["samples"] == (89 if task == "regression" else 360), proc.stdout
-    header, rows = _predictions(runs, run, data, 5 if task == "classification" else 1)
     with np.load(runs / data) as arrays:
         truth = arrays["y_val"]
     m = sklearn_metrics
