@@ -19,21 +19,19 @@ OPTIONAL_MODULES = ("sklearn", "matplotlib", "scipy", "pandas")
 BACKENDS = ("torch", "tensorflow")
 T = TypeVar("T")
 
-RUN_AND_LIST_MODULES = f"""
+# One process per backend: a tiny training run through the CLI, the framework modules it loaded listed, then
+# every model case's per-variable counts (after the listing, so that building them cannot hide an import).
+RUN_LIST_AND_COUNT = f"""
 import json, runpy, sys
-sys.argv = ["hvdtrain", *json.loads(sys.argv[1])]
+run_args, backend, cases = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+sys.argv = ["hvdtrain", *run_args]
 try:
     runpy.run_module("hvdtrain", run_name="__main__")
 except SystemExit as exc:
     assert exc.code == 0, exc.code
 print("MODULES", json.dumps(sorted(m for m in {FRAMEWORK_MODULES + OPTIONAL_MODULES!r} if m in sys.modules)))
-"""
 
-# Every case's per-variable counts, one backend per process.
-COUNT_PARAMETERS = """
-import json, sys
 from hvdtrain.config import load_config
-backend, cases = sys.argv[1], json.loads(sys.argv[2])
 if backend == "torch":
     from torch_backend.models import build_model
     count = lambda model: [p.numel() for p in model.parameters()]
@@ -41,8 +39,8 @@ else:
     import numpy as np
     from tf_backend.models import build_model
     count = lambda model: [int(np.prod(v.shape)) for v in model.trainable_variables]
-print("COUNTS", json.dumps({name: count(build_model(load_config(None, overrides).model, (32, 32, 3), 10))
-                            for name, overrides in cases.items()}))
+print("COUNTS", json.dumps({{name: count(build_model(load_config(None, overrides).model, (32, 32, 3), 10))
+                             for name, overrides in cases.items()}}))
 if backend == "tensorflow":  # hidden only while TensorFlow imports: importable as usual afterwards
     import matplotlib.colors, pandas, scipy.sparse, sklearn.base
 """
@@ -66,39 +64,37 @@ def for_both_backends(work: Callable[[str], T]) -> dict[str, T]:
     return {backend: future.result() for backend, future in futures.items()}
 
 
-def run_and_list_modules(backend: str, run_dir: Path) -> set[str]:
-    """Trains a tiny run of `backend` in a fresh process; returns the framework modules it loaded."""
+def run_list_and_count(backend: str, run_dir: Path) -> tuple[set[str], Counts]:
+    """Trains a tiny run of `backend` in a fresh process; the framework modules it loaded, and the parameter
+    counts of MODEL_CASES built in that process afterwards."""
     args = [f"backend={backend}", "train.epochs=1", "train.max_steps_per_epoch=2", "run.progress=off",
             f"run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-c", RUN_AND_LIST_MODULES, json.dumps(args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", RUN_LIST_AND_COUNT, json.dumps(args), backend,
+                           json.dumps(MODEL_CASES)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "summary.json").is_file()
-    loaded = last_json(proc.stdout, "MODULES")
+    loaded, counts = last_json(proc.stdout, "MODULES"), last_json(proc.stdout, "COUNTS")
     assert isinstance(loaded, list)
-    return set(loaded)
-
-
-def count_parameters(backend: str) -> Counts:
-    proc = subprocess.run([sys.executable, "-c", COUNT_PARAMETERS, backend, json.dumps(MODEL_CASES)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = last_json(proc.stdout, "COUNTS")
     assert isinstance(counts, dict) and counts.keys() == MODEL_CASES.keys()
-    return counts
+    return set(loaded), counts
 
 
 @pytest.fixture(scope="module")
-def loaded_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[set[str], Counts]]:
     root = tmp_path_factory.mktemp("runs")
-    return for_both_backends(lambda backend: run_and_list_modules(backend, root / backend))
+    return for_both_backends(lambda backend: run_list_and_count(backend, root / backend))
 
 
 @pytest.fixture(scope="module")
-def parameter_counts() -> dict[str, Counts]:
+def loaded_modules(probed: dict[str, tuple[set[str], Counts]]) -> dict[str, set[str]]:
+    return {backend: modules for backend, (modules, _) in probed.items()}
+
+
+@pytest.fixture(scope="module")
+def parameter_counts(probed: dict[str, tuple[set[str], Counts]]) -> dict[str, Counts]:
     """backend -> the counts of every case in MODEL_CASES, one process per backend (not per case: importing the
     framework is what costs)."""
-    return for_both_backends(count_parameters)
+    return {backend: counts for backend, (_, counts) in probed.items()}
 
 
 @pytest.mark.parametrize("backend, forbidden", [("torch", {"tensorflow", "keras"}), ("tensorflow", {"torch"})])
