@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from benchmarks.launch import horovodrun, run, section_parser
@@ -233,15 +235,20 @@ def speed_runs(tokens: Path, steps: int, repeats: int, extra: tuple[str, ...], o
     one epoch (evaluated once, at its end): shorter epochs than the recipe's 250 steps would charge it an epoch's
     start and end many times over."""
     speed: dict[str, list[float]] = {}
+    trainers: dict[str, Callable[[Path], dict]] = {
+        "hand-written torch loop": lambda where: handwritten_run(tokens, steps, extra, where),
+        **{f"hvdtrain {b} np=1": partial(hvdtrain_run, b, 1, tokens, steps, extra, eval_every=steps, step_times=True)
+           for b in ("torch", "tensorflow")}}
+    if nanogpt is not None:
+        trainers["nanoGPT train.py"] = lambda where: nanogpt_run(nanogpt.resolve(), tokens, steps, quick, where)
     for r in range(repeats):
         where = out / f"speed-{r}"
         where.mkdir()
-        found = {"hand-written torch loop": handwritten_run(tokens, steps, extra, where),
-                 **{f"hvdtrain {b} np=1": hvdtrain_run(b, 1, tokens, steps, extra, where, eval_every=steps,
-                                                       step_times=True)
-                    for b in ("torch", "tensorflow")}}
-        if nanogpt is not None:
-            found["nanoGPT train.py"] = nanogpt_run(nanogpt.resolve(), tokens, steps, quick, where)
+        # Every other round in reverse order: the hand-written loop and hvdtrain torch stay neighbours, and which
+        # of them runs first alternates, so that a drift within a round favours neither.
+        order = list(trainers) if r % 2 == 0 else list(reversed(trainers))
+        found = {name: trainers[name](where) for name in order}
+        found = {name: found[name] for name in trainers}  # reported in the trainers' order
         for name, result in found.items():
             speed.setdefault(name, []).append(result["tokens_per_s"])
         print(f"lm: speed round {r + 1}: {({k: round(v[-1]) for k, v in speed.items()})}", file=sys.stderr)
@@ -290,7 +297,7 @@ loss after the last step over every window of the held-out part. Ratio: to the h
 {chr(10).join(rows)}
 
 Speed at np=1, interleaved: {len(hand)} rounds, each running every trainer once for {speed_steps}
-steps one after another, hvdtrain's as one epoch; tokens/s over the steps after the first {SKIPPED_STEPS}, from each
+steps one after another (every other round in reverse order), hvdtrain's as one epoch; tokens/s over the steps after the first {SKIPPED_STEPS}, from each
 step's time as the trainer measures it (hvdtrain: its loop's step report, data included, by a callback; the loops:
 around their steps), for each round, their median, and the median of the rounds' ratios to the hand-written loop.
 The single long runs above drift with the machine; the target is read from these.
