@@ -296,10 +296,11 @@ loss after the last step over every window of the held-out part. Ratio: to the h
 |---|---|---|---|
 {chr(10).join(rows)}
 
-Speed at np=1, interleaved: {len(hand)} rounds, each running every trainer once for {speed_steps}
-steps one after another (every other round in reverse order), hvdtrain's as one epoch; tokens/s over the steps after the first {SKIPPED_STEPS}, from each
-step's time as the trainer measures it (hvdtrain: its loop's step report, data included, by a callback; the loops:
-around their steps), for each round, their median, and the median of the rounds' ratios to the hand-written loop.
+Speed at np=1, interleaved: {len(hand)} rounds, each running every trainer once for {speed_steps} steps one after
+another (every other round in reverse order), hvdtrain's as one epoch; tokens/s over the steps after the first
+{SKIPPED_STEPS}, from each step's time as the trainer measures it (hvdtrain: its loop's step report, data included,
+by a callback; the loops: around their steps), for each round, their median, and the median of the rounds' ratios
+to the hand-written loop.
 The single long runs above drift with the machine; the target is read from these.
 
 | trainer | tokens/s per round | median | ratio |
