@@ -44,9 +44,7 @@ def horovod_sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Horovod's source distribution: the one `make setup` kept in its cache, else downloaded once here. pip's
     download prepares the package's metadata (about 14 s on a slow machine), which the failure path is not about;
     every fresh setup downloads it (scripts/build_horovod.sh)."""
-    cache = Path(os.environ.get("HVDTRAIN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                 / "hvdtrain")
-    cached = cache / "horovod-0.28.1.tar.gz"
+    cached = Path(_plan("build_horovod.sh", {**os.environ, "VENV": str(VENV)})[0]["sdist"])  # the script's own answer
     if cached.is_file():
         return cached
     folder = tmp_path_factory.mktemp("sdist")
