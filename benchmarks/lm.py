@@ -248,9 +248,8 @@ def speed_runs(tokens: Path, steps: int, repeats: int, extra: tuple[str, ...], o
         # of them runs first alternates, so that a drift within a round favours neither.
         order = list(trainers) if r % 2 == 0 else list(reversed(trainers))
         found = {name: trainers[name](where) for name in order}
-        found = {name: found[name] for name in trainers}  # reported in the trainers' order
-        for name, result in found.items():
-            speed.setdefault(name, []).append(result["tokens_per_s"])
+        for name in trainers:  # reported in the trainers' order
+            speed.setdefault(name, []).append(found[name]["tokens_per_s"])
         print(f"lm: speed round {r + 1}: {({k: round(v[-1]) for k, v in speed.items()})}", file=sys.stderr)
     return speed
 

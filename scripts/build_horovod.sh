@@ -19,9 +19,9 @@
 # with instead of the wheels'), HOROVOD_BUILD_CUDA_CC_LIST (compute capabilities to build for; default: the
 # GPUs found, else 90), HVDTRAIN_HOROVOD_FRAMEWORKS ("torch tensorflow", or "torch"), HVDTRAIN_HOROVOD_MPI (1, or 0:
 # Gloo only, no MPI library needed), HVDTRAIN_HOROVOD_SDIST (horovod-0.28.1.tar.gz to build from instead of
-# downloading it; a download is kept in $HVDTRAIN_CACHE and used by later builds), HVDTRAIN_HOROVOD_DEBUG_INFO (1: Horovod's own RelWithDebInfo build with -g, for debugging
-# Horovod's C++; default 0: the same -O3 code without debug information, a quarter less compile time and a 4 MB
-# instead of a 35 MB wheel).
+# downloading it; a download is kept in $HVDTRAIN_CACHE and used by later builds), HVDTRAIN_HOROVOD_DEBUG_INFO
+# (1: Horovod's own RelWithDebInfo build with -g, for debugging Horovod's C++; default 0: the same -O3 code
+# without debug information, a quarter less compile time and a 4 MB instead of a 35 MB wheel).
 #
 # `scripts/build_horovod.sh --plan` prints the build's cache key and environment as key=value lines and
 # builds nothing.
