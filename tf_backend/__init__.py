@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
+from hvdtrain.frameworks import import_framework
+
 # Keras imports scikit-learn (for its scikit-learn wrappers), matplotlib (for an image-gallery helper) and pandas
 # (to accept DataFrames in its own fit(), which hvdtrain never calls; pandas is installed as MLflow's dependency),
 # and TensorFlow's legacy Keras imports scipy.sparse, each only if installed and each inside `try: ... except
@@ -24,8 +26,7 @@ def _import_tensorflow_lean() -> None:
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
     try:
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import_framework("keras", "tensorflow")
     finally:
         for name in hidden:
             if sys.modules.get(name, 0) is None:
