@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, together
 
 from hvdtrain.commands.doctor import GPU_FIX, Gpus, assess, cudnn_version, machine_gpus, nccl_version
 
@@ -41,8 +42,23 @@ def no_gpu_env(tmp_path: Path, path: str) -> dict[str, str]:
             "HVDTRAIN_NVIDIA_GPUS_DIR": str(tmp_path / "no-such-dir")}
 
 
-def test_doctor_json_reports_versions_controllers_and_gpus(tmp_path: Path) -> None:
-    proc = doctor(no_gpu_env(tmp_path, os.environ["PATH"]), "--json")
+@pytest.fixture(scope="module")
+def doctors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Both real `doctor` runs at once (each spends most of its time in one core importing TensorFlow): `json` on
+    this machine as it is, without a GPU; `broken` with the venv alone on PATH (no mpirun) and an nvidia-smi
+    that lists a GPU which nothing here can use."""
+    healthy, broken = tmp_path_factory.mktemp("doctor-json"), tmp_path_factory.mktemp("doctor-broken")
+    smi_dir = fake_smi(broken, "GPU 0: NVIDIA H200 (UUID: GPU-0)\\n")
+    broken_env = {**os.environ, "PATH": f"{smi_dir}:{os.path.dirname(sys.executable)}"}
+    broken_env.pop("HVDTRAIN_DEVICE", None)
+    json_run, broken_run = together(partial(doctor, no_gpu_env(healthy, os.environ["PATH"]), "--json"),
+                                    partial(doctor, broken_env))
+    return {"json": json_run, "broken": broken_run}
+
+
+def test_doctor_json_reports_versions_controllers_and_gpus(doctors: dict[str, subprocess.CompletedProcess[str]]
+                                                           ) -> None:
+    proc = doctors["json"]
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is True and report["problems"] == [] and report["gpus"] == 0
@@ -59,12 +75,9 @@ def test_doctor_json_reports_versions_controllers_and_gpus(tmp_path: Path) -> No
         assert torch["cuda_version"].startswith("13.") and tf["cuda_version"] is not None
 
 
-def test_doctor_names_the_fixes_for_a_missing_mpi_and_an_unusable_gpu(tmp_path: Path) -> None:
-    # The venv only (no mpirun), and an nvidia-smi that lists a GPU which nothing here can use.
-    smi_dir = fake_smi(tmp_path, "GPU 0: NVIDIA H200 (UUID: GPU-0)\\n")
-    env = {**os.environ, "PATH": f"{smi_dir}:{os.path.dirname(sys.executable)}"}
-    env.pop("HVDTRAIN_DEVICE", None)
-    proc = doctor(env)
+def test_doctor_names_the_fixes_for_a_missing_mpi_and_an_unusable_gpu(
+        doctors: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    proc = doctors["broken"]
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout
     assert "BAD mpi" in out
