@@ -95,7 +95,9 @@ def train(config: ConfigLike = None, overrides: Iterable[str] | Mapping[str, Any
     - `callbacks`: callback objects (hvdtrain.callbacks.Callback or any object with some of its hooks).
 
     A bad input raises hvdtrain.errors.UserError (a ConfigError, DataError, ...) on every rank, its one line already
-    printed to stderr; Horovod is shut down when it returns or raises.
+    printed to stderr. Horovod stays up after a run that returns, so a script may train again (with the same
+    horovod.* settings: Horovod reads them once, when it starts; MPI cannot start twice in a process), and is shut
+    down when the process exits, or when a run raises.
     """
     from hvdtrain.backend import get_backend
     from hvdtrain.distributed.environment import under_launcher
@@ -111,5 +113,5 @@ def train(config: ConfigLike = None, overrides: Iterable[str] | Mapping[str, Any
         announce(exc)
         raise
     backend = get_backend(cfg.backend)
-    with ending_with_errors_reported(backend.comm):
+    with ending_with_errors_reported(backend.comm, keep_running=True):
         return train_loop(cfg, backend)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from hvdtrain.errors import UserError
+from hvdtrain.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     from hvdtrain.config import HorovodConfig
@@ -102,15 +102,31 @@ def horovod_settings(cfg: HorovodConfig, profile: bool = False) -> dict[str, str
     return settings
 
 
-def apply_horovod_settings(cfg: HorovodConfig, profile: bool = False) -> dict[str, str]:
+def apply_horovod_settings(cfg: HorovodConfig, profile: bool = False, running: bool = False) -> dict[str, str]:
     """Exports `horovod_settings(cfg, profile)` into this process's environment (before hvd.init()); returns
     them. A process started alone (one rank) also gets HOROVOD_CYCLE_TIME=ONE_RANK_CYCLE_TIME_MS, unless
-    horovod.cycle_time_ms or the environment sets one."""
-    settings = horovod_settings(cfg, profile)
+    horovod.cycle_time_ms or the environment sets one. With Horovod `running` already (a script's second
+    hvdtrain.train), nothing is exported: the run must ask for what Horovod was started with (ConfigError if
+    not), and gets what was exported then."""
+    global _STARTED_WITH
+    given = horovod_settings(cfg, profile)
+    if running and _STARTED_WITH is not None:
+        first, exported = _STARTED_WITH
+        if given != first:
+            raise ConfigError(f"horovod.* or run.profile differs from this process's first run (Horovod settings "
+                              f"{given or 'none'} against {first or 'none'}): Horovod reads them once, when it "
+                              "starts; train this run in a new process")
+        return dict(exported)
+    settings = dict(given)
     if "HOROVOD_CYCLE_TIME" not in settings and "HOROVOD_CYCLE_TIME" not in os.environ and launch_world_size() == 1:
         settings["HOROVOD_CYCLE_TIME"] = f"{ONE_RANK_CYCLE_TIME_MS:g}"
     os.environ.update(settings)
-    return settings
+    _STARTED_WITH = (given, settings)
+    return dict(settings)
+
+
+# What the last run that started Horovod in this process asked for, and what it exported.
+_STARTED_WITH: tuple[dict[str, str], dict[str, str]] | None = None
 
 
 def gpu_for_rank(local_rank: int, local_size: int, visible: int) -> int:

@@ -84,10 +84,11 @@ def wait_for_every_rank_before_start(exc: UserError, backend_name: str,
 
 
 @contextmanager
-def ending_with_errors_reported(comm: Communicator) -> Iterator[None]:
-    """Shuts Horovod down at the end of a command; a UserError on the way out is first announced and waited
-    for on every rank (see the module docstring). A collective that failed because another rank stalled or
-    failed becomes a one-line JobAborted."""
+def ending_with_errors_reported(comm: Communicator, keep_running: bool = False) -> Iterator[None]:
+    """Shuts Horovod down at the end of a command (with `keep_running`, only when it fails: Horovod then stays up
+    for the process's next run and is shut down at exit by its own atexit handler); a UserError on the way out is
+    first announced and waited for on every rank (see the module docstring). A collective that failed because
+    another rank stalled or failed becomes a one-line JobAborted."""
     try:
         try:
             yield
@@ -99,6 +100,10 @@ def ending_with_errors_reported(comm: Communicator) -> Iterator[None]:
                              "names it) or failed: read that rank's log") from None
     except UserError as exc:
         wait_for_every_rank(exc, comm)
+        comm.shutdown()
         raise
-    finally:
+    except BaseException:
+        comm.shutdown()
+        raise
+    if not keep_running:
         comm.shutdown()

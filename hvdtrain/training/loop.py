@@ -32,7 +32,7 @@ def train(cfg: Config, backend: Backend) -> dict[str, Any]:
     elastic function: what comes before `Engine.run` is then local to each worker.
     """
     wall_start = time.perf_counter()
-    horovod_env = apply_horovod_settings(cfg.horovod, cfg.run.profile)
+    horovod_env = apply_horovod_settings(cfg.horovod, cfg.run.profile, running=backend.comm.running())
     placement = backend.setup(cfg.train.threads_per_rank)
     elastic = elastic_launch()
     if not elastic:
