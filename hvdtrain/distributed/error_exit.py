@@ -89,6 +89,7 @@ def ending_with_errors_reported(comm: Communicator, keep_running: bool = False) 
     for the process's next run and is shut down at exit by its own atexit handler); a UserError on the way out is
     first announced and waited for on every rank (see the module docstring). A collective that failed because
     another rank stalled or failed becomes a one-line JobAborted."""
+    failed = True
     try:
         try:
             yield
@@ -98,12 +99,10 @@ def ending_with_errors_reported(comm: Communicator, keep_running: bool = False) 
             raise JobAborted("Horovod shut the job down: a collective could not complete because another rank "
                              "stalled (longer than horovod.stall_shutdown_time_s; Horovod's stall report above "
                              "names it) or failed: read that rank's log") from None
+        failed = False
     except UserError as exc:
         wait_for_every_rank(exc, comm)
-        comm.shutdown()
         raise
-    except BaseException:
-        comm.shutdown()
-        raise
-    if not keep_running:
-        comm.shutdown()
+    finally:
+        if failed or not keep_running:
+            comm.shutdown()
